@@ -1,0 +1,25 @@
+"""A sandbox plan as a few lines a person can read (`precinct plan`)."""
+
+from __future__ import annotations
+
+from ..spec.quantity import format_bytes, format_millicores
+from .sandbox import SandboxPlan
+
+
+def describe_plan(plan: SandboxPlan) -> str:
+    lim, rates = plan.limits, plan.rates
+    lines = [
+        f"plugin {plan.id} (subject namespace {plan.namespace})",
+        f"  permissions: {', '.join(plan.permissions) or '(none)'}",
+        f"  commands:    " + (", ".join(f"!{w} -> {s}" for w, s in sorted(plan.commands.items())) or "(none)"),
+        f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "
+        f"pids {lim.pids}, disk {format_bytes(lim.disk_bytes)}",
+        f"  rates:       {rates.messages_per_second:g} msg/s (burst {rates.burst}), "
+        f"{rates.database_queries_per_second:g} db queries/s",
+        f"  may publish: {', '.join(plan.account.user.publish)}",
+        f"  may receive: {', '.join(plan.account.user.subscribe)}",
+        f"  storage:     {', '.join(plan.storage.operations) or '(none)'}",
+        f"  filesystem:  code read-only; data dir {plan.fence.data_dir}",
+        f"  network:     {', '.join(plan.fence.network)}",
+    ]
+    return "\n".join(lines) + "\n"

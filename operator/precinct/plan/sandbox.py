@@ -1,0 +1,312 @@
+"""The sandbox plan: a pure function from a plugin's spec to everything a
+runtime needs to confine it.
+
+No I/O and no keys here: accounts are named by role (`core`, `platform`,
+`plugin:<id>`) and the NATS layer turns the plan into signed JWTs. The same
+plan drives the single-host runtime, the Kubernetes operator, `precinct
+render`, and docs/permissions.md, so what we document is what we enforce.
+
+The NATS edges (architecture.md):
+  commands       plugin exports each claimed rosey.command.<ns>.<action> as a
+                 singleton service; only core imports it.
+  payload reply  plugin publishes rosey.reply.<id>.<nonce>, exported as a
+                 stream; platform imports it under prefix plugin.<id>.
+  chat / events  plugin exports its chat and event subjects as streams;
+                 platform imports them under prefix plugin.<id>; the gateway
+                 rate-limits and republishes to core.
+  chat in        core exports public chat events; read_messages imports them.
+  storage        platform exports precinct.storage.<id>.>; the plugin imports
+                 exactly the operations it is granted, mapped from Rosey's
+                 subjects, so identity comes from the account, not the payload.
+  health         plugin exports precinct.ping.<id>.* to platform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ..spec.model import Permission
+from ..spec.ownership import Plugin
+
+CORE = "core"
+PLATFORM = "platform"
+
+# Public chat events: never `pm` (private messages stay with the core).
+CHAT_EVENTS = ("chatMsg", "addUser", "userLeave", "usercount", "changeMedia", "mediaUpdate", "playlist", "queue")
+CHAT_IN_SUBJECTS = tuple(f"rosey.platform.*.{event}" for event in CHAT_EVENTS)
+CHAT_OUT_SUBJECTS = ("rosey.chat.*.send", "rosey.channel.*.message")
+
+ROW_READS = ("select", "search")
+ROW_WRITES = ("insert", "update", "delete", "schema.register")
+KV_READS = ("get", "list")
+KV_WRITES = ("set", "delete")
+MIGRATE_READS = ("status",)
+
+# Per-connection ceilings the NATS server enforces for every plugin account.
+MAX_CONNECTIONS = 4           # old + new instance during a hot reload, plus slack
+MAX_SUBSCRIPTIONS = 1000
+MAX_PAYLOAD = 512 * 1024      # bytes; Rosey's largest payloads are a few KiB
+
+
+def plugin_account(plugin_id: str) -> str:
+    return f"plugin:{plugin_id}"
+
+
+def import_prefix(plugin_id: str) -> str:
+    """Prefix under which the platform sees everything a plugin publishes."""
+    return f"plugin.{plugin_id}"
+
+
+def storage_root(plugin_id: str) -> str:
+    return f"precinct.storage.{plugin_id}"
+
+
+def ping_subject(plugin_id: str, instance: str = "*") -> str:
+    return f"precinct.ping.{plugin_id}.{instance}"
+
+
+def violations_subject(plugin_id: str) -> str:
+    return f"precinct.violations.{plugin_id}"
+
+
+@dataclass(frozen=True)
+class Export:
+    subject: str
+    kind: Literal["service", "stream"]
+    singleton: bool = False  # service answers capped at one per request
+
+
+@dataclass(frozen=True)
+class Import:
+    """`subject` is as exported by `account`; `local` is what the importer uses
+    (service: the subject it publishes; stream: the subject it receives)."""
+
+    account: str
+    subject: str
+    kind: Literal["service", "stream"]
+    local: str | None = None
+    prefix: str | None = None  # streams only: importer sees `<prefix>.<subject>`
+
+
+@dataclass(frozen=True)
+class UserPermissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    max_responses: int = 1   # a request may be answered once
+
+
+@dataclass(frozen=True)
+class AccountPlan:
+    exports: tuple[Export, ...]
+    imports: tuple[Import, ...]
+    user: UserPermissions
+    max_connections: int = MAX_CONNECTIONS
+    max_subscriptions: int = MAX_SUBSCRIPTIONS
+    max_payload: int = MAX_PAYLOAD
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_millicores: int
+    memory_bytes: int
+    pids: int
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What the kernel (single host) or Kubernetes lets the process touch."""
+
+    code: Literal["read"]                        # its own code and the Python runtime
+    data_dir: Literal["none", "read", "write"]
+    network: tuple[str, ...]                     # "nats", plus "http-egress-public"
+    denied_destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RatePlan:
+    messages_per_second: float
+    burst: int
+    database_queries_per_second: float
+    max_payload_replies_per_request: int = 1
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    reads: bool
+    writes: bool
+    operations: tuple[str, ...]     # e.g. "row.select", "kv.set"
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    id: str
+    namespace: str
+    account: AccountPlan
+    core_imports: tuple[Import, ...]         # edges this plugin adds to the core account
+    platform_imports: tuple[Import, ...]     # edges this plugin adds to the platform account
+    platform_exports: tuple[Export, ...]     # services/streams platform offers for this plugin
+    event_roots: tuple[str, ...]             # subject prefixes it may publish events under
+    commands: dict[str, str]                 # chat word -> command subject
+    limits: Limits
+    fence: Fence
+    rates: RatePlan
+    storage: StoragePlan
+    permissions: tuple[str, ...]             # granted, implied ones included
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Never reachable by an http_requests plugin, in either runtime.
+DENIED_DESTINATIONS = (
+    "127.0.0.0/8", "::1/128",                                # loopback
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",         # private
+    "100.64.0.0/10", "fc00::/7",                             # CGNAT, unique local
+    "169.254.0.0/16", "fe80::/10",                           # link-local, cloud metadata
+    "0.0.0.0/8", "224.0.0.0/4", "ff00::/8",                  # this-network, multicast
+)
+
+
+def _event_subjects(plugin: Plugin) -> list[str]:
+    roots = plugin.namespace_claims()
+    subjects = [f"rosey.event.{t}.>" for t in roots]
+    subjects += [f"{root}.>" for root in plugin.spec.events]
+    return subjects
+
+
+def _storage_operations(grants: frozenset[Permission]) -> list[tuple[str, list[str]]]:
+    """(platform operation, [Rosey subject templates]) for what the grants allow.
+    `{ns}` is the plugin's subject namespace."""
+    ops: list[tuple[str, list[str]]] = []
+    if Permission.database_read in grants:
+        ops += [(f"row.{op}", [f"rosey.db.row.{{ns}}.{op}"]) for op in ROW_READS]
+        ops += [(f"kv.{op}", [f"rosey.db.kv.{op}", f"rosey.db.kv.{{ns}}.{op}"]) for op in KV_READS]
+        ops += [(f"migrate.{op}", [f"rosey.db.migrate.{{ns}}.{op}"]) for op in MIGRATE_READS]
+    if Permission.database_write in grants:
+        ops += [(f"row.{op}", [f"rosey.db.row.{{ns}}.{op}"]) for op in ROW_WRITES]
+        ops += [(f"kv.{op}", [f"rosey.db.kv.{op}", f"rosey.db.kv.{{ns}}.{op}"]) for op in KV_WRITES]
+    return ops
+
+
+def compile_plan(plugin: Plugin) -> SandboxPlan:
+    """Spec -> plan. Pure: the same plugin always yields the same plan."""
+    spec, pid, ns = plugin.spec, plugin.id, plugin.namespace
+    grants = spec.granted
+    me = plugin_account(pid)
+    prefix = import_prefix(pid)
+
+    commands = spec.command_subjects()
+    command_subjects = sorted(set(commands.values()))
+    reply_subject = f"rosey.reply.{pid}.*"
+    event_subjects = _event_subjects(plugin)
+    chat_out = list(CHAT_OUT_SUBJECTS) if Permission.send_messages in grants else []
+
+    exports: list[Export] = [Export(s, "service", singleton=True) for s in command_subjects]
+    exports.append(Export(ping_subject(pid), "service", singleton=True))
+    outbound = [*chat_out, *event_subjects, reply_subject]
+    exports += [Export(s, "stream") for s in outbound]
+
+    imports: list[Import] = []
+    if Permission.read_messages in grants:
+        imports += [Import(CORE, s, "stream") for s in CHAT_IN_SUBJECTS]
+    storage_ops = _storage_operations(grants)
+    storage_publish: list[str] = []
+    for op, templates in storage_ops:
+        for template in templates:
+            local = template.format(ns=ns)
+            imports.append(Import(PLATFORM, f"{storage_root(pid)}.{op}", "service", local=local))
+            storage_publish.append(local)
+
+    user = UserPermissions(
+        publish=tuple([*outbound, *storage_publish]),
+        subscribe=tuple([
+            *command_subjects,
+            ping_subject(pid),
+            *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
+            "_INBOX.>",  # replies to its own storage requests, inside its own account
+        ]),
+    )
+    account = AccountPlan(exports=tuple(exports), imports=tuple(imports), user=user)
+
+    core_imports = tuple(Import(me, s, "service") for s in command_subjects)
+    platform_imports = tuple(
+        [Import(me, ping_subject(pid), "service")]
+        + [Import(me, s, "stream", prefix=prefix) for s in outbound]
+    )
+    platform_exports = tuple(
+        [Export(f"{storage_root(pid)}.>", "service", singleton=True)] if storage_ops else []
+    ) + tuple(Export(f"{root}.>", "stream") for root in spec.events)
+
+    data_dir = (
+        "write" if Permission.file_system_write in grants
+        else "read" if Permission.file_system_read in grants
+        else "none"
+    )
+    network = ("nats", "http-egress-public") if Permission.http_requests in grants else ("nats",)
+    res = spec.resources
+    return SandboxPlan(
+        id=pid,
+        namespace=ns,
+        account=account,
+        core_imports=core_imports,
+        platform_imports=platform_imports,
+        platform_exports=platform_exports,
+        event_roots=tuple(event_subjects),
+        commands=commands,
+        limits=Limits(res.cpu_millicores, res.memory_bytes, res.pids_limit, res.disk_bytes),
+        fence=Fence(code="read", data_dir=data_dir, network=network, denied_destinations=DENIED_DESTINATIONS),
+        rates=RatePlan(
+            messages_per_second=res.rate_limits.messages_per_second,
+            burst=res.rate_limits.effective_burst,
+            database_queries_per_second=res.rate_limits.database_queries_per_second,
+        ),
+        storage=StoragePlan(
+            reads=Permission.database_read in grants,
+            writes=Permission.database_write in grants,
+            operations=tuple(op for op, _ in storage_ops),
+        ),
+        permissions=tuple(sorted(p.value for p in grants)),
+    )
+
+
+# -- the shared accounts -----------------------------------------------------
+
+# What core offers every plugin (streams plugins with read_messages import).
+CORE_EXPORTS = tuple(Export(s, "stream") for s in CHAT_IN_SUBJECTS)
+
+# What the gateway republishes to core after its checks (platform -> core).
+PLATFORM_TO_CORE = (
+    *(Export(s, "stream") for s in CHAT_OUT_SUBJECTS),
+    Export("rosey.event.>", "stream"),
+    Export("rosey.reply.>", "stream"),
+)
+
+
+def core_account(plans: list[SandboxPlan]) -> AccountPlan:
+    imports = [Import(PLATFORM, e.subject, "stream") for e in PLATFORM_TO_CORE]
+    for plan in plans:
+        imports += list(plan.core_imports)
+        imports += [Import(PLATFORM, e.subject, "stream") for e in plan.platform_exports if e.kind == "stream"]
+    # Core is trusted: its users may publish and subscribe to anything in their account.
+    return AccountPlan(
+        exports=CORE_EXPORTS,
+        imports=tuple(imports),
+        user=UserPermissions(publish=(">",), subscribe=(">",), max_responses=0),
+        max_connections=-1, max_subscriptions=-1, max_payload=-1,
+    )
+
+
+def platform_account(plans: list[SandboxPlan]) -> AccountPlan:
+    exports = list(PLATFORM_TO_CORE)
+    imports: list[Import] = []
+    for plan in plans:
+        exports += list(plan.platform_exports)
+        imports += list(plan.platform_imports)
+    return AccountPlan(
+        exports=tuple(exports),
+        imports=tuple(imports),
+        user=UserPermissions(publish=(">",), subscribe=(">",), max_responses=0),
+        max_connections=-1, max_subscriptions=-1, max_payload=-1,
+    )

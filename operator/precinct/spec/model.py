@@ -1,0 +1,332 @@
+"""The plugin spec: the one model both runtimes compile from.
+
+A manifest (`plugin.yaml`, snake_case) and a `BotPlugin` custom resource's
+`spec` (camelCase) are the same model read two ways: every field has a
+camelCase alias and the loader chooses which spelling it accepts, so the two
+forms can never drift apart. The CRD schema in `crds/` is generated from here.
+
+Every omitted limit has a documented default (docs/manifest.md); the numbers
+follow Rosey's own planning documents where they give one.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any
+
+import jsonschema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from . import quantity
+from .identity import ACTION, CHAT_WORD, RESERVED_TOKENS, TOKEN, TOKEN_PATTERN, IdError, canonical_id
+
+API_GROUP = "precinct.dev"
+API_VERSION = "v1alpha1"
+KIND = "BotPlugin"
+
+DEFAULT_CPU = "500m"          # Rosey: 50 % of one core
+DEFAULT_MEMORY = "256Mi"      # Rosey: 256 MB
+DEFAULT_PIDS = 64             # threads count against pids too; Python needs a handful
+DEFAULT_DISK = "64Mi"         # data dir and storage database, together
+DEFAULT_MESSAGES_PER_SECOND = 10.0
+DEFAULT_DB_QUERIES_PER_SECOND = 10.0
+MIN_MEMORY = 32 * 2**20       # below this the Python runner itself cannot start
+MAX_CPU_MILLICORES = 64_000
+
+
+class Permission(str, enum.Enum):
+    """What a plugin may ask for; architecture.md's table says what each means."""
+
+    read_messages = "read_messages"
+    send_messages = "send_messages"
+    database_read = "database_read"
+    database_write = "database_write"
+    http_requests = "http_requests"
+    file_system_read = "file_system_read"
+    file_system_write = "file_system_write"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=False,
+    )
+
+
+def _token(value: str) -> str:
+    if not TOKEN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid NATS token: use lowercase letters, digits and '-' "
+            f"({TOKEN_PATTERN})"
+        )
+    if value in RESERVED_TOKENS:
+        raise ValueError(f"{value!r} is reserved for the platform")
+    return value
+
+
+Token = Annotated[str, StringConstraints(max_length=63), AfterValidator(_token)]
+
+
+def _check_quantity(kind: str, parse):
+    def check(value: Any) -> Any:
+        try:
+            amount = parse(value)
+        except quantity.QuantityError as exc:
+            raise ValueError(str(exc)) from None
+        if amount <= 0:
+            raise ValueError(f"{kind} must be greater than zero, got {value!r}")
+        return value
+
+    return check
+
+
+CpuQuantity = Annotated[
+    int | float | str,
+    AfterValidator(_check_quantity("cpu_limit", quantity.to_millicores)),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+ByteQuantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity("size", quantity.to_bytes)),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class RateLimits(_Model):
+    """Enforced by the gateway (messages) and the storage service (queries)."""
+
+    messages_per_second: float = Field(
+        DEFAULT_MESSAGES_PER_SECOND, gt=0, le=10_000,
+        description="Chat messages and events a plugin may send per second (token bucket).",
+    )
+    database_queries_per_second: float = Field(
+        DEFAULT_DB_QUERIES_PER_SECOND, gt=0, le=10_000,
+        description="Storage requests per second; excess is answered with a rate-limit error.",
+    )
+    burst: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Bucket size; default one second's worth of messages_per_second.",
+    )
+
+    @property
+    def effective_burst(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.messages_per_second + 0.999))
+
+
+class Resources(_Model):
+    """Kernel (single host) or Kubernetes limits; quantities use Kubernetes units."""
+
+    cpu_limit: CpuQuantity = Field(DEFAULT_CPU, description="CPU cores: 0.25 or 250m.")
+    memory_limit: ByteQuantity = Field(DEFAULT_MEMORY, description="Memory: 100M = 10^8 bytes, 100Mi = 100*2^20.")
+    pids_limit: int = Field(DEFAULT_PIDS, ge=8, le=4096, description="Processes and threads.")
+    disk_limit: ByteQuantity = Field(DEFAULT_DISK, description="Data dir and database quota.")
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+    @field_validator("cpu_limit")
+    @classmethod
+    def _cpu_range(cls, value: Any) -> Any:
+        if quantity.to_millicores(value) > MAX_CPU_MILLICORES:
+            raise ValueError(f"cpu_limit must be at most {MAX_CPU_MILLICORES // 1000} cores")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_floor(cls, value: Any) -> Any:
+        if quantity.to_bytes(value) < MIN_MEMORY:
+            raise ValueError(f"memory_limit must be at least 32Mi (the runner alone needs that), got {value!r}")
+        return value
+
+    @property
+    def cpu_millicores(self) -> int:
+        return quantity.to_millicores(self.cpu_limit)
+
+    @property
+    def memory_bytes(self) -> int:
+        return quantity.to_bytes(self.memory_limit)
+
+    @property
+    def disk_bytes(self) -> int:
+        return quantity.to_bytes(self.disk_limit)
+
+
+_COMMAND_TARGET = re.compile(r"^(?P<ns>[^.]+)\.(?P<action>[^.]+)$")
+
+
+class PluginSpec(_Model):
+    """Fields shared by `plugin.yaml` and the `BotPlugin` spec."""
+
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")] = Field(
+        ..., description="The plugin's version, e.g. 1.0.0."
+    )
+    author: Annotated[str, StringConstraints(max_length=200)] | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    subject_namespace: Token | None = Field(
+        None, description="Rosey's NAMESPACE: storage subjects and default event root. Default: the plugin id."
+    )
+    entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=200)] | None = Field(
+        None, description="module:Class in the plugin folder; default: the one plugin class in plugin.py."
+    )
+    commands: dict[str, str] = Field(
+        default_factory=dict,
+        description="Chat word -> '<namespace>.<action>', served on rosey.command.<namespace>.<action>.",
+        max_length=256,
+    )
+    events: list[Token] = Field(default_factory=list, max_length=32, description="Extra event roots.")
+    permissions: list[Permission] = Field(default_factory=list, description="Grants; see docs/permissions.md.")
+    resources: Resources = Field(default_factory=Resources)
+    config: dict[str, Any] = Field(default_factory=dict, description="Passed to the plugin's constructor.")
+    config_schema: dict[str, Any] | None = Field(None, description="JSON Schema the config must satisfy.")
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for word, target in value.items():
+            if not CHAT_WORD.match(word):
+                problems.append(f"chat word {word!r} must be 1-32 lowercase letters, digits, '-' or '_'")
+                continue
+            match = _COMMAND_TARGET.match(target) if isinstance(target, str) else None
+            if not match:
+                problems.append(f"{word}: {target!r} must be '<namespace>.<action>', e.g. dice.roll")
+                continue
+            try:
+                _token(match["ns"])
+            except ValueError as exc:
+                problems.append(f"{word}: namespace {exc}")
+            if not ACTION.match(match["action"]):
+                problems.append(f"{word}: action {match['action']!r} must be letters, digits, '-' or '_'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("permissions")
+    @classmethod
+    def _unique(cls, value: list[Permission]) -> list[Permission]:
+        seen = []
+        for p in value:
+            if p in seen:
+                raise ValueError(f"{p.value} is listed twice")
+            seen.append(p)
+        return value
+
+    @field_validator("config_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        validator = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
+        try:
+            validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            where = ".".join(str(p) for p in exc.path) or "(schema)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _config_matches_schema(self) -> "PluginSpec":
+        if self.config_schema is None:
+            return self
+        validator_cls = jsonschema.validators.validator_for(self.config_schema, default=jsonschema.Draft202012Validator)
+        errors = sorted(validator_cls(self.config_schema).iter_errors(self.config), key=lambda e: list(e.path))
+        if errors:
+            lines = []
+            for err in errors[:10]:
+                where = ".".join(["config", *(str(p) for p in err.path)])
+                lines.append(f"{where}: {err.message}")
+            raise ValueError("config does not match config_schema: " + "; ".join(lines))
+        return self
+
+    # -- what this spec claims ------------------------------------------------
+
+    def command_subjects(self) -> dict[str, str]:
+        """Chat word -> full command subject."""
+        return {word: f"rosey.command.{target}" for word, target in self.commands.items()}
+
+    def command_namespaces(self) -> list[str]:
+        return sorted({target.split(".", 1)[0] for target in self.commands.values()})
+
+    @property
+    def granted(self) -> frozenset[Permission]:
+        """Declared permissions plus those they imply (write implies read)."""
+        grants = set(self.permissions)
+        if Permission.database_write in grants:
+            grants.add(Permission.database_read)
+        if Permission.file_system_write in grants:
+            grants.add(Permission.file_system_read)
+        return frozenset(grants)
+
+
+class Manifest(PluginSpec):
+    """`plugin.yaml`: the seed's fields plus Precinct's extras."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=63)] = Field(
+        ..., description="Plugin name; its DNS-1123 form is the plugin id."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_becomes_id(cls, value: str) -> str:
+        try:
+            canonical_id(value)
+        except IdError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def id(self) -> str:
+        return canonical_id(self.name)
+
+    @property
+    def namespace(self) -> str:
+        return self.subject_namespace or self.id
+
+    def without_name(self) -> PluginSpec:
+        return PluginSpec.model_validate(self.model_dump(exclude={"name"}, by_alias=False), by_name=True, by_alias=False)
+
+
+class BundleRef(_Model):
+    name: Token
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+_DIGEST_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+
+
+class BotPluginSpec(PluginSpec):
+    """`spec` of a BotPlugin custom resource (camelCase on the wire)."""
+
+    image: Annotated[str, StringConstraints(max_length=512, pattern=_DIGEST_IMAGE.pattern)] | None = Field(
+        None, description="Plugin image pinned by digest (repo@sha256:...)."
+    )
+    bundle: BundleRef | None = Field(None, description="A verified release from the plugin index.")
+    suspend: bool = Field(False, description="Scale to zero and keep everything else.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BotPluginSpec":
+        if (self.image is None) == (self.bundle is None):
+            raise ValueError("set exactly one of image (pinned by digest) or bundle (name and version)")
+        return self
+
+
+def load_manifest(data: Any) -> Manifest:
+    """Validate a `plugin.yaml` document (snake_case only)."""
+    return Manifest.model_validate(data, by_alias=False, by_name=True)
+
+
+def load_botplugin_spec(data: Any) -> BotPluginSpec:
+    """Validate a BotPlugin `spec` (camelCase only)."""
+    return BotPluginSpec.model_validate(data, by_alias=True, by_name=False)

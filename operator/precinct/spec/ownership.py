@@ -1,0 +1,93 @@
+"""Who owns which subjects.
+
+Each subject namespace, event root, command subject and chat word belongs to
+exactly one plugin. Claims are granted in priority order (single host:
+plugins already running, then folder-name order; Kubernetes: older
+creationTimestamp first), so a newcomer can never take over a subject that a
+running plugin serves: it is rejected instead, and the first owner keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import PluginSpec
+
+SUBJECT_CONFLICT = "SubjectConflict"
+COMMAND_CONFLICT = "CommandConflict"
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A plugin as the compiler sees it: its id and its validated spec."""
+
+    id: str
+    spec: PluginSpec
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.subject_namespace or self.id
+
+    def namespace_claims(self) -> list[str]:
+        """Tokens under which it stores data or publishes events."""
+        return sorted({self.namespace, *self.spec.command_namespaces(), *self.spec.events})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    plugin: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Ownership:
+    accepted: list[Plugin] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    namespaces: dict[str, str] = field(default_factory=dict)   # token -> plugin id
+    words: dict[str, str] = field(default_factory=dict)        # chat word -> plugin id
+    subjects: dict[str, str] = field(default_factory=dict)     # command subject -> plugin id
+
+    def routes(self) -> dict[str, str]:
+        """Chat word -> command subject, for the dispatcher."""
+        by_id = {p.id: p for p in self.accepted}
+        return {word: by_id[owner].spec.command_subjects()[word] for word, owner in sorted(self.words.items())}
+
+
+def resolve(plugins: list[Plugin]) -> Ownership:
+    """Grant claims in the given order; reject a plugin whose claims collide.
+
+    A rejected plugin gets none of its claims (partial ownership would leave a
+    plugin answering some of its commands but not others).
+    """
+    result = Ownership()
+    for plugin in plugins:
+        if any(p.id == plugin.id for p in result.accepted):
+            result.rejected.append(Rejection(plugin.id, SUBJECT_CONFLICT, f"plugin id {plugin.id!r} is already in use"))
+            continue
+        conflicts: list[tuple[str, str]] = []
+        subjects = plugin.spec.command_subjects()
+        for word, subject in subjects.items():
+            owner = result.subjects.get(subject)
+            if owner:
+                conflicts.append((COMMAND_CONFLICT, f"command subject {subject} belongs to plugin {owner!r}"))
+            owner = result.words.get(word)
+            if owner:
+                conflicts.append((COMMAND_CONFLICT, f"chat word !{word} belongs to plugin {owner!r}"))
+        for token in plugin.namespace_claims():
+            owner = result.namespaces.get(token)
+            if owner:
+                conflicts.append((SUBJECT_CONFLICT, f"namespace {token!r} belongs to plugin {owner!r}"))
+        if conflicts:
+            # Command conflicts are the more specific (and more common) diagnosis.
+            reason = COMMAND_CONFLICT if any(r == COMMAND_CONFLICT for r, _ in conflicts) else SUBJECT_CONFLICT
+            message = "; ".join(dict.fromkeys(m for _, m in conflicts))
+            result.rejected.append(Rejection(plugin.id, reason, message))
+            continue
+        result.accepted.append(plugin)
+        for token in plugin.namespace_claims():
+            result.namespaces[token] = plugin.id
+        for word, subject in subjects.items():
+            result.words[word] = plugin.id
+            result.subjects[subject] = plugin.id
+    return result
