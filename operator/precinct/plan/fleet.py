@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..spec.load import BotPluginResource, Problem, expand_paths, load_path
+from ..spec.load import BotPluginResource, Problem, expand_paths, find_manifest, load_path
 from ..spec.model import Manifest
 from ..spec.ownership import Ownership, Plugin, resolve
 from .sandbox import SandboxPlan, compile_plan
@@ -42,7 +42,8 @@ def check_fleet(paths: list[Path]) -> FleetReport:
         if loaded is not None:
             plugin = as_plugin(loaded)
             report.plugins.append(plugin)
-            sources.setdefault(plugin.id, str(path))
+            label = (find_manifest(path) or path) if path.is_dir() else path
+            sources.setdefault(plugin.id, str(label))
     report.ownership = resolve(report.plugins)
     for rejection in report.ownership.rejected:
         report.problems.append(

@@ -8,6 +8,7 @@ manifest needs before parsing: large files, binary data, YAML aliases (the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -29,7 +30,12 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message}"
+        # One problem, one line: hostile input must not forge extra lines.
+        return f"{_one_line(self.file)}: {_one_line(self.field)}: {_one_line(self.message)}"
+
+
+def _one_line(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,10 @@ def parse_yaml(raw: bytes, label: str, limit: int = MAX_MANIFEST_BYTES) -> tuple
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    parts = []
+    parts: list[str] = []
     for item in loc:
+        if isinstance(item, str) and not re.fullmatch(r"[A-Za-z0-9_-]+", item):
+            item = repr(item)
         if isinstance(item, int) and parts:
             parts[-1] = f"{parts[-1]}[{item}]"
         else:

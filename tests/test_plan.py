@@ -1,0 +1,94 @@
+"""The sandbox compiler: pure, deterministic, and exactly as wide as the grants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from precinct.plan import permissions_doc
+from precinct.plan.sandbox import CHAT_IN_SUBJECTS, compile_plan, core_account, platform_account
+from precinct.spec.model import load_manifest
+from precinct.spec.ownership import COMMAND_CONFLICT, SUBJECT_CONFLICT, Plugin, resolve
+
+ROOT = Path(__file__).parents[1]
+
+
+def plugin(name: str, **fields) -> Plugin:
+    m = load_manifest({"name": name, "version": "1", **fields})
+    return Plugin(m.id, m.without_name())
+
+
+def test_permissions_doc_matches_the_compiler():
+    committed = (ROOT / "docs" / "permissions.md").read_text()
+    assert committed == permissions_doc.render(), (
+        "docs/permissions.md is stale: run `python -m precinct.plan.permissions_doc > docs/permissions.md`"
+    )
+
+
+def test_plan_is_pure_and_deterministic():
+    p = plugin("dice", commands={"roll": "dice.roll"}, permissions=["send_messages", "database_write"])
+    assert compile_plan(p) == compile_plan(p)
+    assert compile_plan(p).to_dict() == compile_plan(p).to_dict()
+
+
+def test_no_grants_means_no_chat_no_storage_no_network():
+    plan = compile_plan(plugin("quiet", commands={"q": "quiet.ask"}))
+    pub = plan.account.user.publish
+    assert not any(s.startswith(("rosey.chat", "rosey.channel", "rosey.db")) for s in pub)
+    assert not any(s.startswith("rosey.platform") for s in plan.account.user.subscribe)
+    assert plan.account.imports == ()
+    assert plan.fence.network == ("nats",) and plan.fence.data_dir == "none"
+    assert plan.storage.operations == ()
+
+
+def test_read_grant_allows_reads_only():
+    plan = compile_plan(plugin("reader", subject_namespace="rd", permissions=["database_read"]))
+    assert set(plan.storage.operations) == {"row.select", "row.search", "kv.get", "kv.list", "migrate.status"}
+    locals_ = {i.local: i.subject for i in plan.account.imports}
+    assert locals_["rosey.db.kv.get"] == "precinct.storage.reader.kv.get"
+    assert locals_["rosey.db.row.rd.select"] == "precinct.storage.reader.row.select"
+    assert "rosey.db.kv.set" not in locals_ and "rosey.db.row.rd.insert" not in locals_
+
+
+def test_read_messages_never_includes_private_messages():
+    plan = compile_plan(plugin("listener", permissions=["read_messages"]))
+    assert set(plan.account.user.subscribe) >= set(CHAT_IN_SUBJECTS)
+    assert not any(s.endswith(".pm") for s in plan.account.user.subscribe)
+
+
+def test_shared_accounts_carry_each_plugins_edges():
+    a = compile_plan(plugin("a", commands={"x": "a.x"}, permissions=["send_messages"]))
+    b = compile_plan(plugin("b", commands={"y": "b.y"}))
+    core = core_account([a, b])
+    imported = {(i.account, i.subject) for i in core.imports}
+    assert ("plugin:a", "rosey.command.a.x") in imported and ("plugin:b", "rosey.command.b.y") in imported
+    platform = platform_account([a, b])
+    prefixed = {(i.account, i.subject, i.prefix) for i in platform.imports if i.kind == "stream"}
+    assert ("plugin:a", "rosey.chat.*.send", "plugin.a") in prefixed
+    assert not any(acct == "plugin:b" and subj.startswith("rosey.chat") for acct, subj, _ in prefixed)
+
+
+def test_events_roots_cover_namespace_commands_and_declared_roots():
+    plan = compile_plan(plugin("trivia-game", subject_namespace="trivia", commands={"t": "quiz.start"}, events=["scores"]))
+    assert set(plan.event_roots) == {"rosey.event.trivia.>", "rosey.event.quiz.>", "rosey.event.scores.>", "scores.>"}
+
+
+def test_first_claimant_keeps_its_commands():
+    first = plugin("first", commands={"roll": "dice.roll"})
+    second = plugin("second", commands={"roll": "dice2.roll"})
+    third = plugin("third", subject_namespace="dice")
+    result = resolve([first, second, third])
+    assert [p.id for p in result.accepted] == ["first"]
+    reasons = {r.plugin: r.reason for r in result.rejected}
+    assert reasons == {"second": COMMAND_CONFLICT, "third": SUBJECT_CONFLICT}
+    assert result.routes() == {"roll": "rosey.command.dice.roll"}
+    # Order decides: the same pair the other way round keeps `second`.
+    assert [p.id for p in resolve([second, first]).accepted] == ["second"]
+
+
+@pytest.mark.parametrize("clash", [{"subject_namespace": "a-b"}, {"events": ["a-b"]}, {"commands": {"z": "a-b.z"}}])
+def test_namespaces_are_exclusive_even_when_ids_look_alike(clash):
+    owner = plugin("a-b")
+    other = plugin("a", **clash)
+    assert [p.id for p in resolve([owner, other]).accepted] == ["a-b"]

@@ -1,0 +1,126 @@
+"""`precinct validate`: one line per problem, exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from precinct.cli import app
+
+ROOT = Path(__file__).parents[1]
+runner = CliRunner()
+
+
+def run(*args: str):
+    result = runner.invoke(app, ["validate", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def write(tmp_path: Path, content: bytes | str, name: str = "plugin.yaml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def test_examples_are_valid():
+    code, out = run(str(ROOT / "plugins"))
+    assert code == 0, out
+    assert "dice-roller" in out and "markov-plugin" in out
+
+
+BAD = {
+    "empty": (b"", "(document): file is empty"),
+    "list": (b"- a\n- b\n", "(document): expected a mapping of manifest fields, got a list"),
+    "binary": (bytes(range(256)) * 4, "not UTF-8 text"),
+    "huge": (b"name: x\n" + b"# pad\n" * (2 * 1024 * 1024), "a manifest may be at most"),
+    "unknown permission": (b"name: x\nversion: '1'\npermissions: [root_access]\n",
+                           "permissions[0]: 'root_access' is not a permission"),
+    "negative limit": (b"name: x\nversion: '1'\nresources: {cpu_limit: -1}\n",
+                       "resources.cpu_limit: cpu_limit must be greater than zero"),
+    "lots of memory": (b"name: x\nversion: '1'\nresources: {memory_limit: lots}\n",
+                       "resources.memory_limit: expected a Kubernetes quantity"),
+    "schema": (b"name: x\nversion: '1'\nconfig: {max: 50}\nconfig_schema: {properties: {max: {maximum: 20}}}\n",
+               "config.max: 50 is greater than the maximum of 20"),
+    "missing version": (b"name: x\n", "version: Field required"),
+    "bad yaml": (b"name: [x\n", "invalid YAML"),
+    "alias bomb": (b"a: &a [1,1,1]\nb: &b [*a,*a,*a]\nname: x\n", "aliases"),
+    "typo": (b"name: x\nversion: '1'\npermisions: []\n", "permisions: unknown field"),
+    "bad name": (b"name: 'my plugin!'\nversion: '1'\n", "name: 'my plugin!' cannot become a plugin id"),
+    "bad command": (b"name: x\nversion: '1'\ncommands: {roll: roll}\n", "must be '<namespace>.<action>'"),
+    "deep": (b"name: x\nversion: '1'\nconfig: " + b"[" * 5000 + b"]" * 5000 + b"\n", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_one_clear_line(tmp_path, case):
+    content, expected = BAD[case]
+    path = write(tmp_path, content)
+    code, out = run(str(path))
+    assert code == 1, out
+    assert "Traceback" not in out
+    assert expected in out
+    for line in out.strip().splitlines():
+        assert line.startswith(f"{path}: "), line
+
+
+def test_command_conflict_is_rejected_for_the_second_claimant(tmp_path):
+    a = tmp_path / "a-dice"; a.mkdir()
+    b = tmp_path / "b-dice"; b.mkdir()
+    write(a, "name: a-dice\nversion: '1'\ncommands: {roll: dice.roll}\n")
+    write(b, "name: b-dice\nversion: '1'\ncommands: {roll: dice2.roll}\n")
+    code, out = run(str(tmp_path))
+    assert code == 1
+    assert "b-dice/plugin.yaml: commands: CommandConflict: chat word !roll belongs to plugin 'a-dice'" in out
+    assert "a-dice/plugin.yaml" not in out
+
+
+def test_json_report(tmp_path):
+    path = write(tmp_path, "name: x\nversion: '1'\nresources: {pids_limit: 0}\n")
+    result = runner.invoke(app, ["validate", "--json", str(path)])
+    report = json.loads(result.output)
+    assert result.exit_code == 1 and report["valid"] is False
+    assert report["problems"][0]["field"] == "resources.pids_limit"
+
+
+def test_the_installed_command_never_prints_a_traceback(tmp_path):
+    path = write(tmp_path, b"\xff\xfe\x00garbage")
+    proc = subprocess.run([sys.executable, "-m", "precinct.cli", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "not UTF-8 text" in proc.stdout
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+documents = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5), max_leaves=20)
+FIELDS = ["name", "version", "author", "permissions", "resources", "commands", "events", "config",
+          "config_schema", "subject_namespace", "entrypoint"]
+manifest_like = st.dictionaries(st.sampled_from(FIELDS), documents, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(documents, manifest_like))
+def test_random_documents_never_crash(tmp_path, doc):
+    path = write(tmp_path, yaml.safe_dump(doc))
+    code, out = run(str(path))
+    assert code in (0, 1)
+    assert "Traceback" not in out
+    if code == 1:
+        assert all(line.startswith(f"{path}: ") for line in out.strip().splitlines()), out
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300))
+def test_random_bytes_never_crash(tmp_path, raw):
+    path = write(tmp_path, raw)
+    code, out = run(str(path))
+    assert code in (0, 1) and "Traceback" not in out
