@@ -1,0 +1,215 @@
+"""One plugin's life on a single host: start, watch, restart, stop.
+
+A slot owns at most one running instance of a plugin. When the instance
+exits on its own it is restarted with exponential backoff (Rosey's numbers:
+1 s doubling to 60 s, reset after 300 s healthy); three quick crashes in a row
+put it in CrashLoopBackOff. The slot remembers why it last exited
+(`ExitCode<N>`) and the last lines of its stderr, because that is what a
+person debugging a plugin needs first.
+
+Nothing here trusts the plugin: readiness is a NATS ping answered through the
+plugin's own account, and stopping escalates SIGTERM to SIGKILL of the whole
+process group after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from .. import conditions as cond
+from ..conditions import Conditions
+from .procstats import ProcessStats, sample
+
+STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REJECTED, SUSPENDED = (
+    "Starting", "Running", "BackOff", "CrashLoopBackOff", "Stopped", "Rejected", "Suspended")
+
+
+@dataclass
+class RestartPolicy:
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+    reset_after: float = 300.0      # healthy this long -> backoff starts over
+    crash_loop_after: int = 3       # this many quick crashes in a row -> CrashLoopBackOff
+    grace_period: float = 10.0      # SIGTERM -> SIGKILL
+    ready_timeout: float = 30.0     # spawn -> first ping answer
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    instance: str
+
+
+@dataclass
+class SlotStatus:
+    id: str
+    state: str = STOPPED
+    pid: int | None = None
+    uid: int | None = None
+    instance: str | None = None
+    restarts: int = 0
+    last_exit: str | None = None
+    last_exit_at: float | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    ready_at: float | None = None
+    cpu_seconds: float = 0.0
+    memory_bytes: int = 0
+    enforcement: dict[str, str] = field(default_factory=dict)
+    conditions: list[dict] = field(default_factory=list)
+
+
+# (plugin id, instance) -> what to execute. The supervisor decides (sandbox, uid, ...).
+Launcher = Callable[[str], Awaitable[LaunchSpec]]
+# (plugin id, instance, deadline) -> True once the instance answers its ping.
+Pinger = Callable[[str, float], Awaitable[bool]]
+
+
+class Slot:
+    def __init__(self, plugin_id: str, launcher: Launcher, pinger: Pinger, policy: RestartPolicy) -> None:
+        self.id = plugin_id
+        self.launcher = launcher
+        self.pinger = pinger
+        self.policy = policy
+        self.status = SlotStatus(id=plugin_id)
+        self.conditions = Conditions()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr = collections.deque(maxlen=20)
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._quick_crashes = 0
+        self._backoff = policy.initial_backoff
+        self.conditions.set(cond.READY, False, "Starting", "not started yet")
+
+    # -- public ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name=f"slot:{self.id}")
+
+    async def stop(self, reason: str = STOPPED) -> None:
+        self._stopping.set()
+        self._wake.set()
+        await self._terminate()
+        if self._task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.status.state = reason
+        self.conditions.set(cond.READY, False, reason, "stopped by the supervisor")
+
+    def snapshot(self) -> SlotStatus:
+        proc = self._proc
+        if proc and proc.returncode is None:
+            stats: ProcessStats = sample(proc.pid)
+            self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
+        self.status.stderr_tail = list(self._stderr)
+        self.status.conditions = self.conditions.to_list()
+        return self.status
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            instance = secrets.token_hex(3)
+            started = time.monotonic()
+            try:
+                await self._spawn(instance)
+            except Exception as exc:  # a launch failure is a crash like any other
+                self._stderr.append(f"could not start: {exc}")
+                self._record_exit("LaunchFailed")
+            else:
+                await self._wait_ready_then_exit(instance)
+            if self._stopping.is_set():
+                break
+            healthy_for = time.monotonic() - started
+            if healthy_for >= self.policy.reset_after:
+                self._backoff, self._quick_crashes = self.policy.initial_backoff, 0
+            self._quick_crashes += 1
+            self.status.restarts += 1
+            crash_loop = self._quick_crashes >= self.policy.crash_loop_after
+            self.status.state = CRASH_LOOP if crash_loop else BACKOFF
+            reason = cond.CRASH_LOOP if crash_loop else (self.status.last_exit or "Exited")
+            tail = self._stderr[-1] if self._stderr else ""
+            self.conditions.set(cond.READY, False, reason,
+                                f"{self.status.last_exit}; restarting in {self._backoff:g} s. {tail}".strip())
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._backoff)
+            self._backoff = min(self._backoff * 2, self.policy.max_backoff)
+
+    async def _spawn(self, instance: str) -> None:
+        spec = await self.launcher(instance)
+        self.status.state = STARTING
+        self.status.instance = instance
+        self.conditions.set(cond.READY, False, "Starting", f"instance {instance} starting")
+        self._proc = await asyncio.create_subprocess_exec(
+            *spec.argv, env=spec.env, cwd=spec.cwd,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: we can signal everything it started
+        )
+        self.status.pid = self._proc.pid
+        self.status.started_at = time.time()
+        self.status.ready_at = None
+
+    async def _wait_ready_then_exit(self, instance: str) -> None:
+        proc = self._proc
+        assert proc is not None
+        reader = asyncio.create_task(self._read_stderr(proc))
+        exited = asyncio.create_task(proc.wait())
+        ready = asyncio.create_task(self.pinger(instance, self.policy.ready_timeout))
+        done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready in done and ready.result() and proc.returncode is None:
+            self.status.state = RUNNING
+            self.status.ready_at = time.time()
+            self.conditions.set(cond.READY, True, "Running", f"instance {instance} answers its health ping")
+        elif ready in done and proc.returncode is None:
+            self._stderr.append(f"no answer to the health ping within {self.policy.ready_timeout:g} s")
+            await self._terminate()
+        else:
+            ready.cancel()
+        await exited
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader, 2)
+        if not self._stopping.is_set():
+            self._record_exit(cond.exit_reason(proc.returncode))
+        self.status.pid = None
+
+    def _record_exit(self, reason: str) -> None:
+        self.status.last_exit = reason
+        self.status.last_exit_at = time.time()
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            line = await proc.stderr.readline()
+            if not line:
+                return
+            self._stderr.append(line.decode(errors="replace").rstrip()[:500])
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.policy.grace_period)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        # Anything the plugin left behind in its group goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,228 @@
+"""The dispatcher: turns chat into plugin commands, in the core account.
+
+It stands where Rosey's router stood, so a real Rosey CyTube connector works
+against Precinct unchanged:
+
+  rosey.platform.<p>.chatMsg  "!roll 2d6"
+      -> request rosey.command.dice.roll  {"channel","user","args","reply_to"}
+         (a NATS inbox AND a payload reply_to rosey.reply.<id>.<nonce>;
+          whichever answer arrives first wins, the other is ignored)
+      -> rosey.platform.<p>.message  {"message": <formatted answer>, ...}
+
+Unsolicited chat that the gateway relays from plugins (rosey.chat.<ch>.send,
+rosey.channel.<ch>.message) is forwarded to the platform the channel was last
+seen on. Every command's outcome is also published on
+`precinct.dispatch.<p>.result` so `precinct say` can tell "no plugin owns
+this", "no answer in time" and "answered" apart.
+
+Routes (chat word -> subject and owning plugin) come from a JSON file the
+supervisor rewrites atomically; SIGHUP (or a changed mtime) reloads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+log = logging.getLogger("precinct.dispatcher")
+
+MAX_ARGS = 2000  # characters of chat handed to a plugin
+
+
+def result_subject(platform: str) -> str:
+    return f"precinct.dispatch.{platform}.result"
+
+
+def parse_command(message: str) -> tuple[str, str] | None:
+    """`!Roll 2d6` -> ("roll", "2d6"); anything else -> None."""
+    if not message.startswith("!") or len(message) < 2:
+        return None
+    word, _, rest = message[1:].partition(" ")
+    return word.lower(), rest.strip()[:MAX_ARGS]
+
+
+def format_answer(raw: bytes) -> tuple[bool, str]:
+    """A Rosey reply -> (success, text for chat)."""
+    try:
+        reply = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False, "the plugin answered with something that is not JSON"
+    if not isinstance(reply, dict):
+        return False, "the plugin answered with something that is not a JSON object"
+    if reply.get("success") is False:
+        return False, str(reply.get("error") or "the plugin reported an error")[:MAX_ARGS]
+    result = reply.get("result", reply)
+    if isinstance(result, dict) and "formatted" in result:
+        return True, str(result["formatted"])[:MAX_ARGS]
+    if isinstance(result, str):
+        return True, result[:MAX_ARGS]
+    return True, json.dumps(result)[:MAX_ARGS]
+
+
+class Routes:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.table: dict[str, dict[str, str]] = {}
+        self._mtime = 0.0
+
+    def reload(self, force: bool = False) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self.table = {}
+            return
+        if not force and mtime == self._mtime:
+            return
+        try:
+            self.table = json.loads(self.path.read_text())
+            self._mtime = mtime
+            log.info("routes loaded: %s", ", ".join(f"!{w}" for w in sorted(self.table)) or "(none)")
+        except (OSError, ValueError) as exc:
+            log.error("cannot read routes %s: %s (keeping the previous table)", self.path, exc)
+
+    def get(self, word: str) -> dict[str, str] | None:
+        self.reload()
+        return self.table.get(word)
+
+
+class Dispatcher:
+    def __init__(self, nc, routes: Routes, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.routes = routes
+        self.timeout = timeout
+        self.channel_platform: dict[str, str] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self.nc.subscribe("rosey.platform.*.chatMsg", cb=self._on_chat)
+        await self.nc.subscribe("rosey.chat.*.send", cb=self._on_relay)
+        await self.nc.subscribe("rosey.channel.*.message", cb=self._on_relay)
+
+    async def _on_chat(self, msg) -> None:
+        platform = msg.subject.split(".")[2]
+        try:
+            envelope = json.loads(msg.data)
+            data = envelope.get("data") or {}
+            text = str(data.get("message", ""))
+            user = str(data.get("username", ""))
+            channel = str(data.get("channel") or (envelope.get("metadata") or {}).get("channel") or platform)
+            correlation = str(envelope.get("correlation_id") or secrets.token_hex(8))
+        except (ValueError, AttributeError, TypeError):
+            log.warning("ignoring a chat event on %s that is not a Rosey envelope", msg.subject)
+            return
+        self.channel_platform[channel] = platform
+        parsed = parse_command(text)
+        if not parsed:
+            return
+        task = asyncio.create_task(self._dispatch(platform, channel, user, correlation, *parsed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, platform: str, channel: str, user: str, correlation: str, word: str, args: str) -> None:
+        route = self.routes.get(word)
+        outcome: dict[str, Any] = {"correlation_id": correlation, "word": word, "channel": channel}
+        if route is None:
+            outcome.update(status="no_route", message=f"no plugin handles !{word}")
+            await self._publish(result_subject(platform), outcome)
+            return
+        plugin, subject = route["plugin"], route["subject"]
+        reply_to = f"rosey.reply.{plugin}.{secrets.token_hex(8)}"
+        payload = json.dumps({"channel": channel, "user": user, "args": args, "reply_to": reply_to}).encode()
+        outcome.update(plugin=plugin, subject=subject)
+        started = time.monotonic()
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_payload_reply(msg) -> None:
+            if not answer.done():
+                answer.set_result(msg.data)
+
+        sub = await self.nc.subscribe(reply_to, cb=on_payload_reply, max_msgs=1)
+
+        async def via_inbox() -> None:
+            try:
+                msg = await self.nc.request(subject, payload, timeout=self.timeout)
+                if not answer.done():
+                    answer.set_result(msg.data)
+            except NoRespondersError:
+                if not answer.done():
+                    answer.set_exception(NoRespondersError())
+            except NatsTimeout:
+                pass  # the payload reply may still come; the overall wait decides
+
+        inbox_task = asyncio.create_task(via_inbox())
+        try:
+            raw = await asyncio.wait_for(answer, self.timeout)
+        except NoRespondersError:
+            outcome.update(status="no_responders", message=f"plugin {plugin} is not running")
+        except asyncio.TimeoutError:
+            outcome.update(status="timeout", message=f"plugin {plugin} did not answer !{word} within {self.timeout:g} s")
+        else:
+            ok, text = format_answer(raw)
+            outcome.update(status="ok" if ok else "error", message=text)
+            await self._publish(f"rosey.platform.{platform}.message",
+                                {"message": text, "channel": channel, "in_reply_to": correlation, "plugin": plugin})
+        finally:
+            inbox_task.cancel()
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the subscription may already be gone after max_msgs
+                pass
+        outcome["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)
+        await self._publish(result_subject(platform), outcome)
+
+    async def _on_relay(self, msg) -> None:
+        channel = msg.subject.split(".")[2]
+        try:
+            body = json.loads(msg.data)
+            text = str(body.get("message", ""))[:MAX_ARGS]
+        except (ValueError, AttributeError):
+            return
+        platform = self.channel_platform.get(channel, "console")
+        plugin = (msg.headers or {}).get("Precinct-Plugin", "")
+        await self._publish(f"rosey.platform.{platform}.message",
+                            {"message": text, "channel": channel, "plugin": plugin, "unsolicited": True})
+
+    async def _publish(self, subject: str, body: dict) -> None:
+        await self.nc.publish(subject, json.dumps(body).encode())
+
+
+async def serve(server: str, creds: str, routes_path: Path, timeout: float) -> None:
+    stop = asyncio.Event()
+    routes = Routes(routes_path)
+    routes.reload(force=True)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: routes.reload(force=True))
+    nc = await nats.connect(server, user_credentials=creds, name="precinct-dispatcher",
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    dispatcher = Dispatcher(nc, routes, timeout)
+    await dispatcher.start()
+    log.info("dispatcher ready on %s", server)
+    await stop.wait()
+    await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Precinct's dispatcher: chat commands -> plugin requests (core account).")
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--creds", required=True)
+    parser.add_argument("--routes", required=True, type=Path)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s dispatcher %(levelname)s %(message)s")
+    asyncio.run(serve(args.server, args.creds, args.routes, args.timeout))
+
+
+if __name__ == "__main__":
+    main()
