@@ -78,7 +78,8 @@ def _token(value: str) -> str:
     return value
 
 
-Token = Annotated[str, StringConstraints(max_length=63), AfterValidator(_token)]
+# The pattern is repeated into the JSON schema so the API server checks it too.
+Token = Annotated[str, StringConstraints(max_length=63), AfterValidator(_token), Field(json_schema_extra={"pattern": TOKEN_PATTERN})]
 
 
 def _check_quantity(kind: str, parse):
