@@ -93,6 +93,182 @@ def crd(
         sys.stdout.write(text)
 
 
+STATE_HELP = "State dir (keys, credentials, databases). Default: $PRECINCT_STATE_DIR, /var/lib/precinct/state as root, else ~/.local/state/precinct."
+
+
+def _state(state_dir: Optional[Path]) -> Path:
+    from .runtime.supervisor import default_state_dir
+
+    return state_dir or default_state_dir()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"precinct: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    plugins_dir: Path = typer.Argument(Path("plugins"), help="Folder holding one folder per plugin (plugin.yaml + code)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    nats_port: Optional[int] = typer.Option(None, "--nats-port", help="Loopback port for NATS (default: a free one)."),
+    grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping a plugin."),
+    initial_backoff: float = typer.Option(1.0, "--initial-backoff", help="First restart delay after a crash (s)."),
+    max_backoff: float = typer.Option(60.0, "--max-backoff", help="Longest restart delay (s)."),
+    reset_after: float = typer.Option(300.0, "--reset-after", help="Healthy this long resets the backoff (s)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
+) -> None:
+    """Run NATS, the trusted services and every plugin in PLUGINS_DIR until Ctrl-C or SIGTERM."""
+    import asyncio
+    import logging
+
+    from .runtime.slot import RestartPolicy
+    from .runtime.supervisor import Supervisor, SupervisorError
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not plugins_dir.is_dir():
+        _fail(f"{plugins_dir} is not a folder of plugins")
+    policy = RestartPolicy(initial_backoff=initial_backoff, max_backoff=max_backoff,
+                           reset_after=reset_after, grace_period=grace)
+    supervisor = Supervisor(plugins_dir, _state(state_dir), policy=policy, nats_port=nats_port)
+    try:
+        asyncio.run(supervisor.run())
+    except SupervisorError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def status(
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the full status as JSON."),
+) -> None:
+    """Show every plugin: state, pid, restarts, last exit, CPU, memory, conditions."""
+    from .runtime.control import ControlError, call
+    from .runtime.status_view import render_status
+
+    try:
+        reply = call(_state(state_dir), "status")
+    except ControlError as exc:
+        _fail(str(exc))
+    reply.pop("ok", None)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+    else:
+        render_status(reply)
+
+
+@app.command()
+def say(
+    text: str = typer.Argument(..., help="A line of chat, e.g. '!roll 2d6'."),
+    user: str = typer.Option("console", "--user", help="Who says it."),
+    channel: str = typer.Option("console", "--channel", help="Channel it is said in."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for an answer."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the dispatcher's outcome as JSON."),
+) -> None:
+    """Say one line in the console channel; for a !command, print the answer.
+
+    Exits 1 when no plugin owns the command, the plugin is not running, or no
+    answer arrives in time; 3 when the plugin answered with an error.
+    """
+    import asyncio
+
+    from .runtime.chat import ChatClient, ChatError, read_endpoint
+
+    async def go():
+        client = ChatClient(read_endpoint(_state(state_dir)))
+        await client.connect()
+        try:
+            return await client.say(text, user=user, channel=channel, timeout=timeout)
+        finally:
+            await client.close()
+
+    try:
+        outcome = asyncio.run(go())
+    except ChatError as exc:
+        _fail(str(exc))
+    if outcome is None:
+        return
+    if as_json:
+        typer.echo(json.dumps(outcome))
+    status_ = outcome.get("status")
+    if status_ == "ok":
+        if not as_json:
+            typer.echo(outcome.get("message", ""))
+        return
+    if not as_json:
+        typer.echo(f"precinct: {outcome.get('message')}", err=True)
+    raise typer.Exit(3 if status_ == "error" else 1)
+
+
+@app.command()
+def console(
+    user: str = typer.Option("console", "--user", help="Your name in chat."),
+    channel: str = typer.Option("console", "--channel", help="Channel to talk in."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """An interactive chat with the bot: type lines, `!commands` reach their plugin. Ctrl-D quits."""
+    import asyncio
+
+    from .runtime.chat import ChatClient, ChatError, read_endpoint
+
+    async def go():
+        client = ChatClient(read_endpoint(_state(state_dir)))
+
+        def show(body: dict) -> None:
+            who = body.get("plugin") or "bot"
+            typer.echo(f"{who}> {body.get('message', '')}")
+
+        client.on_message = show
+        await client.connect()
+        typer.echo(f"connected as {user} in #{channel}; type !commands or chat, Ctrl-D to quit")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    break
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                try:
+                    outcome = await client.say(line, user=user, channel=channel)
+                except ChatError as exc:
+                    typer.echo(f"precinct: {exc}", err=True)
+                    continue
+                if outcome and outcome.get("status") != "ok":
+                    typer.echo(f"precinct: {outcome.get('message')}", err=True)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(go())
+    except ChatError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def creds(
+    account: str = typer.Argument("core", help="Whose credentials: only `core` is handed out."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """Print the path of the core credentials, for connecting a real Rosey core (connector, DB service)."""
+    from .runtime.chat import ChatError, read_endpoint
+
+    if account != "core":
+        _fail("only the core credentials are handed out; plugin credentials never leave their sandbox", 2)
+    try:
+        endpoint = read_endpoint(_state(state_dir))
+    except ChatError as exc:
+        _fail(str(exc))
+    typer.echo(endpoint.core_creds)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,41 @@
+"""`precinct status` as a table a person can scan."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ..spec.quantity import format_bytes
+
+
+def _ready(conditions: list[dict]) -> tuple[str, str]:
+    for c in conditions or []:
+        if c.get("type") == "Ready":
+            return c.get("status", "Unknown"), c.get("reason", "")
+    return "Unknown", ""
+
+
+def render_status(status: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"precinct — NATS {status.get('nats')} — state {status.get('state_dir')}")
+    for col in ("PLUGIN", "STATE", "READY", "REASON", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY", "ENFORCED BY"):
+        table.add_column(col)
+    for pid, p in status.get("plugins", {}).items():
+        ready, reason = _ready(p.get("conditions"))
+        limit = (p.get("limits") or {}).get("memory_bytes")
+        memory = format_bytes(p.get("memory_bytes") or 0) + (f" / {format_bytes(limit)}" if limit else "")
+        enforcement = ", ".join(f"{k}: {v}" for k, v in (p.get("enforcement") or {}).items()) or "-"
+        table.add_row(pid, p.get("state", "?"), ready, reason, str(p.get("pid") or "-"), str(p.get("uid") or "-"),
+                      str(p.get("restarts", 0)), p.get("last_exit") or "-", f"{p.get('cpu_seconds', 0):.2f}",
+                      memory, enforcement)
+    console.print(table)
+    for pid, p in status.get("plugins", {}).items():
+        for problem in p.get("problems") or []:
+            console.print(f"[red]{pid}[/red]: {problem}")
+        if p.get("state") in ("BackOff", "CrashLoopBackOff") and p.get("stderr_tail"):
+            console.print(f"[yellow]{pid} stderr (last lines):[/yellow]")
+            for line in p["stderr_tail"][-5:]:
+                console.print(f"  {line}", markup=False)
+    services = status.get("services", {})
+    if services:
+        console.print("services: " + ", ".join(f"{n} {s.get('state')}" for n, s in services.items()))

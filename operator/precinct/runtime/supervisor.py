@@ -1,0 +1,339 @@
+"""`precinct up`: the single-host supervisor.
+
+It owns everything trusted on the machine and starts each piece as its own
+process: the NATS server (the enforcer), the trusted services (dispatcher,
+and later gateway and storage), and one runner per plugin folder. Every one
+of them lives in a `Slot`, so a crashed service is restarted exactly like a
+crashed plugin, with backoff.
+
+The plugins dir is watched: a folder that appears is validated and started, a
+folder that disappears is stopped and its NATS account revoked, a changed
+manifest restarts the plugin under its new plan. Claims are granted to
+plugins already running first, then in folder-name order, so a newcomer can
+never take a running plugin's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nats
+
+from .. import conditions as cond
+from ..plan.fleet import as_plugin
+from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject
+from ..spec.load import Problem, find_manifest, load_path
+from ..spec.ownership import Plugin, resolve
+from .control import ControlError, ControlServer
+from .slot import REJECTED, LaunchSpec, RestartPolicy, Slot
+
+log = logging.getLogger("precinct.supervisor")
+
+RUNNER_MODULE = "precinct_runner"
+WATCH_INTERVAL = 1.0
+ENDPOINT_NAME = "endpoint.json"   # where `precinct say/console/creds` find NATS and the core creds
+
+
+class SupervisorError(RuntimeError):
+    """A reason `precinct up` cannot run, worded for the person who typed it."""
+
+
+@dataclass
+class PluginEntry:
+    folder: Path
+    plugin: Plugin
+    plan: SandboxPlan
+    digest: str
+    slot: Slot
+
+
+def default_state_dir() -> Path:
+    if env := os.environ.get("PRECINCT_STATE_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/precinct/state")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "precinct"
+
+
+class StateLock:
+    """One supervisor per state dir: a second `precinct up` refuses to start."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "supervisor.lock"
+        self._fh = None
+
+    def acquire(self) -> None:
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise SupervisorError(
+                f"another `precinct up` (pid {holder}) is already running on {self.path.parent}; "
+                "stop it first or use a different --state-dir"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+
+    def release(self) -> None:
+        if self._fh:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+
+
+def _digest(folder: Path) -> str:
+    """Changes when the manifest changes (code changes are picked up on restart)."""
+    manifest = find_manifest(folder)
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else ""
+
+
+class Supervisor:
+    def __init__(self, plugins_dir: Path, state_dir: Path, policy: RestartPolicy | None = None,
+                 nats_port: int | None = None, runner_python: str | None = None) -> None:
+        self.plugins_dir = plugins_dir.resolve()
+        self.state_dir = state_dir.resolve()
+        self.policy = policy or RestartPolicy()
+        self.nats_port = nats_port
+        self.runner_python = runner_python
+        self.entries: dict[str, PluginEntry] = {}
+        self.rejected: dict[str, dict] = {}
+        self.services: dict[str, Slot] = {}
+        self._stop = asyncio.Event()
+        self._lock = StateLock(self.state_dir)
+        self._nc = None
+        self.identity = None
+        self.server_url = ""
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self._lock.acquire()
+        try:
+            await self._start()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            log.info("precinct is up: %d plugin(s), NATS at %s", len(self.entries), self.server_url)
+            while not self._stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), WATCH_INTERVAL)
+                if not self._stop.is_set():
+                    await self.reconcile()
+        finally:
+            await self._shutdown()
+            self._lock.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _start(self) -> None:
+        from ..natsauth.identity import Identity  # heavy imports only when running
+        from .runner_env import ensure_runner_env
+
+        if self.runner_python is None:
+            self.runner_python = str(ensure_runner_env())
+        self.identity = Identity(self.state_dir / "nats", port=self.nats_port)
+        plans = self._scan()
+        self.identity.prepare([e.plan for e in plans])
+        self.services["nats"] = Slot("nats", self._launch_nats, self._tcp_ready, self.policy)
+        self.services["nats"].start()
+        self.server_url = self.identity.url
+        if not await self._tcp_ready("", 30):
+            raise SupervisorError(f"nats-server did not start; see {self.identity.log_path}")
+        self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
+                                      name="precinct-supervisor", max_reconnect_attempts=-1,
+                                      reconnect_time_wait=0.5)
+        self._write_routes()
+        self.services["dispatcher"] = Slot("dispatcher", self._launch_dispatcher, self._alive, self.policy)
+        self.services["dispatcher"].start()
+        self.control = ControlServer(self.state_dir, {"status": self._op_status})
+        await self.control.start()
+        endpoint = {"nats": self.server_url, "core_creds": str(self.identity.core_creds()), "pid": os.getpid()}
+        (self.state_dir / ENDPOINT_NAME).write_text(json.dumps(endpoint))
+        for entry in plans:
+            self.entries[entry.plugin.id] = entry
+            entry.slot.start()
+
+    async def _shutdown(self) -> None:
+        slots = [e.slot for e in self.entries.values()]
+        await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
+        for name in ("dispatcher", "nats"):
+            if name in self.services and name != "nats":
+                await self.services[name].stop()
+        if self._nc:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        if "nats" in self.services:
+            await self.services["nats"].stop()
+        if getattr(self, "control", None):
+            await self.control.close()
+        (self.state_dir / ENDPOINT_NAME).unlink(missing_ok=True)
+
+    # -- the plugins dir ------------------------------------------------------
+
+    def _folders(self) -> list[Path]:
+        if not self.plugins_dir.is_dir():
+            return []
+        return sorted(p for p in self.plugins_dir.iterdir() if p.is_dir() and find_manifest(p))
+
+    def _scan(self) -> list[PluginEntry]:
+        """Validate every folder; grant claims running-first, then by folder name."""
+        loaded: dict[Path, Plugin] = {}
+        self.rejected = {}
+        for folder in self._folders():
+            manifest, problems = load_path(folder)
+            if manifest is None:
+                self.rejected[folder.name] = {"state": REJECTED, "reason": "InvalidManifest",
+                                              "problems": [str(p) for p in problems]}
+                continue
+            loaded[folder] = as_plugin(manifest)
+        running = [f for f, p in loaded.items() if p.id in self.entries and self.entries[p.id].folder == f]
+        order = running + [f for f in loaded if f not in running]
+        ownership = resolve([loaded[f] for f in order])
+        for r in ownership.rejected:
+            self.rejected[r.plugin] = {"state": REJECTED, "reason": r.reason, "problems": [r.message]}
+        by_id = {loaded[f].id: f for f in order}
+        entries = []
+        for plugin in ownership.accepted:
+            folder = by_id[plugin.id]
+            existing = self.entries.get(plugin.id)
+            digest = _digest(folder)
+            if existing and existing.digest == digest and existing.folder == folder:
+                entries.append(existing)
+                continue
+            slot = Slot(plugin.id, self._launcher_for(plugin.id), self._ping_for(plugin.id), self.policy)
+            entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
+        self.routes = ownership.routes()
+        self.route_owner = dict(ownership.words)
+        return entries
+
+    async def reconcile(self) -> None:
+        """Bring running plugins in line with the plugins dir."""
+        wanted = {e.plugin.id: e for e in self._scan()}
+        removed = [pid for pid in self.entries if pid not in wanted or wanted[pid] is not self.entries[pid]]
+        added = [pid for pid, e in wanted.items() if self.entries.get(pid) is not e]
+        if not removed and not added:
+            return
+        for pid in removed:
+            log.info("stopping plugin %s (%s)", pid, "changed" if pid in wanted else "removed")
+            await self.entries.pop(pid).slot.stop()
+        self.identity.sync([e.plan for e in wanted.values()])  # revokes removed plugins live
+        self._write_routes()
+        for pid in added:
+            log.info("starting plugin %s", pid)
+            self.entries[pid] = wanted[pid]
+            wanted[pid].slot.start()
+
+    def _write_routes(self) -> None:
+        table = {word: {"subject": subject, "plugin": self.route_owner[word]} for word, subject in self.routes.items()}
+        tmp = self.state_dir / "routes.json.tmp"
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        tmp.replace(self.state_dir / "routes.json")
+        dispatcher = self.services.get("dispatcher")
+        if dispatcher and dispatcher.status.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(dispatcher.status.pid, signal.SIGHUP)
+
+    # -- launching ------------------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def _launcher_for(self, plugin_id: str):
+        async def launch(instance: str) -> LaunchSpec:
+            entry = self.entries[plugin_id]
+            run_dir = self.state_dir / "plugins" / plugin_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = run_dir / "config.json"
+            config_path.write_text(json.dumps(entry.plugin.spec.config))
+            argv = [self.runner_python, "-m", RUNNER_MODULE,
+                    "--plugin-dir", str(entry.folder), "--plugin-id", plugin_id, "--instance", instance,
+                    "--server", self.server_url, "--creds", str(self.identity.creds_for(plugin_id)),
+                    "--config", str(config_path)]
+            if entry.plugin.spec.entrypoint:
+                argv += ["--entrypoint", entry.plugin.spec.entrypoint]
+            for subject in sorted(set(entry.plan.commands.values())):
+                argv += ["--command", subject]
+            return LaunchSpec(argv=argv, env=self._base_env(), cwd=str(entry.folder), instance=instance)
+        return launch
+
+    def _ping_for(self, plugin_id: str):
+        async def ping(instance: str, deadline: float) -> bool:
+            end = time.monotonic() + deadline
+            while time.monotonic() < end:
+                try:
+                    await self._nc.request(ping_subject(plugin_id, instance), b"{}", timeout=0.5)
+                    return True
+                except Exception:
+                    await asyncio.sleep(0.1)
+            return False
+        return ping
+
+    async def _launch_nats(self, instance: str) -> LaunchSpec:
+        argv = self.identity.server_argv()
+        return LaunchSpec(argv=argv, env=self._base_env(), cwd=str(self.state_dir), instance=instance)
+
+    async def _launch_dispatcher(self, instance: str) -> LaunchSpec:
+        argv = [sys.executable, "-m", "precinct.services.dispatcher", "--server", self.server_url,
+                "--creds", str(self.identity.core_creds()), "--routes", str(self.state_dir / "routes.json")]
+        env = {**self._base_env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return LaunchSpec(argv=argv, env=env, cwd=str(self.state_dir), instance=instance)
+
+    async def _tcp_ready(self, _instance: str, deadline: float) -> bool:
+        end = time.monotonic() + deadline
+        host, port = self.identity.host, self.identity.port
+        while time.monotonic() < end:
+            try:
+                _r, w = await asyncio.open_connection(host, port)
+                w.close()
+                return True
+            except OSError:
+                await asyncio.sleep(0.1)
+        return False
+
+    async def _alive(self, _instance: str, _deadline: float) -> bool:
+        await asyncio.sleep(0.5)
+        return True
+
+    # -- control API ------------------------------------------------------------
+
+    async def _op_status(self, _request: dict) -> dict:
+        plugins = {}
+        for pid, entry in sorted(self.entries.items()):
+            snap = asdict(entry.slot.snapshot())
+            snap["folder"] = str(entry.folder)
+            snap["limits"] = asdict(entry.plan.limits)
+            snap["permissions"] = list(entry.plan.permissions)
+            plugins[pid] = snap
+        for pid, info in sorted(self.rejected.items()):
+            reason = info["reason"]
+            plugins[pid] = {"id": pid, "state": REJECTED, "last_exit": None, "restarts": 0,
+                            "conditions": [{"type": cond.READY, "status": "False", "reason": reason,
+                                            "message": "; ".join(info["problems"])}],
+                            "problems": info["problems"]}
+        services = {name: asdict(slot.snapshot()) for name, slot in self.services.items()}
+        return {"plugins": plugins, "services": services, "nats": self.server_url,
+                "state_dir": str(self.state_dir), "uptime_seconds": round(time.time() - self.started_at, 1)}
+
+
+__all__ = ["Supervisor", "SupervisorError", "default_state_dir", "ControlError", "Problem"]
