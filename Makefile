@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/precinct validate plugins
-	$(BIN)/precinct plan plugins
+	scripts/run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..spec.quantity import format_bytes
+
+
+def _mib(n: int | None) -> str:
+    return f"{(n or 0) / 2**20:.1f}Mi"
 
 
 def _ready(conditions: list[dict]) -> tuple[str, str]:
@@ -18,17 +21,20 @@ def _ready(conditions: list[dict]) -> tuple[str, str]:
 def render_status(status: dict, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"precinct — NATS {status.get('nats')} — state {status.get('state_dir')}")
-    for col in ("PLUGIN", "STATE", "READY", "REASON", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY", "ENFORCED BY"):
-        table.add_column(col)
+    for col in ("PLUGIN", "STATE", "READY", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY / LIMIT"):
+        table.add_column(col, overflow="fold")
     for pid, p in status.get("plugins", {}).items():
         ready, reason = _ready(p.get("conditions"))
         limit = (p.get("limits") or {}).get("memory_bytes")
-        memory = format_bytes(p.get("memory_bytes") or 0) + (f" / {format_bytes(limit)}" if limit else "")
-        enforcement = ", ".join(f"{k}: {v}" for k, v in (p.get("enforcement") or {}).items()) or "-"
-        table.add_row(pid, p.get("state", "?"), ready, reason, str(p.get("pid") or "-"), str(p.get("uid") or "-"),
-                      str(p.get("restarts", 0)), p.get("last_exit") or "-", f"{p.get('cpu_seconds', 0):.2f}",
-                      memory, enforcement)
+        memory = _mib(p.get("memory_bytes")) + (f" / {_mib(limit)}" if limit else "")
+        table.add_row(pid, p.get("state", "?"), f"{ready} {reason}".strip(), str(p.get("pid") or "-"),
+                      str(p.get("uid") if p.get("uid") is not None else "-"), str(p.get("restarts", 0)),
+                      p.get("last_exit") or "-", f"{p.get('cpu_seconds', 0):.2f}", memory)
     console.print(table)
+    for pid, p in status.get("plugins", {}).items():
+        enforcement = p.get("enforcement") or {}
+        if enforcement:
+            console.print(f"{pid} enforced by: " + ", ".join(f"{k}={v}" for k, v in enforcement.items()))
     for pid, p in status.get("plugins", {}).items():
         for problem in p.get("problems") or []:
             console.print(f"[red]{pid}[/red]: {problem}")

@@ -159,6 +159,7 @@ class Supervisor:
         self.server_url = self.identity.url
         if not await self._tcp_ready("", 30):
             raise SupervisorError(f"nats-server did not start; see {self.identity.log_path}")
+        await self.identity.connect(self.server_url)  # as the system user: live account pushes
         self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
                                       name="precinct-supervisor", max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
@@ -182,6 +183,9 @@ class Supervisor:
         if self._nc:
             with contextlib.suppress(Exception):
                 await self._nc.close()
+        if self.identity:
+            with contextlib.suppress(Exception):
+                await self.identity.close()
         if "nats" in self.services:
             await self.services["nats"].stop()
         if getattr(self, "control", None):
@@ -236,7 +240,7 @@ class Supervisor:
         for pid in removed:
             log.info("stopping plugin %s (%s)", pid, "changed" if pid in wanted else "removed")
             await self.entries.pop(pid).slot.stop()
-        self.identity.sync([e.plan for e in wanted.values()])  # revokes removed plugins live
+        await self.identity.sync([e.plan for e in wanted.values()])  # revokes removed plugins live
         self._write_routes()
         for pid in added:
             log.info("starting plugin %s", pid)

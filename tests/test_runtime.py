@@ -1,0 +1,142 @@
+"""The single-host runtime with real processes: `precinct up`, `say`, status,
+crash isolation, clean stop, live removal."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from runtime_support import EXAMPLES, FIXTURES, Up, copy_plugin, pid_alive, precinct, processes_mentioning
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    state = tmp_path / "state"
+    ups: list[Up] = []
+
+    def start(*names: str, extra: tuple[str, ...] = ()) -> Up:
+        for name in names:
+            src = EXAMPLES / name if (EXAMPLES / name).exists() else FIXTURES / name
+            if not (plugins / name).exists():
+                copy_plugin(src, plugins)
+        up = Up(plugins, state, *extra)
+        ups.append(up)
+        return up
+
+    yield start, plugins, state
+    for up in ups:
+        up.stop()
+
+
+def test_say_round_trip_and_clear_errors(fleet):
+    start, _plugins, state = fleet
+    up = start("dice-roller", "8ball")
+    up.wait_running("dice-roller", "eightball")
+
+    rolled = up.say("!roll 2d6")
+    assert rolled.returncode == 0, rolled.stderr
+    numbers = [int(n) for n in re.findall(r"\d+", rolled.stdout)]
+    assert numbers and any(2 <= n <= 12 for n in numbers), rolled.stdout
+
+    asked = up.say("!8ball will it work?", "--user", "alice")
+    assert asked.returncode == 0 and asked.stdout.strip(), asked.stderr
+
+    unknown = up.say("!nosuchcommand")
+    assert unknown.returncode == 1
+    assert "no plugin handles !nosuchcommand" in unknown.stderr
+
+    bad = up.say("!roll 5000d6")
+    assert bad.returncode == 3 and bad.stderr.strip()
+
+    # Plain chat is published and not answered.
+    assert up.say("hello everyone").returncode == 0
+
+    creds = precinct("creds", "core", "--state-dir", str(state))
+    assert creds.returncode == 0 and creds.stdout.strip().endswith(".creds")
+
+
+def test_second_up_on_the_same_state_dir_refuses(fleet):
+    start, _plugins, _state = fleet
+    first = start("8ball")
+    first.wait_running("eightball")
+    second = start()
+    assert second.proc.wait(60) == 1
+    assert "already running" in second.output()
+    assert first.proc.poll() is None
+
+
+def test_crash_loop_is_contained(fleet):
+    start, _plugins, _state = fleet
+    up = start("crasher", "8ball")
+    up.wait_running("eightball")
+    status = up.wait_for(lambda s: s["plugins"]["crasher"]["state"] == "CrashLoopBackOff",
+                         "crasher in CrashLoopBackOff", timeout=120)
+    crasher = status["plugins"]["crasher"]
+    assert re.fullmatch(r"ExitCode[1-9]\d*", crasher["last_exit"]), crasher
+    assert crasher["restarts"] >= 3
+    assert any("crasher" in line.lower() for line in crasher["stderr_tail"]), crasher["stderr_tail"]
+    ready = next(c for c in crasher["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "CrashLoopBackOff"
+    # Meanwhile the well-behaved plugin keeps answering, and kept its process.
+    eightball_pid = status["plugins"]["eightball"]["pid"]
+    for _ in range(3):
+        assert up.say("!8ball still there?").returncode == 0
+    assert up.status()["plugins"]["eightball"]["pid"] == eightball_pid
+
+
+def test_sigterm_stops_everything_and_leaves_nothing(fleet):
+    start, _plugins, state = fleet
+    up = start("dice-roller", "8ball")
+    status = up.wait_running("dice-roller", "eightball")
+    pids = [p["pid"] for p in status["plugins"].values()] + [s["pid"] for s in status["services"].values()]
+    assert all(pids) and all(pid_alive(p) for p in pids)
+    assert up.stop() == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if pid_alive(p)]
+    assert processes_mentioning(str(state)) == []
+    assert not (state / "control.sock").exists()
+
+
+async def _can_connect(url: str, creds: str) -> bool:
+    import nats
+
+    try:
+        nc = await nats.connect(url, user_credentials=creds, allow_reconnect=False, connect_timeout=3,
+                                max_reconnect_attempts=0)
+    except Exception:
+        return False
+    await nc.close()
+    return True
+
+
+def test_plugin_removed_from_dir_is_stopped_and_revoked(fleet, tmp_path):
+    import asyncio
+    import json
+    import shutil
+
+    start, plugins, state = fleet
+    up = start("dice-roller", "8ball")
+    status = up.wait_running("dice-roller", "eightball")
+    dice_pid = status["plugins"]["dice-roller"]["pid"]
+    url = json.loads((state / "endpoint.json").read_text())["nats"]
+    stolen = tmp_path / "dice.creds"
+    shutil.copy(state / "nats" / "creds" / "plugins" / "dice-roller.creds", stolen)
+    assert asyncio.run(_can_connect(url, str(stolen)))
+
+    shutil.rmtree(plugins / "dice-roller")
+    up.wait_for(lambda s: "dice-roller" not in s["plugins"], "dice-roller gone from status", timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and pid_alive(dice_pid):
+        time.sleep(0.2)
+    assert not pid_alive(dice_pid)
+    gone = up.say("!roll d6")
+    assert gone.returncode == 1 and "no plugin handles !roll" in gone.stderr
+    assert up.say("!8ball still fine?").returncode == 0
+    # Its credentials are dead: the account and user were revoked live.
+    assert not asyncio.run(_can_connect(url, str(stolen)))
