@@ -75,12 +75,38 @@ Launcher = Callable[[str], Awaitable[LaunchSpec]]
 Pinger = Callable[[str, float], Awaitable[bool]]
 
 
+class Confinement:
+    """Hooks the kernel sandbox fills in (runtime/confine); this base confines nothing.
+
+    `wrap` turns the runner's command into the confined one, `exit_reason` may
+    name a better reason than the exit code (OOMKilled from the cgroup), and
+    `sample` reads usage from wherever the limits are enforced.
+    """
+
+    async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
+        return spec
+
+    def exit_reason(self, plugin_id: str, returncode: int) -> str | None:
+        return None
+
+    def sample(self, plugin_id: str, pid: int) -> ProcessStats:
+        return sample(pid)
+
+    def enforcement(self, plugin_id: str) -> dict[str, str]:
+        return {}
+
+    async def release(self, plugin_id: str) -> None:
+        return None
+
+
 class Slot:
-    def __init__(self, plugin_id: str, launcher: Launcher, pinger: Pinger, policy: RestartPolicy) -> None:
+    def __init__(self, plugin_id: str, launcher: Launcher, pinger: Pinger, policy: RestartPolicy,
+                 confinement: Confinement | None = None) -> None:
         self.id = plugin_id
         self.launcher = launcher
         self.pinger = pinger
         self.policy = policy
+        self.confinement = confinement or Confinement()
         self.status = SlotStatus(id=plugin_id)
         self.conditions = Conditions()
         self._proc: asyncio.subprocess.Process | None = None
@@ -106,15 +132,17 @@ class Slot:
         if self._task:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.confinement.release(self.id)
         self.status.state = reason
         self.conditions.set(cond.READY, False, reason, "stopped by the supervisor")
 
     def snapshot(self) -> SlotStatus:
         proc = self._proc
         if proc and proc.returncode is None:
-            stats: ProcessStats = sample(proc.pid)
+            stats: ProcessStats = self.confinement.sample(self.id, proc.pid)
             self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
         self.status.stderr_tail = list(self._stderr)
+        self.status.enforcement = self.confinement.enforcement(self.id)
         self.status.conditions = self.conditions.to_list()
         return self.status
 
@@ -150,7 +178,7 @@ class Slot:
             self._backoff = min(self._backoff * 2, self.policy.max_backoff)
 
     async def _spawn(self, instance: str) -> None:
-        spec = await self.launcher(instance)
+        spec = await self.confinement.wrap(self.id, await self.launcher(instance))
         self.status.state = STARTING
         self.status.instance = instance
         self.conditions.set(cond.READY, False, "Starting", f"instance {instance} starting")
@@ -183,7 +211,8 @@ class Slot:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader, 2)
         if not self._stopping.is_set():
-            self._record_exit(cond.exit_reason(proc.returncode))
+            better = self.confinement.exit_reason(self.id, proc.returncode)
+            self._record_exit(better or cond.exit_reason(proc.returncode))
         self.status.pid = None
 
     def _record_exit(self, reason: str) -> None:

@@ -36,7 +36,7 @@ from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject
 from ..spec.load import Problem, find_manifest, load_path
 from ..spec.ownership import Plugin, resolve
 from .control import ControlError, ControlServer
-from .slot import REJECTED, LaunchSpec, RestartPolicy, Slot
+from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
 
 log = logging.getLogger("precinct.supervisor")
 
@@ -105,7 +105,8 @@ def _digest(folder: Path) -> str:
 
 class Supervisor:
     def __init__(self, plugins_dir: Path, state_dir: Path, policy: RestartPolicy | None = None,
-                 nats_port: int | None = None, runner_python: str | None = None) -> None:
+                 nats_port: int | None = None, runner_python: str | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.plugins_dir = plugins_dir.resolve()
         self.state_dir = state_dir.resolve()
         self.policy = policy or RestartPolicy()
@@ -114,6 +115,10 @@ class Supervisor:
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: dict[str, dict] = {}
         self.services: dict[str, Slot] = {}
+        self.confinement = confinement or Confinement()
+        # Trusted services, started in this order once NATS is up. Each reads
+        # routes.json / fleet.json from the state dir and reloads on SIGHUP.
+        self.service_launchers = {"dispatcher": self._launch_dispatcher}
         self._stop = asyncio.Event()
         self._lock = StateLock(self.state_dir)
         self._nc = None
@@ -163,22 +168,24 @@ class Supervisor:
         self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
                                       name="precinct-supervisor", max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
-        self._write_routes()
-        self.services["dispatcher"] = Slot("dispatcher", self._launch_dispatcher, self._alive, self.policy)
-        self.services["dispatcher"].start()
+        for entry in plans:
+            self.entries[entry.plugin.id] = entry
+        self._publish_fleet()
+        for name, launcher in self.service_launchers.items():
+            self.services[name] = Slot(name, launcher, self._alive, self.policy)
+            self.services[name].start()
         self.control = ControlServer(self.state_dir, {"status": self._op_status})
         await self.control.start()
         endpoint = {"nats": self.server_url, "core_creds": str(self.identity.core_creds()), "pid": os.getpid()}
         (self.state_dir / ENDPOINT_NAME).write_text(json.dumps(endpoint))
         for entry in plans:
-            self.entries[entry.plugin.id] = entry
             entry.slot.start()
 
     async def _shutdown(self) -> None:
         slots = [e.slot for e in self.entries.values()]
         await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
-        for name in ("dispatcher", "nats"):
-            if name in self.services and name != "nats":
+        for name in reversed(list(self.service_launchers)):
+            if name in self.services:
                 await self.services[name].stop()
         if self._nc:
             with contextlib.suppress(Exception):
@@ -224,7 +231,8 @@ class Supervisor:
             if existing and existing.digest == digest and existing.folder == folder:
                 entries.append(existing)
                 continue
-            slot = Slot(plugin.id, self._launcher_for(plugin.id), self._ping_for(plugin.id), self.policy)
+            slot = Slot(plugin.id, self._launcher_for(plugin.id), self._ping_for(plugin.id), self.policy,
+                        self.confinement)
             entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
         self.routes = ownership.routes()
         self.route_owner = dict(ownership.words)
@@ -241,21 +249,27 @@ class Supervisor:
             log.info("stopping plugin %s (%s)", pid, "changed" if pid in wanted else "removed")
             await self.entries.pop(pid).slot.stop()
         await self.identity.sync([e.plan for e in wanted.values()])  # revokes removed plugins live
-        self._write_routes()
+        for pid in added:
+            self.entries[pid] = wanted[pid]
+        self._publish_fleet()
         for pid in added:
             log.info("starting plugin %s", pid)
-            self.entries[pid] = wanted[pid]
             wanted[pid].slot.start()
 
-    def _write_routes(self) -> None:
+    def _publish_fleet(self) -> None:
+        """Tell the trusted services what changed: routes.json (chat word ->
+        subject and owner) and fleet.json (every running plugin's plan, folder
+        and account key), written atomically, then SIGHUP to each service."""
         table = {word: {"subject": subject, "plugin": self.route_owner[word]} for word, subject in self.routes.items()}
-        tmp = self.state_dir / "routes.json.tmp"
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        tmp.replace(self.state_dir / "routes.json")
-        dispatcher = self.services.get("dispatcher")
-        if dispatcher and dispatcher.status.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(dispatcher.status.pid, signal.SIGHUP)
+        fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict()} for pid, e in sorted(self.entries.items())}
+        for name, body in (("routes.json", table), ("fleet.json", fleet)):
+            tmp = self.state_dir / f"{name}.tmp"
+            tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+            tmp.replace(self.state_dir / name)
+        for name, slot in self.services.items():
+            if name != "nats" and slot.status.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.status.pid, signal.SIGHUP)
 
     # -- launching ------------------------------------------------------------
 
