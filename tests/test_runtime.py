@@ -140,3 +140,34 @@ def test_plugin_removed_from_dir_is_stopped_and_revoked(fleet, tmp_path):
     assert up.say("!8ball still fine?").returncode == 0
     # Its credentials are dead: the account and user were revoked live.
     assert not asyncio.run(_can_connect(url, str(stolen)))
+
+
+def test_console_chat_reaches_plugins_and_answers_print(fleet):
+    """`precinct console`: chat lines reach read_messages plugins (markov learns
+    them) and `!commands` print their answer, like a chat room in a terminal."""
+    import subprocess
+    import sys
+
+    start, _plugins, state = fleet
+    up = start("markov_plugin", "8ball")
+    up.wait_running("markov-plugin", "eightball")
+    console = subprocess.Popen(
+        [sys.executable, "-m", "precinct.cli", "console", "--state-dir", str(state), "--user", "alice"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )
+    try:
+        assert "connected as alice" in console.stdout.readline()
+        console.stdin.write("the zebracorn gallops over quiet hills\n")
+        console.stdin.write("a zebracorn gallops under quiet stars\n")
+        console.stdin.write("!8ball is this a console?\n")
+        console.stdin.flush()
+        line = console.stdout.readline()
+        assert line.startswith("eightball> ") and len(line.strip()) > len("eightball>"), line
+        # Markov learned the console chat through its read_messages grant.
+        console.stdin.write("!markov zebracorn\n")
+        console.stdin.flush()
+        line = console.stdout.readline()
+        assert line.startswith("markov-plugin> ") and "gallops" in line, line
+    finally:
+        console.stdin.close()
+        assert console.wait(30) == 0

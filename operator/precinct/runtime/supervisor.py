@@ -125,6 +125,7 @@ class Supervisor:
         self.identity = None
         self.server_url = ""
         self.started_at = time.time()
+        self._last_fingerprint: tuple | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class Supervisor:
         if self.runner_python is None:
             self.runner_python = str(ensure_runner_env())
         self.identity = Identity(self.state_dir / "nats", port=self.nats_port)
+        self._last_fingerprint = self._fingerprint()
         plans = self._scan()
         self.identity.prepare([e.plan for e in plans])
         self.services["nats"] = Slot("nats", self._launch_nats, self._tcp_ready, self.policy)
@@ -238,8 +240,23 @@ class Supervisor:
         self.route_owner = dict(ownership.words)
         return entries
 
-    async def reconcile(self) -> None:
+    def _fingerprint(self) -> tuple:
+        """Cheap view of the plugins dir (names and manifest mtimes): parsing
+        every manifest each second would be the supervisor's main idle cost."""
+        out = []
+        for folder in self._folders():
+            manifest = find_manifest(folder)
+            with contextlib.suppress(OSError):
+                st = manifest.stat()
+                out.append((folder.name, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    async def reconcile(self, force: bool = False) -> None:
         """Bring running plugins in line with the plugins dir."""
+        fingerprint = self._fingerprint()
+        if not force and fingerprint == self._last_fingerprint:
+            return
+        self._last_fingerprint = fingerprint
         wanted = {e.plugin.id: e for e in self._scan()}
         removed = [pid for pid in self.entries if pid not in wanted or wanted[pid] is not self.entries[pid]]
         added = [pid for pid, e in wanted.items() if self.entries.get(pid) is not e]
