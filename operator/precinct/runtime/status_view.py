@@ -19,7 +19,10 @@ def _ready(conditions: list[dict]) -> tuple[str, str]:
 
 
 def render_status(status: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    import sys
+
+    # Piped output (scripts, CI logs) is not limited to 80 columns.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     table = Table(title=f"precinct — NATS {status.get('nats')} — state {status.get('state_dir')}")
     for col in ("PLUGIN", "STATE", "READY", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY / LIMIT"):
         table.add_column(col, overflow="fold")
