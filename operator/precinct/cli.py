@@ -116,6 +116,14 @@ def up(
     initial_backoff: float = typer.Option(1.0, "--initial-backoff", help="First restart delay after a crash (s)."),
     max_backoff: float = typer.Option(60.0, "--max-backoff", help="Longest restart delay (s)."),
     reset_after: float = typer.Option(300.0, "--reset-after", help="Healthy this long resets the backoff (s)."),
+    violation_window: float = typer.Option(
+        600.0, "--violation-window", help="Violation strikes older than this are forgotten (s); also how long "
+        "PermissionsCompliant stays False after the last violation."),
+    violation_cooldown: float = typer.Option(
+        10.0, "--violation-cooldown", help="Violations this soon after a strike count as the same strike (s)."),
+    suspend_after: int = typer.Option(
+        3, "--suspend-after", min=0, help="Strike that suspends a plugin (1st warns, later ones restart); "
+        "0 never suspends."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run NATS, the trusted services and every plugin in PLUGINS_DIR until Ctrl-C or SIGTERM."""
@@ -124,6 +132,7 @@ def up(
 
     from .runtime.slot import RestartPolicy
     from .runtime.supervisor import Supervisor, SupervisorError
+    from .runtime.violations import LadderPolicy
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -132,6 +141,8 @@ def up(
     policy = RestartPolicy(initial_backoff=initial_backoff, max_backoff=max_backoff,
                            reset_after=reset_after, grace_period=grace)
     supervisor = Supervisor(plugins_dir, _state(state_dir), policy=policy, nats_port=nats_port)
+    supervisor.violations.policy = LadderPolicy(window=violation_window, cooldown=violation_cooldown,
+                                                suspend_after=suspend_after)
     try:
         asyncio.run(supervisor.run())
     except SupervisorError as exc:
@@ -267,6 +278,84 @@ def creds(
     except ChatError as exc:
         _fail(str(exc))
     typer.echo(endpoint.core_creds)
+
+
+plugin_app = typer.Typer(help="Manage the plugins of a running `precinct up`.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+# Bundles, signatures, scanning, install/update/rollback/remove, and the index.
+from .market.cli import market_app, register_plugin_commands  # noqa: E402
+
+register_plugin_commands(plugin_app)
+app.add_typer(market_app, name="market")
+
+
+@plugin_app.command("resume")
+def plugin_resume(
+    name: str = typer.Argument(..., help="The plugin's name or id, e.g. markov_plugin or markov-plugin."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the supervisor's answer as JSON."),
+) -> None:
+    """Start a plugin that was suspended for repeated violations, with a clean record.
+
+    Exits 1 when no supervisor runs, the plugin is unknown, or it is not suspended.
+    """
+    from .runtime.control import ControlError, call
+
+    try:
+        reply = call(_state(state_dir), "resume", plugin=name)
+    except ControlError as exc:
+        _fail(str(exc))
+    reply.pop("ok", None)
+    if as_json:
+        typer.echo(json.dumps(reply))
+    elif reply.get("started"):
+        typer.echo(f"{reply['plugin']} resumed: starting")
+    else:
+        typer.echo(reply.get("message") or f"{reply['plugin']} resumed")
+
+
+@app.command()
+def render(
+    path: Path = typer.Argument(..., help="A BotPlugin file, a plugin.yaml, or a plugin folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a YAML stream."),
+    namespace: str = typer.Option("default", "--namespace", "-n", help="Namespace for a plugin.yaml (a BotPlugin names its own)."),
+    runtime_class: Optional[str] = typer.Option(None, "--runtime-class", help="runtimeClassName for plugin Pods (an untrusted tier)."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="The operator's settings (YAML), to render as a cluster would."),
+) -> None:
+    """Print exactly the objects the operator would create for one plugin (no cluster needed).
+
+    A plugin.yaml is shown as the BotPlugin `precinct plugin install` would
+    create: named after the plugin id, run from a bundle of its version.
+    """
+    from .k8s.cli import render_command
+
+    raise typer.Exit(render_command(path, as_json=as_json, namespace=namespace, runtime_class=runtime_class,
+                                    settings_file=settings_file))
+
+
+@app.command("operator")
+def operator_command(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch this namespace (repeat for more)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch BotPlugins in every namespace."),
+    nats_url: Optional[str] = typer.Option(None, "--nats-url", envvar="PRECINCT_NATS_URL",
+                                           help="NATS URL the operator pushes accounts to, and plugins connect to."),
+    state_dir: Path = typer.Option(..., "--state-dir", envvar="PRECINCT_OPERATOR_STATE",
+                                   help="NATS keys and JWTs (a mounted Secret or PVC)."),
+    runtime_class: Optional[str] = typer.Option(None, "--runtime-class", help="runtimeClassName for plugin Pods."),
+    runner_image: Optional[str] = typer.Option(None, "--runner-image", help="The generic runner image for bundles."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", envvar="PRECINCT_OPERATOR_SETTINGS",
+                                                 help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
+) -> None:
+    """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
+    from .k8s.cli import operator_command as run_operator
+
+    if bool(namespace) == all_namespaces:
+        _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
+    raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
+                                  runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
+                                  settings_file=settings_file))
 
 
 def main() -> None:

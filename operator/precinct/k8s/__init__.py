@@ -1,0 +1,15 @@
+"""Kubernetes: the BotPlugin CRD and the operator that runs plugins as Pods.
+
+Modules, one job each:
+  crd        the CustomResourceDefinition, generated from the spec model
+  render     BotPlugin -> ServiceAccount, Secret, ConfigMap, NetworkPolicy,
+             Deployment (pure; shared by `precinct render` and the operator)
+  status     Deployment and Pod observations -> kstatus conditions (pure)
+  api        a small async REST client (server-side apply, merge patches)
+  reconcile  the operator's logic without kopf: reconcile, observe, finalize
+  handlers   kopf wiring: indexes, create/update/resume, delete, daemons
+  operator   `precinct operator`: kopf settings, login, standalone run
+  cli        the bodies of `precinct render` and `precinct operator`
+
+See docs/operator.md.
+"""

@@ -156,7 +156,7 @@ class Slot:
                 await self._spawn(instance)
             except Exception as exc:  # a launch failure is a crash like any other
                 self._stderr.append(f"could not start: {exc}")
-                self._record_exit("LaunchFailed")
+                self._record_exit(getattr(exc, "reason", None) or "LaunchFailed")
             else:
                 await self._wait_ready_then_exit(instance)
             if self._stopping.is_set():

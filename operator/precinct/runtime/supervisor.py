@@ -32,16 +32,18 @@ import nats
 
 from .. import conditions as cond
 from ..plan.fleet import as_plugin
-from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject
+from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
 from ..spec.load import Problem, find_manifest, load_path
 from ..spec.ownership import Plugin, resolve
 from .control import ControlError, ControlServer
 from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
+from .violations import SUBJECT as VIOLATIONS_SUBJECT, Ladder, LadderPolicy, LaunchRefused
 
 log = logging.getLogger("precinct.supervisor")
 
 RUNNER_MODULE = "precinct_runner"
 WATCH_INTERVAL = 1.0
+MIGRATION_TIMEOUT = 30.0  # seconds storage may take to apply one plugin's migrations
 ENDPOINT_NAME = "endpoint.json"   # where `precinct say/console/creds` find NATS and the core creds
 
 
@@ -115,10 +117,15 @@ class Supervisor:
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: dict[str, dict] = {}
         self.services: dict[str, Slot] = {}
-        self.confinement = confinement or Confinement()
+        # The kernel sandbox (precinct.confine): HostConfinement as root, else one
+        # that reports every protection as MISSING in status.
+        self.confinement = confinement if confinement is not None else _default_confinement(self.state_dir)
         # Trusted services, started in this order once NATS is up. Each reads
         # routes.json / fleet.json from the state dir and reloads on SIGHUP.
-        self.service_launchers = {"dispatcher": self._launch_dispatcher}
+        self.service_launchers = {"dispatcher": self._launch_dispatcher, "storage": self._launch_storage,
+                                  "gateway": self._launch_gateway}
+        # Repeat offenders: warn -> restart -> suspend (runtime/violations.py).
+        self.violations = Ladder(LadderPolicy(), self.state_dir, self._slot_of)
         self._stop = asyncio.Event()
         self._lock = StateLock(self.state_dir)
         self._nc = None
@@ -170,13 +177,14 @@ class Supervisor:
         self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
                                       name="precinct-supervisor", max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
+        await self._nc.subscribe(VIOLATIONS_SUBJECT, cb=self.violations.on_message)
         for entry in plans:
             self.entries[entry.plugin.id] = entry
         self._publish_fleet()
         for name, launcher in self.service_launchers.items():
             self.services[name] = Slot(name, launcher, self._alive, self.policy)
             self.services[name].start()
-        self.control = ControlServer(self.state_dir, {"status": self._op_status})
+        self.control = ControlServer(self.state_dir, {"status": self._op_status, "resume": self._op_resume})
         await self.control.start()
         endpoint = {"nats": self.server_url, "core_creds": str(self.identity.core_creds()), "pid": os.getpid()}
         (self.state_dir / ENDPOINT_NAME).write_text(json.dumps(endpoint))
@@ -233,7 +241,7 @@ class Supervisor:
             if existing and existing.digest == digest and existing.folder == folder:
                 entries.append(existing)
                 continue
-            slot = Slot(plugin.id, self._launcher_for(plugin.id), self._ping_for(plugin.id), self.policy,
+            slot = Slot(plugin.id, self._gated_launcher(plugin.id), self._ping_for(plugin.id), self.policy,
                         self.confinement)
             entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
         self.routes = ownership.routes()
@@ -278,7 +286,9 @@ class Supervisor:
         subject and owner) and fleet.json (every running plugin's plan, folder
         and account key), written atomically, then SIGHUP to each service."""
         table = {word: {"subject": subject, "plugin": self.route_owner[word]} for word, subject in self.routes.items()}
-        fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict()} for pid, e in sorted(self.entries.items())}
+        fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict(),
+                       "account_key": self.identity.account_key(plugin_account(pid))}
+                 for pid, e in sorted(self.entries.items())}
         for name, body in (("routes.json", table), ("fleet.json", fleet)):
             tmp = self.state_dir / f"{name}.tmp"
             tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
@@ -309,6 +319,10 @@ class Supervisor:
                 argv += ["--entrypoint", entry.plugin.spec.entrypoint]
             for subject in sorted(set(entry.plan.commands.values())):
                 argv += ["--command", subject]
+            set_plan = getattr(self.confinement, "set_plan", None)
+            if set_plan is not None:  # the sandbox needs the plan and the host paths it must expose
+                set_plan(plugin_id, plan=entry.plan, folder=entry.folder, creds=self.identity.creds_for(plugin_id),
+                         config=config_path, nats=(self.identity.host, self.identity.port))
             return LaunchSpec(argv=argv, env=self._base_env(), cwd=str(entry.folder), instance=instance)
         return launch
 
@@ -334,6 +348,70 @@ class Supervisor:
         env = {**self._base_env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return LaunchSpec(argv=argv, env=env, cwd=str(self.state_dir), instance=instance)
 
+    async def _launch_storage(self, instance: str) -> LaunchSpec:
+        argv = [sys.executable, "-m", "precinct.services.storage", "--server", self.server_url,
+                "--creds", str(self.identity.platform_creds()), "--fleet", str(self.state_dir / "fleet.json"),
+                "--data-dir", str(self.state_dir / "storage")]
+        env = {**self._base_env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return LaunchSpec(argv=argv, env=env, cwd=str(self.state_dir), instance=instance)
+
+    async def _launch_gateway(self, instance: str) -> LaunchSpec:
+        argv = [sys.executable, "-m", "precinct.services.gateway", "--server", self.server_url,
+                "--creds", str(self.identity.platform_creds()), "--fleet", str(self.state_dir / "fleet.json"),
+                "--server-log", str(self.identity.log_path),
+                "--offset-file", str(self.state_dir / "gateway-log-offset.json")]
+        env = {**self._base_env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        return LaunchSpec(argv=argv, env=env, cwd=str(self.state_dir), instance=instance)
+
+    # -- before a plugin starts: suspension and migrations ----------------------
+
+    def _slot_of(self, plugin_id: str) -> Slot | None:
+        entry = self.entries.get(plugin_id)
+        return entry.slot if entry else None
+
+    def _gated_launcher(self, plugin_id: str):
+        """`_launcher_for` behind two gates: a suspended plugin does not start,
+        and the migrations in its folder are applied (by storage) first. A
+        refusal is a failed launch with a reason (`Suspended`, `MigrationFailed`)."""
+        launch = self._launcher_for(plugin_id)
+
+        async def gated(instance: str) -> LaunchSpec:
+            entry = self.entries.get(plugin_id)
+            if self.violations.is_suspended(plugin_id):
+                if entry is not None:
+                    self.violations.schedule_suspend(plugin_id, entry.slot)
+                raise LaunchRefused(cond.SUSPENDED, self.violations.suspension_message(plugin_id))
+            if entry is not None:
+                await self._migrate(plugin_id, entry.folder)
+            return await launch(instance)
+        return gated
+
+    async def _migrate(self, plugin_id: str, folder: Path, wait: float = 60.0) -> None:
+        """Ask storage to apply the folder's migrations/NNN_name.sql; waits for
+        storage to come up (it starts alongside the plugins)."""
+        from ..services.storage import ADMIN_MIGRATE
+
+        if not any((folder / "migrations").glob("*.sql")):
+            return
+        body = json.dumps({"plugin": plugin_id, "folder": str(folder)}).encode()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                msg = await self._nc.request(ADMIN_MIGRATE, body, timeout=MIGRATION_TIMEOUT)
+                break
+            except Exception as exc:  # no responders / timeout while storage (re)starts
+                if time.monotonic() > deadline:
+                    raise LaunchRefused("MigrationFailed", f"the storage service did not answer ({exc!r})") from None
+                await asyncio.sleep(0.5)
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            reply = {"success": False, "error": {"message": "storage answered with something that is not JSON"}}
+        if not reply.get("success"):
+            err = reply.get("error") or {}
+            text = err.get("message", err) if isinstance(err, dict) else err
+            raise LaunchRefused("MigrationFailed", f"migrations not applied: {text}")
+
     async def _tcp_ready(self, _instance: str, deadline: float) -> bool:
         end = time.monotonic() + deadline
         host, port = self.identity.host, self.identity.port
@@ -355,7 +433,13 @@ class Supervisor:
     async def _op_status(self, _request: dict) -> dict:
         plugins = {}
         for pid, entry in sorted(self.entries.items()):
+            self.violations.refresh(pid, entry.slot)
+            _limits_condition(entry.slot, self.confinement.enforcement(pid))
             snap = asdict(entry.slot.snapshot())
+            details = getattr(self.confinement, "details", None)
+            snap["confinement"] = details(pid) if details is not None else {}
+            snap["uid"] = snap["confinement"].get("uid", snap["uid"])
+            snap["violations"] = self.violations.summary(pid)
             snap["folder"] = str(entry.folder)
             snap["limits"] = asdict(entry.plan.limits)
             snap["permissions"] = list(entry.plan.permissions)
@@ -369,6 +453,49 @@ class Supervisor:
         services = {name: asdict(slot.snapshot()) for name, slot in self.services.items()}
         return {"plugins": plugins, "services": services, "nats": self.server_url,
                 "state_dir": str(self.state_dir), "uptime_seconds": round(time.time() - self.started_at, 1)}
+
+    async def _op_resume(self, request: dict) -> dict:
+        """`precinct plugin resume NAME`: lift a suspension and start the plugin."""
+        from ..spec.identity import IdError, canonical_id
+
+        name = str(request.get("plugin") or "").strip()
+        pid = name
+        if pid not in self.entries and not self.violations.is_suspended(pid):
+            try:
+                pid = canonical_id(name)
+            except IdError as exc:
+                raise ControlError(f"{name!r} is not a plugin name: {exc}") from None
+        entry = self.entries.get(pid)
+        suspended = self.violations.is_suspended(pid)
+        if entry is None and not suspended:
+            raise ControlError(f"no plugin {name!r} (known: {', '.join(sorted(self.entries)) or 'none'})")
+        if not suspended and entry is not None and entry.slot.status.state != cond.SUSPENDED:
+            raise ControlError(f"plugin {pid} is not suspended (state {entry.slot.status.state})")
+        self.violations.resume(pid)
+        if entry is None:
+            return {"plugin": pid, "resumed": True, "started": False,
+                    "message": f"{pid} is no longer suspended; it starts when its folder is back"}
+        entry.slot.start()
+        log.info("plugin %s resumed by an operator", pid)
+        return {"plugin": pid, "resumed": True, "started": True}
+
+
+def _default_confinement(state_dir: Path) -> Confinement:
+    from ..confine.host import for_supervisor
+
+    return for_supervisor(state_dir)
+
+
+def _limits_condition(slot: Slot, enforcement: dict[str, str]) -> None:
+    """LimitsEnforced: False, naming each protection that is not enforced."""
+    if not enforcement:
+        return
+    gaps = [f"{name}: {value}" for name, value in sorted(enforcement.items()) if "MISSING" in value]
+    if gaps:
+        slot.conditions.set(cond.LIMITS_ENFORCED, False, "NotEnforced", "; ".join(gaps)[:2000])
+    else:
+        slot.conditions.set(cond.LIMITS_ENFORCED, True, "Enforced",
+                            ", ".join(f"{k}={v}" for k, v in sorted(enforcement.items()))[:2000])
 
 
 __all__ = ["Supervisor", "SupervisorError", "default_state_dir", "ControlError", "Problem"]

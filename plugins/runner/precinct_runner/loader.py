@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODULE = "plugin"
+# Where `precinct plugin install` unpacks a bundle's wheels (the plugin's own
+# environment, never the host's).
+DEPS_DIR = ".deps"
 _ENTRYPOINT = re.compile(r"^(?P<module>[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<cls>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -117,6 +120,13 @@ def find_default_class(module) -> type:
     )
 
 
+def add_deps_path(plugin_dir: Path) -> None:
+    """Put the plugin's installed wheels (`<plugin-dir>/.deps`) first on sys.path."""
+    deps = plugin_dir / DEPS_DIR
+    if deps.is_dir() and str(deps) not in sys.path:
+        sys.path.insert(0, str(deps))
+
+
 def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None) -> type:
     """Import the plugin folder and return its plugin class."""
     if not plugin_dir.is_dir():
@@ -128,6 +138,7 @@ def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None) -> type:
         module_name, class_name = match["module"], match["cls"]
     else:
         module_name, class_name = DEFAULT_MODULE, None
+    add_deps_path(plugin_dir)
     package = load_package(plugin_dir)
     module = _import_entry_module(plugin_dir, package, module_name)
     if class_name is None:

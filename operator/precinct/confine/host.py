@@ -1,0 +1,605 @@
+"""`HostConfinement`: the single-host kernel sandbox behind `precinct up`.
+
+The supervisor calls `set_plan()` with a plugin's sandbox plan and host
+paths before each launch; `wrap()` then prepares everything (uid, cgroups,
+the plugin's view of its files, the handshake socket) and returns the command
+that starts the trusted init (init.py) instead of the runner. See
+docs/confinement.md for what each layer stops and what it does not.
+
+`PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
+landlock, seccomp, disk) switches layers off for debugging and for proving that
+the attack tests fail without them; status then reports each as
+"MISSING: disabled by PRECINCT_CONFINE_DISABLE". Never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..plan.sandbox import SandboxPlan
+from ..runtime.procstats import ProcessStats
+from ..runtime.procstats import sample as proc_sample
+from ..runtime.slot import Confinement, LaunchSpec
+from . import disk, landlock, seccomp
+from .cgroups import CgroupError, CgroupHost, PluginCgroup
+from .egress import PROXY_PORT, EgressProxy
+from .relay import ListenerServer, nats_relay
+from .uids import UID_BASE, UID_COUNT, UidError, allocate
+
+log = logging.getLogger("precinct.confine")
+
+RUN_DIR = Path("/run/precinct")
+SANDBOX = RUN_DIR / "sandbox"         # where each plugin sees its own files (a tmpfs in its mount namespace)
+HANDSHAKE_DIR = RUN_DIR / "hs"
+IN_CODE = SANDBOX / "code"
+IN_RUNNER = SANDBOX / "runner"
+IN_CREDS = SANDBOX / "nats.creds"
+IN_CONFIG = SANDBOX / "config.json"
+IN_DATA = SANDBOX / "data"
+
+LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk")
+DISABLE_ENV = "PRECINCT_CONFINE_DISABLE"
+HANDSHAKE_TIMEOUT = 60.0
+
+# Read and execute: the Python runtime and shared libraries.
+SYSTEM_READ_EXEC = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+# Read only: what the C library and Python consult at start, and TLS roots.
+SYSTEM_READ = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/ssl",
+               "/etc/ca-certificates", "/etc/pki", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/hosts",
+               "/etc/gai.conf", "/etc/mime.types", "/etc/python3", "/etc/python3.11", "/etc/python3.12",
+               "/etc/python3.13", "/proc")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+MISSING = "MISSING"
+
+
+def missing(why: str) -> str:
+    return f"{MISSING}: {why}"
+
+
+def _init_command() -> list[str]:
+    """How to start init.py: this interpreter, isolated, importing precinct
+    from where this file lives (not from whatever PYTHONPATH says)."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+            "from precinct.confine.init import main; sys.exit(main())")
+    return [sys.executable, "-I", "-c", code]
+
+
+@dataclass
+class Capabilities:
+    root: bool
+    cgroups: CgroupHost | None
+    cgroups_problem: str
+    landlock_abi: int
+    seccomp_problem: str | None
+    namespaces_problem: str | None
+    disk_problem: str | None = None
+
+
+@dataclass
+class _Plugin:
+    id: str
+    plan: SandboxPlan | None = None
+    folder: Path | None = None
+    creds: Path | None = None
+    config: Path | None = None
+    nats: tuple[str, int] = ("127.0.0.1", 4222)
+    uid: int | None = None
+    cgroup: PluginCgroup | None = None
+    instance: str | None = None
+    servers: list[ListenerServer] = field(default_factory=list)
+    handshake: asyncio.Task | None = None
+    handshake_sock: socket.socket | None = None
+    membership: str = "pending"
+    enforcement: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _disabled_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+def _private_dir(path: Path, mode: int = 0o700) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
+def _copy_tree_readable(src: Path, dest: Path) -> None:
+    """A snapshot of the plugin's code that any uid may read (the checkout's
+    own modes and parent dirs do not matter)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+    for dirpath, dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            os.chmod(path, 0o755 if mode & 0o100 else 0o644)
+
+
+def _install_secret(src: Path, dest: Path, uid: int, gid: int) -> None:
+    """Copy `src` to `dest`, readable by `uid` only (0400)."""
+    data = src.read_bytes()
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o400)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+
+
+async def _recv_handshake(sock: socket.socket, timeout: float) -> tuple[socket.socket, dict, list[int], int]:
+    """Accept the init's connection, read its message and the listening
+    sockets it passes, and the kernel's word on who it is (SO_PEERCRED pid,
+    translated into our PID namespace)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    conn, _ = await asyncio.wait_for(loop.sock_accept(sock), timeout)
+    conn.setblocking(False)
+    try:
+        readable = loop.create_future()
+        loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, 10)
+        finally:
+            loop.remove_reader(conn.fileno())
+        fd_size = struct.calcsize("i")
+        msg, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(8 * fd_size))
+        fds: list[int] = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % fd_size
+                fds += list(struct.unpack(f"{usable // fd_size}i", data[:usable]))
+        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, _uid, _gid = struct.unpack("3i", cred)
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        body = json.loads(msg.decode() or "{}")
+    except ValueError:
+        body = {}
+    return conn, body, fds, pid
+
+
+class HostConfinement(Confinement):
+    def __init__(self, state_dir: Path, disable: Iterable[str] | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.disabled = set(disable) if disable is not None else _disabled_from_env()
+        unknown = self.disabled - set(LAYERS)
+        if unknown:
+            raise ValueError(f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}")
+        self._caps: Capabilities | None = None
+        self._plugins: dict[str, _Plugin] = {}
+
+    # -- what this host can do ----------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        if self._caps is not None:
+            return self._caps
+        root = os.geteuid() == 0
+        cgroups, problem = None, ""
+        if root:
+            try:
+                cgroups = CgroupHost.detect(CgroupHost.tag_for(self.state_dir))
+                cgroups.prepare()
+            except (CgroupError, OSError) as exc:
+                cgroups, problem = None, f"no usable cgroup: {exc}"
+        else:
+            problem = "the supervisor is not root"
+        self._caps = Capabilities(
+            root=root, cgroups=cgroups, cgroups_problem=problem, landlock_abi=landlock.abi(),
+            seccomp_problem=seccomp.supported(), namespaces_problem=self._probe_namespaces() if root else "not root",
+            disk_problem=disk.problem(),
+        )
+        for d, mode in ((RUN_DIR, 0o755), (SANDBOX, 0o755), (HANDSHAKE_DIR, 0o700)):
+            _private_dir(d, mode)
+        return self._caps
+
+    @staticmethod
+    def _probe_namespaces() -> str | None:
+        probe = ("import ctypes, os, sys\n"
+                 "libc = ctypes.CDLL(None, use_errno=True)\n"
+                 "if libc.unshare(0x20000000 | 0x00020000 | 0x40000000 | 0x08000000 | 0x04000000) != 0:\n"
+                 "    sys.exit(os.strerror(ctypes.get_errno()))\n")
+        try:
+            done = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return str(exc)
+        return None if done.returncode == 0 else f"unshare failed: {done.stderr.strip() or done.returncode}"
+
+    # -- the supervisor's side of the contract ---------------------------------------
+
+    def set_plan(self, plugin_id: str, *, plan: SandboxPlan, folder: Path, creds: Path, config: Path,
+                 nats: tuple[str, int]) -> None:
+        p = self._plugins.setdefault(plugin_id, _Plugin(plugin_id))
+        p.plan, p.folder, p.creds, p.config, p.nats = plan, Path(folder), Path(creds), Path(config), nats
+
+    def _layer(self, name: str) -> bool:
+        return name not in self.disabled
+
+    async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
+        p = self._plugins.get(plugin_id)
+        if p is None or p.plan is None:
+            raise RuntimeError(f"no sandbox plan for {plugin_id}: the supervisor must call set_plan() first")
+        self._end_instance(p)
+        caps = self.capabilities()
+        if not caps.root:
+            raise RuntimeError("HostConfinement needs root")
+        plan = p.plan
+        enf: dict[str, str] = {}
+        p.instance = spec.instance
+        p.membership = "pending"
+
+        # Identity.
+        if self._layer("uid"):
+            try:
+                uid = allocate(self.state_dir, plugin_id)
+            except UidError as exc:
+                raise RuntimeError(str(exc)) from None
+            enf["uid"] = str(uid)
+        else:
+            uid = 0
+            enf["uid"] = missing(f"disabled by {DISABLE_ENV}: plugin code runs as root")
+        gid = uid
+        p.uid = uid
+        enf["no_new_privs"] = "yes"
+
+        # Files: code snapshot, credentials, config, data dir.
+        confdir = _private_dir(self.state_dir / "confine" / plugin_id)
+        code = confdir / "code"
+        await asyncio.get_running_loop().run_in_executor(None, _copy_tree_readable, p.folder, code)
+        creds = confdir / "nats.creds"
+        _install_secret(p.creds, creds, uid, gid)
+        config = confdir / "config.json"
+        _install_secret(p.config, config, uid, gid)
+        data_mode = plan.fence.data_dir
+        data = self.state_dir / "plugin-data" / plugin_id
+        image = data.with_name(f"{plugin_id}.img")
+        binds: list[dict[str, Any]] = [
+            {"src": str(code), "dst": "code", "kind": "dir", "ro": True},
+            {"src": str(creds), "dst": "nats.creds", "kind": "file", "ro": True, "noexec": True},
+            {"src": str(config), "dst": "config.json", "kind": "file", "ro": True, "noexec": True},
+        ]
+        runner_python = Path(spec.argv[0])
+        env_dir = runner_python.parent.parent
+        mapping = {str(p.folder): str(IN_CODE), str(p.creds): str(IN_CREDS), str(p.config): str(IN_CONFIG)}
+        if (env_dir / "pyvenv.cfg").is_file():
+            binds.append({"src": str(env_dir), "dst": "runner", "kind": "dir", "ro": True})
+            mapping[str(runner_python)] = str(IN_RUNNER / "bin" / runner_python.name)
+        data_host: Path | None = None
+        enf["disk"] = "no data dir granted"
+        if data_mode != "none":
+            _private_dir(data.parent)
+            why = caps.disk_problem if self._layer("disk") else f"disabled by {DISABLE_ENV}"
+            if why is None:
+                seed = data if (data.is_dir() and not image.exists()) else None
+                try:
+                    enf["disk"] = await asyncio.get_running_loop().run_in_executor(
+                        None, disk.ensure_image, image, plan.limits.disk_bytes, uid, gid, seed)
+                except (disk.DiskError, OSError) as exc:
+                    why = f"data image unusable: {exc}"
+                else:
+                    if seed is not None:
+                        seed.rename(data.with_name(f"{plugin_id}.migrated"))
+                    binds.append({"src": str(image), "dst": "data", "kind": "dir", "ro": data_mode == "read",
+                                  "mount": disk.mount_argv(str(image), str(IN_DATA), data_mode == "read")})
+                    data_host = image
+            if data_host is None:
+                data.mkdir(exist_ok=True)
+                os.chown(data, uid, gid)
+                os.chmod(data, 0o700)
+                binds.append({"src": str(data), "dst": "data", "kind": "dir", "ro": data_mode == "read", "noexec": True})
+                data_host = data
+                enf["disk"] = missing(f"{why}: the data dir can fill the host's disk")
+        enf["data_dir"] = {"none": "none granted", "read": "read-only", "write": "read-write"}[data_mode]
+
+        argv = [mapping.get(a, a) for a in spec.argv]
+        env = dict(spec.env)
+        env["HOME"] = str(IN_DATA if data_mode != "none" else SANDBOX)
+        if data_mode != "none":
+            env["PRECINCT_DATA_DIR"] = str(IN_DATA)
+        http = "http-egress-public" in plan.fence.network
+
+        # Limits.
+        cgroup_procs: list[str] = []
+        cgroup_expected: dict[str, str] = {}
+        rlimits: dict[str, int] = {"RLIMIT_CORE": 0}
+        limits = plan.limits
+        if caps.cgroups is not None and self._layer("cgroups"):
+            p.cgroup = caps.cgroups.create(plugin_id, limits.cpu_millicores, limits.memory_bytes, limits.pids)
+            v = caps.cgroups.version
+            cgroup_procs = [str(d / "cgroup.procs") for d in p.cgroup.dirs()]
+            cgroup_expected = p.cgroup.expected_paths()
+            enf["memory"] = f"cgroup-{v}"
+            enf["cpu"] = f"cgroup-{v} {'cfs quota' if v == 'v1' else 'cpu.max'}"
+            enf["pids"] = f"cgroup-{v}"
+        else:
+            p.cgroup = None
+            why = caps.cgroups_problem if self._layer("cgroups") else f"disabled by {DISABLE_ENV}"
+            rlimits["RLIMIT_AS"] = max(limits.memory_bytes * 4, 512 * 2**20)
+            enf["memory"] = f"rlimit-as {rlimits['RLIMIT_AS']} (a MemoryError, not a kill; {missing(why)})"
+            enf["cpu"] = missing(why)
+            if uid:
+                rlimits["RLIMIT_NPROC"] = limits.pids
+                enf["pids"] = f"rlimit-nproc (per uid; {missing(why)})"
+            else:
+                enf["pids"] = missing(why)
+
+        # Namespaces and the network.
+        pidns = self._layer("pidns") and caps.namespaces_problem is None
+        netns = self._layer("netns") and caps.namespaces_problem is None
+        if not self._layer("pidns"):
+            enf["pidns"] = missing(f"disabled by {DISABLE_ENV}: plugin processes may outlive a killed supervisor")
+            enf["proc"] = missing("host /proc: other processes are visible")
+        elif caps.namespaces_problem:
+            enf["pidns"] = enf["proc"] = missing(caps.namespaces_problem)
+        else:
+            enf["pidns"] = "yes"
+            enf["proc"] = "private (hidepid)"
+        nats_host, nats_port = p.nats
+        listeners = []
+        if netns:
+            listeners.append({"name": "nats", "port": nats_port})
+            # Inside, the relay listens where the runner would find NATS on loopback.
+            inside = f"nats://127.0.0.1:{nats_port}"
+            argv = [inside if a == f"nats://{nats_host}:{nats_port}" else a for a in argv]
+            enf["network"] = "netns+relay"
+            if http:
+                listeners.append({"name": "egress", "port": PROXY_PORT})
+                proxy = f"http://127.0.0.1:{PROXY_PORT}"
+                env.update(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
+                env["NO_PROXY"] = env["no_proxy"] = ""
+                enf["egress"] = "proxy (public addresses only, ports 80/443)"
+        else:
+            why = f"disabled by {DISABLE_ENV}" if not self._layer("netns") else caps.namespaces_problem
+            enf["network"] = missing(f"{why}: the host network is reachable (Landlock limits TCP ports only)")
+            if http:
+                enf["egress"] = missing(f"{why}: http_requests goes out unfiltered")
+
+        # Landlock and seccomp.
+        landlock_spec = None
+        if self._layer("landlock") and caps.landlock_abi >= 1:
+            read_exec = [*SYSTEM_READ_EXEC, str(IN_CODE), str(IN_RUNNER)]
+            if not (env_dir / "pyvenv.cfg").is_file():
+                read_exec.append(str(env_dir))
+            landlock_spec = {
+                "abi": caps.landlock_abi,
+                "read_exec": read_exec,
+                "read": [*SYSTEM_READ, str(IN_CREDS), str(IN_CONFIG)] + ([str(IN_DATA)] if data_mode == "read" else []),
+                "write": [str(IN_DATA)] if data_mode == "write" else [],
+                "devices": list(DEVICES),
+                "connect": [nats_port] + ([PROXY_PORT] if (http and netns) else []),
+            }
+            enf["landlock"] = f"abi-{caps.landlock_abi}"
+            if caps.landlock_abi < 6:
+                enf["landlock"] += " (no signal scoping before ABI 6)"
+        else:
+            why = f"disabled by {DISABLE_ENV}" if not self._layer("landlock") else "Landlock is not available on this kernel"
+            enf["landlock"] = missing(f"{why}: only file modes fence the filesystem")
+        use_seccomp = self._layer("seccomp") and caps.seccomp_problem is None
+        if use_seccomp:
+            enf["seccomp"] = "bpf"
+        else:
+            why = f"disabled by {DISABLE_ENV}" if not self._layer("seccomp") else caps.seccomp_problem
+            enf["seccomp"] = missing(f"{why}: io_uring, UDP, raw and netlink sockets, ptrace are allowed")
+        enf["cgroup-membership"] = "pending" if p.cgroup is not None else "n/a"
+
+        # The handshake socket: only root can reach it (0700 dir).
+        hs_path = HANDSHAKE_DIR / f"{secrets.token_hex(8)}.sock"
+        hs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hs.bind(str(hs_path))
+        os.chmod(hs_path, 0o600)
+        hs.listen(1)
+        p.handshake_sock = hs
+        p.handshake = asyncio.create_task(self._handshake(p, hs, hs_path, spec.instance, pidns, netns, http),
+                                          name=f"confine-handshake:{plugin_id}")
+
+        cfg = {
+            "plugin_id": plugin_id, "instance": spec.instance, "supervisor_pid": os.getpid(),
+            "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
+            "rlimits": rlimits, "handshake": str(hs_path), "sandbox": str(SANDBOX), "binds": binds,
+            "pidns": pidns, "netns": netns, "listeners": listeners, "landlock": landlock_spec,
+            "seccomp": use_seccomp, "argv": argv, "env": env,
+            "cwd": str(IN_CODE),
+        }
+        cfg_path = confdir / "init.json"
+        fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cfg, fh, indent=1)
+        p.enforcement = enf
+        p.details = {
+            "uid": uid, "gid": gid, "cgroup_version": caps.cgroups.version if p.cgroup else None,
+            "cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies} if p.cgroup else {},
+            "data_dir": str(data_host) if data_host else None, "code": str(code),
+            "creds": str(creds), "init_config": str(cfg_path), "sandbox": str(SANDBOX),
+        }
+        return LaunchSpec(argv=[*_init_command(), str(cfg_path)],
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", instance=spec.instance)
+
+    async def _handshake(self, p: _Plugin, hs: socket.socket, hs_path: Path, instance: str,
+                         pidns: bool, netns: bool, http: bool) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            conn, body, fds, pid = await _recv_handshake(hs, HANDSHAKE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            if p.instance == instance:
+                p.membership = f"{MISSING}: no handshake from the init ({exc})"
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                hs.close()
+            hs_path.unlink(missing_ok=True)
+        listeners = [socket.socket(fileno=fd) for fd in fds]
+        try:
+            problems = self._verify(p, pid, body, instance, pidns, netns, len(listeners))
+            if problems:
+                p.membership = f"{MISSING}: refused to start: {'; '.join(problems)}"
+                log.error("plugin %s: %s", p.id, p.membership)
+                await loop.sock_sendall(conn, f"no: {'; '.join(problems)}\n".encode())
+                for s in listeners:
+                    s.close()
+                return
+            names = body.get("listeners") or []
+            for name, listener in zip(names, listeners):
+                if name == "nats":
+                    server = nats_relay(f"{p.id}/nats", listener, *p.nats)
+                elif name == "egress" and http:
+                    server = EgressProxy().server(f"{p.id}/egress", listener)
+                else:
+                    listener.close()
+                    continue
+                await server.start()
+                p.servers.append(server)
+            p.membership = f"verified (pid {pid})" if p.cgroup is not None else "n/a"
+            p.details["runner_pid"] = pid
+            await loop.sock_sendall(conn, b"go\n")
+        finally:
+            conn.close()
+
+    def _verify(self, p: _Plugin, pid: int, body: dict, instance: str, pidns: bool, netns: bool,
+                listeners: int) -> list[str]:
+        problems = []
+        if p.instance != instance or body.get("instance") != instance:
+            problems.append(f"instance mismatch ({body.get('instance')!r}, expected {instance!r})")
+        if p.cgroup is not None:
+            problems += p.cgroup.membership_problems(pid)
+        for ns, wanted in (("pid", pidns), ("net", netns), ("mnt", True)):
+            if not wanted:
+                continue
+            try:
+                theirs = os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+                ours = os.stat(f"/proc/self/ns/{ns}").st_ino
+            except OSError as exc:
+                problems.append(f"/proc/{pid}/ns/{ns}: {exc.strerror}")
+                continue
+            if theirs == ours:
+                problems.append(f"not in its own {ns} namespace")
+        if netns and listeners != len(body.get("listeners") or []):
+            problems.append("relay listeners missing")
+        return problems
+
+    def _end_instance(self, p: _Plugin) -> None:
+        for server in p.servers:
+            server.close()
+        p.servers.clear()
+        if p.handshake_sock is not None:
+            with contextlib.suppress(OSError):
+                p.handshake_sock.close()
+            p.handshake_sock = None
+        if p.handshake is not None and not p.handshake.done():
+            p.handshake.cancel()
+        p.handshake = None
+
+    # -- reports ------------------------------------------------------------------
+
+    def exit_reason(self, plugin_id: str, returncode: int) -> str | None:
+        p = self._plugins.get(plugin_id)
+        if p is None:
+            return None
+        self._end_instance(p)
+        if p.cgroup is not None and p.cgroup.oom_killed_since_start():
+            return "OOMKilled"
+        return None
+
+    def sample(self, plugin_id: str, pid: int) -> ProcessStats:
+        p = self._plugins.get(plugin_id)
+        if p is None or p.cgroup is None:
+            return proc_sample(pid)
+        cpu = p.cgroup.cpu_seconds()
+        if cpu is None:
+            cpu = proc_sample(pid).cpu_seconds
+        return ProcessStats(cpu, p.cgroup.memory_bytes())
+
+    def enforcement(self, plugin_id: str) -> dict[str, str]:
+        p = self._plugins.get(plugin_id)
+        if p is None or not p.enforcement:
+            return {}
+        out = dict(p.enforcement)
+        if p.cgroup is not None:
+            out["cgroup-membership"] = p.membership
+        return out
+
+    def details(self, plugin_id: str) -> dict[str, Any]:
+        p = self._plugins.get(plugin_id)
+        if p is None:
+            return {}
+        out = dict(p.details)
+        if p.cgroup is not None:
+            with contextlib.suppress(OSError):
+                out["cgroup_pids"] = sorted(p.cgroup.procs())
+                out["limits"] = p.cgroup.limits()
+                out["oom_kills"] = p.cgroup.oom_kills()
+                out["cpu_stat"] = p.cgroup.cpu_stat()
+        return out
+
+    async def release(self, plugin_id: str) -> None:
+        p = self._plugins.pop(plugin_id, None)
+        if p is None:
+            return
+        self._end_instance(p)
+        if p.cgroup is not None:
+            problems = await asyncio.get_running_loop().run_in_executor(None, p.cgroup.remove)
+            for problem in problems:
+                log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
+        confdir = self.state_dir / "confine" / plugin_id
+        for name in ("nats.creds", "config.json", "init.json"):
+            with contextlib.suppress(OSError):
+                (confdir / name).unlink()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(confdir / "code")
+
+
+class UnprivilegedConfinement(Confinement):
+    """What runs when the supervisor is not root: nothing is confined by the
+    kernel, and status says so for every protection."""
+
+    REASON = "the supervisor is not root"
+
+    def enforcement(self, plugin_id: str) -> dict[str, str]:
+        why = self.REASON
+        return {
+            "uid": missing(f"{why}: plugins run as the supervisor's own uid and can read its files"),
+            "memory": missing(why), "cpu": missing(why), "pids": missing(why), "disk": missing(why),
+            "pidns": missing(f"{why}: plugin processes may outlive a killed supervisor"),
+            "proc": missing(f"{why}: other processes are visible"),
+            "landlock": missing(why), "seccomp": missing(why),
+            "network": missing(f"{why}: the host network is reachable"),
+        }
+
+    def details(self, plugin_id: str) -> dict[str, Any]:
+        return {}
+
+
+def for_supervisor(state_dir: Path) -> Confinement:
+    """HostConfinement as root, else the unconfined one that says so."""
+    if os.geteuid() == 0:
+        return HostConfinement(state_dir)
+    return UnprivilegedConfinement()
+
+
+__all__ = ["HostConfinement", "UnprivilegedConfinement", "for_supervisor", "UID_BASE", "UID_COUNT"]

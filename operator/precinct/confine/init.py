@@ -1,0 +1,394 @@
+"""The tiny trusted init of one plugin instance: `python -m precinct.confine.init CONFIG`.
+
+Started by the supervisor (root) from its event loop's thread; CONFIG is a
+JSON file written by `host.HostConfinement.wrap` in the supervisor's private
+state dir. Three processes, only the last untrusted:
+
+  monitor   (host PID namespace, root)  holds PR_SET_PDEATHSIG=SIGKILL on the
+            supervisor's thread; creates the PID namespace; forwards stop
+            signals; exits the way the plugin exited (code, or same signal).
+  ns-init   (PID 1 of the new PID namespace, root)  holds PR_SET_PDEATHSIG on
+            the monitor; unshares mount, network, IPC and UTS namespaces;
+            brings up loopback and creates the relay listeners there; mounts a
+            private /proc and the plugin's view under /run/precinct/sandbox;
+            forks the runner; reaps. When it dies the kernel kills every
+            process in the namespace, so nothing the plugin started survives
+            the supervisor, even a SIGKILLed one.
+  runner    (PID 2)  joins the plugin's cgroups as root, then asks the
+            supervisor over a unix socket to verify its membership (the
+            supervisor reads /proc/<pid>/cgroup itself, using the pid the
+            kernel reports for the socket peer), hands over the relay
+            listeners, waits for "go"; then drops to the plugin's uid/gid,
+            sets no_new_privs, applies Landlock and seccomp, and execs the
+            runner. Any failure before exec ends it with exit code 126 and a
+            `precinct-init:` line on stderr: fail closed, never run unconfined.
+
+Only the standard library and the sibling landlock/seccomp modules; no
+precinct imports at module level (startup cost is paid per plugin).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
+
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFF_UP = 0x1
+
+EXIT_SETUP = 126
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    try:
+        os.write(2, f"precinct-init: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _ok(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _ok(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+def unshare(flags: int) -> None:
+    _ok(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    _ok(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+        f"mount({source} -> {target}, {fstype})")
+
+
+# -- the monitor (host PID namespace) -----------------------------------------
+
+
+def monitor(cfg: dict) -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != cfg["supervisor_pid"]:
+        raise SetupError("the supervisor is gone")
+    status_r, status_w = os.pipe()
+    alive_r, alive_w = os.pipe()     # ns-init sees EOF here once the monitor is gone
+    if cfg.get("pidns"):
+        unshare(CLONE_NEWPID)        # our next child is PID 1 of a new namespace
+    child = os.fork()
+    if child == 0:
+        os.close(status_r)
+        os.close(alive_w)
+        try:
+            ns_init(cfg, status_w, alive_r)
+        except BaseException as exc:  # noqa: BLE001 - anything here ends the instance
+            say(f"{type(exc).__name__}: {exc}" if not isinstance(exc, SetupError) else str(exc))
+            os._exit(EXIT_SETUP)
+        os._exit(0)
+    os.close(status_w)
+    os.close(alive_r)
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(child, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    _pid, status = os.waitpid(child, 0)
+    raw = b""
+    try:
+        raw = os.read(status_r, 8)
+    except OSError:
+        pass
+    if len(raw) == 8:
+        kind, value = struct.unpack("ii", raw)
+    elif os.WIFSIGNALED(status):
+        kind, value = 1, os.WTERMSIG(status)
+    else:
+        kind, value = 0, os.WEXITSTATUS(status)
+    if kind == 1:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        if value not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(value, signal.SIG_DFL)
+        os.kill(os.getpid(), value)
+        os._exit(128 + value)
+    os._exit(value)
+
+
+# -- PID 1 of the plugin's namespaces -----------------------------------------
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def _listen(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(128)
+    return s
+
+
+def _build_view(cfg: dict) -> None:
+    """The plugin's files, reachable whatever the modes of the directories
+    they really live in: a small tmpfs at cfg["sandbox"] holding bind mounts."""
+    root = cfg["sandbox"]
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for bind in cfg["binds"]:
+        target = os.path.join(root, bind["dst"])
+        if bind["kind"] == "dir":
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w"):
+                pass
+        if bind.get("mount"):               # a loop-mounted data image (disk.py)
+            import subprocess
+
+            done = subprocess.run(bind["mount"], capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise SetupError(f"{' '.join(bind['mount'])}: {(done.stderr or done.stdout).strip()}")
+            if not bind.get("ro"):
+                os.chown(target, cfg["uid"], cfg["gid"])
+                os.chmod(target, 0o700)
+            continue
+        mount(bind["src"], target, None, MS_BIND | MS_REC)
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+        if bind.get("ro"):
+            flags |= MS_RDONLY
+        if bind.get("noexec"):
+            flags |= MS_NOEXEC
+        mount(None, target, None, flags)
+    mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mount_proc() -> None:
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid")
+    except SetupError:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+
+
+def ns_init(cfg: dict, status_w: int, alive_r: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Imported now, as root: after the drop the supervisor's interpreter and
+    # its packages may not be readable any more.
+    import resource  # noqa: F401
+
+    from precinct.confine import landlock, seccomp  # noqa: F401
+    ready, _, _ = select.select([alive_r], [], [], 0)
+    if ready:                                   # EOF: the monitor died before we armed the signal
+        os._exit(EXIT_SETUP)
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (CLONE_NEWNET if cfg.get("netns") else 0)
+    unshare(flags)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    with contextlib.suppress(OSError):
+        socket.sethostname(cfg["plugin_id"][:63])
+    listeners: list[socket.socket] = []
+    if cfg.get("netns"):
+        _loopback_up()
+        listeners = [_listen(spec["port"]) for spec in cfg.get("listeners", [])]
+    if cfg.get("pidns"):
+        _mount_proc()
+    _build_view(cfg)
+    child = os.fork()
+    if child == 0:
+        try:
+            runner(cfg, listeners)
+        except BaseException as exc:  # noqa: BLE001
+            say(f"{type(exc).__name__}: {exc}" if not isinstance(exc, SetupError) else str(exc))
+        os._exit(EXIT_SETUP)
+    for s in listeners:
+        s.close()
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(child, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            status = 0
+            break
+        if pid == child:
+            break
+    if os.WIFSIGNALED(status):
+        report = struct.pack("ii", 1, os.WTERMSIG(status))
+    else:
+        report = struct.pack("ii", 0, os.WEXITSTATUS(status))
+    try:
+        os.write(status_w, report)
+    except OSError:
+        pass
+    if cfg.get("pidns"):
+        try:
+            os.kill(-1, signal.SIGKILL)             # everything else in the namespace
+        except ProcessLookupError:
+            pass
+
+
+# -- the plugin process, until exec ----------------------------------------------
+
+
+def _join_cgroups(cfg: dict) -> None:
+    for procs in cfg.get("cgroup_procs", []):
+        with open(procs, "w") as fh:
+            fh.write("0")
+    expected = cfg.get("cgroup_expected") or {}
+    if expected:
+        shown = {}
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    shown[parts[1]] = parts[2]
+        for field, path in expected.items():
+            if shown.get(field) != path:
+                raise SetupError(f"not in cgroup {path} ({field or 'unified'}: {shown.get(field)!r}); refusing to start")
+
+
+def _handshake(cfg: dict, listeners: list[socket.socket]) -> None:
+    """Supervisor verifies us (cgroups, namespaces) and takes the listeners."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(cfg["handshake"])
+        body = json.dumps({"instance": cfg["instance"], "listeners": [spec["name"] for spec in cfg.get("listeners", [])
+                                                                     if cfg.get("netns")]}).encode()
+        fds = array.array("i", [x.fileno() for x in listeners])
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())] if listeners else []
+        s.sendmsg([body], ancillary)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    for x in listeners:
+        x.close()
+    text = reply.decode(errors="replace").strip()
+    if text != "go":
+        raise SetupError(f"the supervisor refused to start this instance: {text or 'no answer'}")
+
+
+def _drop(cfg: dict) -> None:
+    uid, gid = cfg["uid"], cfg["gid"]
+    os.setgroups([])
+    if uid == 0:                # the uid layer is switched off (status says MISSING)
+        return
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise SetupError("privileges were not dropped")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise SetupError("could regain root after dropping privileges")
+
+
+def _landlock(cfg: dict) -> None:
+    from precinct.confine import landlock as ll
+
+    spec = cfg["landlock"]
+    rules = ll.Ruleset(spec["abi"])
+    for path in spec.get("read_exec", []):
+        rules.allow_path(path, ll.READ_EXEC)
+    for path in spec.get("read", []):
+        rules.allow_path(path, ll.READ)
+    for path in spec.get("write", []):
+        rules.allow_path(path, ll.READ | ll.WRITE_TREE)
+    for path in spec.get("devices", []):
+        rules.allow_path(path, ll.READ_FILE | ll.WRITE_FILE | ll.IOCTL_DEV)
+    for port in spec.get("connect", []):
+        rules.allow_connect(port)
+    rules.restrict_self()
+
+
+def _rlimits(cfg: dict) -> None:
+    import resource
+
+    for name, value in (cfg.get("rlimits") or {}).items():
+        res = getattr(resource, name)
+        resource.setrlimit(res, (value, value))
+
+
+def runner(cfg: dict, listeners: list[socket.socket]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _join_cgroups(cfg)
+    _rlimits(cfg)
+    _handshake(cfg, listeners)
+    _drop(cfg)
+    os.umask(0o077)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if cfg.get("landlock"):
+        _landlock(cfg)
+    os.chdir(cfg["cwd"])
+    os.closerange(3, 1 << 16)
+    if cfg.get("seccomp"):
+        from precinct.confine import seccomp
+
+        seccomp.install()
+    os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        say("usage: python -m precinct.confine.init CONFIG.json")
+        return 2
+    try:
+        with open(argv[0]) as fh:
+            cfg = json.load(fh)
+        monitor(cfg)
+    except SetupError as exc:
+        say(str(exc))
+        return EXIT_SETUP
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

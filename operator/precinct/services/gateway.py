@@ -1,0 +1,434 @@
+"""The gateway: the trusted relay between plugins and the core (platform account).
+
+What a plugin publishes toward the core never reaches it directly. The NATS
+server delivers it to the platform account under the plugin's import prefix
+(architecture.md), and only this process republishes it:
+
+  plugin.<id>.rosey.chat.<ch>.send          -> rosey.chat.<ch>.send
+  plugin.<id>.rosey.channel.<ch>.message    -> rosey.channel.<ch>.message
+  plugin.<id>.rosey.event.<ns>.<what>       -> rosey.event.<ns>.<what>
+  plugin.<id>.<event root>.<what>           -> <event root>.<what>
+  plugin.<id>.rosey.reply.<id>.<nonce>      -> rosey.reply.<id>.<nonce>   (first one per nonce only)
+
+Every republished message carries the header `Precinct-Plugin: <id>`; the
+plugin's own `Precinct-*` and `Nats-*` headers are dropped. The platform
+exports the plain subjects to the core, so the core sees only what passed.
+
+The plugin id comes from the subject prefix the server wrote, never from the
+payload. Per plugin, chat and events share a token bucket
+(`messages_per_second`, `burst`); payload replies have a bucket of their own
+with the same numbers, so a chatty plugin still gets its answers through.
+What a bucket refuses is dropped and counted.
+
+Violations. Rate-limit excess and duplicate payload replies are seen here;
+permission violations only appear in the NATS server's log, which this
+process tails (serverlog.py). All of them are aggregated per plugin, kind and
+source over `--report-interval` seconds and published as one event each on
+`precinct.violations.<id>` in the platform account:
+
+  {"plugin": "flooder", "kind": "rate_limit", "subject": "rosey.chat.x.send",
+   "subjects": ["rosey.chat.x.send"], "count": 195,
+   "first": "2026-11-27T22:45:55.355Z", "last": "2026-11-27T22:45:56.901Z",
+   "source": "gateway", "window_seconds": 2.0}
+
+`kind` is `rate_limit`, `permission` or `duplicate_reply`; `source` is
+`gateway` or `nats-server-log`. A flood therefore yields at most a few events
+per plugin per interval, however many messages it sends.
+
+`precinct.gateway.stats` (platform) answers with per-plugin counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from ..plan.sandbox import violations_subject
+from .buckets import TokenBucket
+from .fleetfile import FleetFile
+from .serverlog import LogTail, parse_violation
+
+log = logging.getLogger("precinct.gateway")
+
+STATS_SUBJECT = "precinct.gateway.stats"
+PLUGIN_HEADER = "Precinct-Plugin"
+
+RATE_LIMIT, PERMISSION, DUPLICATE_REPLY = "rate_limit", "permission", "duplicate_reply"
+SOURCE_GATEWAY, SOURCE_LOG = "gateway", "nats-server-log"
+
+REPORT_INTERVAL = 2.0         # seconds a violation window lasts
+NONCE_TTL = 600.0             # seconds a payload-reply nonce is remembered
+NONCES_PER_PLUGIN = 10_000    # bound on remembered nonces per plugin (oldest forgotten first)
+MAX_SAMPLE_SUBJECTS = 10      # distinct subjects listed per event
+MAX_SUBJECT_IN_EVENT = 256    # characters
+LOG_POLL = 0.25               # seconds between reads of the server log
+STALE_LOG_LINE = 600.0        # log lines older than this are not reported
+PENDING_MSGS = 65_536         # per-plugin subscription buffer before the client drops
+VERDICT_CACHE = 4096          # remembered subject checks per plugin
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: `*` one token, a final `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return i == len(p) - 1 and len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+# -- violation windows ------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    subjects: list[str] = field(default_factory=list)
+
+
+class Aggregator:
+    """Counts violations per (plugin, kind, source) until drained."""
+
+    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self._windows: dict[tuple[str, str, str], _Window] = {}
+
+    def add(self, plugin: str, kind: str, subject: str, source: str, at: float | None = None, count: int = 1) -> None:
+        at = time.time() if at is None else at
+        window = self._windows.get((plugin, kind, source))
+        if window is None:
+            window = self._windows[(plugin, kind, source)] = _Window(first=at, last=at)
+        window.count += count
+        window.first, window.last = min(window.first, at), max(window.last, at)
+        subject = subject[:MAX_SUBJECT_IN_EVENT]
+        if len(window.subjects) < MAX_SAMPLE_SUBJECTS and subject not in window.subjects:
+            window.subjects.append(subject)
+
+    def drain(self) -> list[dict[str, Any]]:
+        windows, self._windows = self._windows, {}
+        return [
+            {"plugin": plugin, "kind": kind, "subject": w.subjects[0] if w.subjects else "",
+             "subjects": w.subjects, "count": w.count, "first": iso(w.first), "last": iso(w.last),
+             "source": source, "window_seconds": self.interval}
+            for (plugin, kind, source), w in windows.items()
+        ]
+
+
+# -- one plugin's state --------------------------------------------------------------
+
+
+@dataclass
+class Counters:
+    forwarded: int = 0
+    rate_limited: int = 0
+    duplicate_replies: int = 0
+    foreign_replies: int = 0
+    not_allowed: int = 0
+    permission_violations: int = 0
+
+
+class PluginState:
+    def __init__(self, plugin_id: str, plan: dict[str, Any]) -> None:
+        self.id = plugin_id
+        self.header = {PLUGIN_HEADER: plugin_id}
+        rate, burst = self._rates(plan)
+        self.out_bucket = TokenBucket(rate, burst)      # a new plugin may send its burst at once
+        self.reply_bucket = TokenBucket(rate, burst)
+        self.allowed: tuple[str, ...] = ()
+        self._verdicts: dict[str, bool] = {}          # subject -> allowed, so the match runs once per subject
+        self.nonces: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.counters = Counters()
+        self.subscription = None
+        self.configure(plan)
+
+    @staticmethod
+    def _rates(plan: dict[str, Any]) -> tuple[float, float]:
+        rates = plan.get("rates") or {}
+        rate = float(rates.get("messages_per_second") or 1.0)
+        return rate, float(rates.get("burst") or max(1, int(rate + 0.999)))
+
+    def configure(self, plan: dict[str, Any]) -> None:
+        rate, burst = self._rates(plan)
+        self.out_bucket.reconfigure(rate, burst)
+        self.reply_bucket.reconfigure(rate, burst)
+        # Defence in depth: the server already refuses anything else, but the
+        # plan is what this plugin was granted, so check against it too.
+        exports = (plan.get("account") or {}).get("exports") or []
+        self.allowed = tuple(e["subject"] for e in exports if e.get("kind") == "stream")
+        self._verdicts = {}
+
+    def is_allowed(self, subject: str) -> bool:
+        verdict = self._verdicts.get(subject)
+        if verdict is None:
+            verdict = any(subject_matches(p, subject) for p in self.allowed)
+            if len(self._verdicts) >= VERDICT_CACHE:
+                self._verdicts.clear()
+            self._verdicts[subject] = verdict
+        return verdict
+
+    def first_reply(self, nonce: str, now: float) -> bool:
+        """True the first time `nonce` is seen (within the TTL and the memory bound)."""
+        nonces = self.nonces
+        while nonces:
+            oldest, stamp = next(iter(nonces.items()))
+            if now - stamp <= NONCE_TTL and len(nonces) < NONCES_PER_PLUGIN:
+                break
+            nonces.popitem(last=False)
+        if nonce in nonces:
+            return False
+        nonces[nonce] = now
+        return True
+
+
+# -- the gateway ---------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, nc, fleet: FleetFile, *, report_interval: float = REPORT_INTERVAL,
+                 server_log: Path | None = None, offset_file: Path | None = None) -> None:
+        self.nc = nc
+        self.fleet = fleet
+        self.aggregator = Aggregator(report_interval)
+        self.report_interval = report_interval
+        self.plugins: dict[str, PluginState] = {}
+        self.tail = LogTail(server_log, offset_file) if server_log else None
+        self.unknown_accounts: collections.Counter[str] = collections.Counter()
+        self._tasks: list[asyncio.Task] = []
+        self._stats_sub = None
+        self._sync_lock = asyncio.Lock()   # SIGHUP and the mtime watch may both ask for a sync
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.fleet.reload(force=True)
+        await self.sync()
+        self._stats_sub = await self.nc.subscribe(STATS_SUBJECT, cb=self._on_stats)
+        self._tasks.append(asyncio.create_task(self._report_loop(), name="gateway-report"))
+        self._tasks.append(asyncio.create_task(self._watch_fleet(), name="gateway-fleet"))
+        if self.tail:
+            self._tasks.append(asyncio.create_task(self._tail_loop(), name="gateway-log"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.report()   # what was counted still gets reported
+        if self.tail:
+            self.tail.save_offset()
+            self.tail.close()
+
+    async def reload(self) -> None:
+        self.fleet.reload(force=True)
+        await self.sync()
+
+    async def sync(self) -> None:
+        """One subscription per plugin, `plugin.<id>.>`: a flooding plugin fills
+        only its own buffer and never delays another plugin's messages."""
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
+        wanted = self.fleet.plugins
+        for pid in [p for p in self.plugins if p not in wanted]:
+            state = self.plugins.pop(pid)
+            if state.subscription is not None:
+                try:
+                    await state.subscription.unsubscribe()
+                except Exception:  # noqa: BLE001 - the connection may be gone
+                    pass
+            log.info("gateway: %s removed", pid)
+        for pid, entry in wanted.items():
+            state = self.plugins.get(pid)
+            if state is None:
+                state = self.plugins[pid] = PluginState(pid, entry["plan"])
+                state.subscription = await self.nc.subscribe(
+                    f"plugin.{pid}.>", cb=self._handler(state), pending_msgs_limit=PENDING_MSGS)
+                log.info("gateway: relaying %s", pid)
+            else:
+                state.configure(entry["plan"])
+
+    async def _watch_fleet(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self.fleet.reload():
+                    await self.sync()
+            except Exception:  # noqa: BLE001 - keep relaying with the fleet we have
+                log.exception("gateway: fleet reload failed")
+
+    # -- relaying -----------------------------------------------------------------
+
+    def _handler(self, state: PluginState):
+        prefix = f"plugin.{state.id}."
+        cut = len(prefix)
+
+        async def on_message(msg) -> None:
+            subject = msg.subject
+            if not subject.startswith(prefix):   # cannot happen: the subscription is plugin.<id>.>
+                return
+            await self.relay(state, subject[cut:], msg.data, msg.headers)
+
+        return on_message
+
+    async def relay(self, state: PluginState, subject: str, data: bytes, headers: dict | None) -> bool:
+        """Forward one message from plugin `state.id` if it passes; True if forwarded."""
+        now = time.monotonic()
+        if subject.startswith("rosey.reply."):
+            parts = subject.split(".")
+            if len(parts) != 4 or parts[2] != state.id:
+                state.counters.foreign_replies += 1
+                self.aggregator.add(state.id, PERMISSION, subject, SOURCE_GATEWAY)
+                return False
+            if not state.first_reply(parts[3], now):
+                state.counters.duplicate_replies += 1
+                self.aggregator.add(state.id, DUPLICATE_REPLY, subject, SOURCE_GATEWAY)
+                return False
+            bucket = state.reply_bucket
+        else:
+            if not state.is_allowed(subject):
+                state.counters.not_allowed += 1
+                self.aggregator.add(state.id, PERMISSION, subject, SOURCE_GATEWAY)
+                return False
+            bucket = state.out_bucket
+        if not bucket.take(now):
+            state.counters.rate_limited += 1
+            self.aggregator.add(state.id, RATE_LIMIT, subject, SOURCE_GATEWAY)
+            return False
+        if headers:
+            out = {k: v for k, v in headers.items() if not k.lower().startswith(("nats-", "precinct-"))}
+            out[PLUGIN_HEADER] = state.id
+        else:
+            out = state.header          # the common case: nothing to filter, no dict to build
+        await self.nc.publish(subject, data, headers=out)
+        state.counters.forwarded += 1
+        return True
+
+    # -- the server log -------------------------------------------------------------
+
+    def ingest_log_lines(self, lines: list[str]) -> int:
+        """Attribute violation lines to plugins; returns how many were counted."""
+        counted = 0
+        now = time.time()
+        for line in lines:
+            violation = parse_violation(line, now)
+            if violation is None:
+                continue
+            pid = self.fleet.plugin_for_account(violation.account)
+            if pid is None:
+                # core, platform, system, or a plugin already removed
+                self.unknown_accounts[violation.account] += 1
+                continue
+            if now - violation.at > STALE_LOG_LINE:
+                continue
+            kind = DUPLICATE_REPLY if violation.subject.startswith("_R_.") else PERMISSION
+            self.aggregator.add(pid, kind, violation.subject, SOURCE_LOG, at=min(violation.at, now))
+            state = self.plugins.get(pid)
+            if state is not None:
+                state.counters.permission_violations += 1
+            counted += 1
+        return counted
+
+    async def _tail_loop(self) -> None:
+        assert self.tail is not None
+        saved_at = time.monotonic()
+        while True:
+            try:
+                lines = await asyncio.to_thread(self.tail.read_lines)
+                if lines:
+                    self.ingest_log_lines(lines)
+                if time.monotonic() - saved_at > 2.0:
+                    self.tail.save_offset()
+                    saved_at = time.monotonic()
+            except Exception:  # noqa: BLE001 - a bad line must not stop the tail
+                log.exception("gateway: reading the server log failed")
+            await asyncio.sleep(LOG_POLL)
+
+    # -- reporting --------------------------------------------------------------------
+
+    async def report(self) -> list[dict[str, Any]]:
+        events = self.aggregator.drain()
+        for event in events:
+            log.warning("violation: %s %s x%d (%s) on %s", event["plugin"], event["kind"], event["count"],
+                        event["source"], event["subject"])
+            try:
+                await self.nc.publish(violations_subject(event["plugin"]), json.dumps(event).encode())
+            except Exception:  # noqa: BLE001 - reconnecting; the counters still hold it
+                log.exception("gateway: cannot publish a violation event")
+        return events
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.report_interval)
+            await self.report()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "plugins": {pid: vars(state.counters) for pid, state in sorted(self.plugins.items())},
+            "unknown_accounts": dict(self.unknown_accounts),
+        }
+
+    async def _on_stats(self, msg) -> None:
+        if msg.reply:
+            await msg.respond(json.dumps(self.stats()).encode())
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    nc = await nats.connect(args.server, user_credentials=args.creds, name="precinct-gateway",
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error)
+    gateway = Gateway(nc, FleetFile(args.fleet), report_interval=args.report_interval,
+                      server_log=args.server_log, offset_file=args.offset_file)
+    await gateway.start()
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+    log.info("gateway ready on %s", args.server)
+    await stop.wait()
+    await gateway.stop()
+    await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Precinct's gateway: rate-limits and relays plugin traffic to the core; reports violations.")
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--creds", required=True, help="platform credentials")
+    parser.add_argument("--fleet", required=True, type=Path, help="fleet.json written by the supervisor")
+    parser.add_argument("--server-log", type=Path, help="the NATS server's log file, tailed for violations")
+    parser.add_argument("--offset-file", type=Path, help="where to remember the position in the server log")
+    parser.add_argument("--report-interval", type=float, default=REPORT_INTERVAL,
+                        help="seconds over which violations are aggregated into one event")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
