@@ -124,6 +124,13 @@ def up(
     suspend_after: int = typer.Option(
         3, "--suspend-after", min=0, help="Strike that suspends a plugin (1st warns, later ones restart); "
         "0 never suspends."),
+    dashboard_port: int = typer.Option(
+        0, "--dashboard-port", min=0, help="Loopback port of the health dashboard (0: a free one; the URL with "
+        "its token is logged and printed by `precinct dashboard --url`)."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the health dashboard."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", min=0, help="Serve Prometheus /metrics on this loopback port, no token "
+        "(default: off; docs/monitoring.md suggests 9470)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run NATS, the trusted services and every plugin in PLUGINS_DIR until Ctrl-C or SIGTERM."""
@@ -143,6 +150,8 @@ def up(
     supervisor = Supervisor(plugins_dir, _state(state_dir), policy=policy, nats_port=nats_port)
     supervisor.violations.policy = LadderPolicy(window=violation_window, cooldown=violation_cooldown,
                                                 suspend_after=suspend_after)
+    supervisor.dashboard_port = None if no_dashboard else dashboard_port
+    supervisor.metrics_port = metrics_port
     try:
         asyncio.run(supervisor.run())
     except SupervisorError as exc:
@@ -346,6 +355,8 @@ def operator_command(
     runner_image: Optional[str] = typer.Option(None, "--runner-image", help="The generic runner image for bundles."),
     settings_file: Optional[Path] = typer.Option(None, "--settings", envvar="PRECINCT_OPERATOR_SETTINGS",
                                                  help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PRECINCT_OPERATOR_METRICS_PORT",
+                                               help="Serve Prometheus /metrics on this port (docs/monitoring.md)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
@@ -355,7 +366,50 @@ def operator_command(
         _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
     raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
                                   runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
-                                  settings_file=settings_file))
+                                  settings_file=settings_file, metrics_port=metrics_port))
+
+
+@app.command()
+def dashboard(
+    url: bool = typer.Option(False, "--url", help="Print the dashboard's URL (with its token) and exit."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """The running `precinct up`'s health dashboard: print its URL, or open it in a browser."""
+    from .runtime.dashboard import read_info
+
+    try:
+        info = read_info(_state(state_dir))
+    except FileNotFoundError:
+        _fail(f"no dashboard on {_state(state_dir)}: is `precinct up` running (without --no-dashboard)?")
+    except (PermissionError, ValueError) as exc:
+        _fail(f"cannot read the dashboard's address: {exc}")
+    if not info.get("url"):
+        _fail("the supervisor runs without a dashboard (--no-dashboard, or its port was taken: see its log)")
+    if url:
+        typer.echo(info["url"])
+        return
+    import webbrowser
+
+    typer.echo(info["url"])
+    webbrowser.open(info["url"])
+
+
+@app.command()
+def top(
+    once: bool = typer.Option(False, "--once", help="Print one frame and exit."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """A live view of every plugin: state, CPU and memory against limits, traffic, violations, restarts."""
+    from .runtime.control import ControlError
+    from .runtime.top_view import run_top
+
+    try:
+        run_top(_state(state_dir), once=once, interval=interval)
+    except ControlError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

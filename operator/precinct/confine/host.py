@@ -203,7 +203,9 @@ class HostConfinement(Confinement):
             return self._caps
         root = os.geteuid() == 0
         cgroups, problem = None, ""
-        if root:
+        if root and not self._layer("cgroups"):
+            problem = f"disabled by {DISABLE_ENV}"
+        elif root:
             try:
                 cgroups = CgroupHost.detect(CgroupHost.tag_for(self.state_dir))
                 cgroups.prepare()

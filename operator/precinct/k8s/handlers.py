@@ -27,6 +27,7 @@ from ..spec.model import API_GROUP, API_VERSION
 from . import reconcile as rc
 from . import render as r
 from . import status as st
+from .metrics import OPERATOR as METRICS
 
 PLURAL = "botplugins"
 WAKE_TIMEOUT = 120.0     # a safety net (and the violation window's end); wakes come from watch events
@@ -96,6 +97,7 @@ def fleet_event(memo: kopf.Memo, body: kopf.Body, type: str | None, **_: Any) ->
     plugin_id = kubernetes_id(meta.get("namespace", ""), meta.get("name", ""))
     if type == "DELETED":
         runtime.ids.pop(plugin_id, None)
+        METRICS.forget(plugin_id)
     else:
         runtime.ids[plugin_id] = (meta.get("namespace", ""), meta.get("name", ""))
     seen = (meta.get("generation"), bool(meta.get("deletionTimestamp")), type == "DELETED")
@@ -115,8 +117,14 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, botplugin_index: kopf.Inde
         await rc.reconcile(runtime.ctx, _plain(body), _fleet(botplugin_index), _observed(pod_index, namespace, name))
     except rc.ApiError as exc:
         if 400 <= exc.status < 500 and exc.status not in (404, 409, 429):
+            METRICS.reconciled("error")
             raise kopf.PermanentError(str(exc)) from exc
+        METRICS.reconciled("retry")
         raise kopf.TemporaryError(str(exc), delay=10) from exc
+    except Exception:
+        METRICS.reconciled("retry")   # kopf retries anything else
+        raise
+    METRICS.reconciled("ok")
 
 
 async def finalize(body: kopf.Body, memo: kopf.Memo, botplugin_index: kopf.Index, **_: Any) -> None:
@@ -144,6 +152,8 @@ async def watch_rollout(stopped: kopf.DaemonStopped, memo: kopf.Memo, namespace:
             except Exception as exc:   # noqa: BLE001 - the daemon must outlive API hiccups
                 log.warning("%s/%s: observing failed: %s", namespace, name, exc)
                 verdict = "error"
+            METRICS.observed(kubernetes_id(namespace, name), verdict, _observed(pod_index, namespace, name).pods,
+                             suspended=bool((body.get("spec") or {}).get("suspend")))
             if verdict == "rolled-back":
                 retry_at = loop.time() + ctx.retry_delay
             if retry_at is not None and loop.time() >= retry_at:

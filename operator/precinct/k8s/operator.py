@@ -41,6 +41,7 @@ class OperatorConfig:
     retry_delay: float = 60.0
     server_timeout: float = 300.0
     client_timeout: float = 330.0
+    metrics_port: int | None = None           # Prometheus /metrics (k8s/metrics.py); None = off
 
 
 class DigestDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -174,5 +175,9 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | None = Non
 
 def run(config: OperatorConfig, *, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    if config.metrics_port is not None:
+        from .metrics import serve as serve_metrics
+
+        serve_metrics(config.metrics_port)
     asyncio.run(serve(config))
     return 0

@@ -41,6 +41,7 @@ from ..spec.load import BotPluginResource
 from ..spec.model import load_botplugin_spec
 from ..spec.ownership import Ownership, Plugin, resolve
 from ..spec.identity import kubernetes_id
+from . import fleetmap
 from . import render as r
 from . import status as st
 from . import violations
@@ -310,6 +311,8 @@ async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntr
     fleet = resolve_fleet(entries)
     rejection = fleet.rejection(plugin_id)
     creds_state = await ctx.credentials.sync(fleet.plans())
+    if creds_state[0]:
+        await fleetmap.publish(ctx.api, ctx.credentials.identity, fleet.plans())
     creds_text = ctx.credentials.creds_text(plugin_id) if rejection is None else None
     if rejection is None and creds_text is None:
         creds_state = (False, creds_state[1] if not creds_state[0] else "NotIssued",
@@ -487,6 +490,7 @@ async def finalize(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[F
     ok, _, message = await ctx.credentials.sync(resolve_fleet(entries).plans())
     if not ok:
         raise RuntimeError(f"could not revoke the NATS account: {message}")
+    await fleetmap.publish(ctx.api, ctx.credentials.identity, resolve_fleet(entries).plans())
     if ctx.credentials.has_account(kubernetes_id(*gone)):
         raise RuntimeError("the NATS account is still issued")
     ctx.locks.pop(gone, None)

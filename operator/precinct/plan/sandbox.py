@@ -19,6 +19,8 @@ The NATS edges (architecture.md):
                  exactly the operations it is granted, mapped from Rosey's
                  subjects, so identity comes from the account, not the payload.
   health         plugin exports precinct.ping.<id>.* to platform.
+  config         plugin exports precinct.config.<id>.* to platform: the
+                 supervisor's hot config reload (only platform can send it).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def storage_root(plugin_id: str) -> str:
 
 def ping_subject(plugin_id: str, instance: str = "*") -> str:
     return f"precinct.ping.{plugin_id}.{instance}"
+
+
+def config_subject(plugin_id: str, instance: str = "*") -> str:
+    """Where the supervisor sends a running instance its new config (hot reload)."""
+    return f"precinct.config.{plugin_id}.{instance}"
 
 
 def violations_subject(plugin_id: str) -> str:
@@ -205,6 +212,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
 
     exports: list[Export] = [Export(s, "service", singleton=True) for s in command_subjects]
     exports.append(Export(ping_subject(pid), "service", singleton=True))
+    exports.append(Export(config_subject(pid), "service", singleton=True))
     outbound = [*chat_out, *event_subjects, reply_subject]
     exports += [Export(s, "stream") for s in outbound]
 
@@ -224,6 +232,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
         subscribe=tuple([
             *command_subjects,
             ping_subject(pid),
+            config_subject(pid),
             *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
             "_INBOX.>",  # replies to its own storage requests, inside its own account
         ]),
@@ -232,7 +241,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
 
     core_imports = tuple(Import(me, s, "service") for s in command_subjects)
     platform_imports = tuple(
-        [Import(me, ping_subject(pid), "service")]
+        [Import(me, ping_subject(pid), "service"), Import(me, config_subject(pid), "service")]
         + [Import(me, s, "stream", prefix=prefix) for s in outbound]
     )
     platform_exports = tuple(

@@ -65,6 +65,7 @@ class SlotStatus:
     ready_at: float | None = None
     cpu_seconds: float = 0.0
     memory_bytes: int = 0
+    oom_kills: int = 0              # instances that ended OOMKilled (metrics, dashboard)
     enforcement: dict[str, str] = field(default_factory=dict)
     conditions: list[dict] = field(default_factory=list)
 
@@ -217,6 +218,8 @@ class Slot:
 
     def _record_exit(self, reason: str) -> None:
         self.status.last_exit = reason
+        if reason == cond.OOM_KILLED:
+            self.status.oom_kills += 1
         self.status.last_exit_at = time.time()
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_accou
 from ..spec.load import Problem, find_manifest, load_path
 from ..spec.ownership import Plugin, resolve
 from .control import ControlError, ControlServer
+from .rollout import Rollouts, folder_digest, folder_fingerprint
 from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
 from .violations import SUBJECT as VIOLATIONS_SUBJECT, Ladder, LadderPolicy, LaunchRefused
 
@@ -100,9 +100,9 @@ class StateLock:
 
 
 def _digest(folder: Path) -> str:
-    """Changes when the manifest changes (code changes are picked up on restart)."""
-    manifest = find_manifest(folder)
-    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else ""
+    """Changes when the manifest or any of the plugin's files change
+    (`<manifest sha256>:<code sha256>`, bounded; see runtime/rollout.py)."""
+    return folder_digest(folder)
 
 
 class Supervisor:
@@ -133,6 +133,11 @@ class Supervisor:
         self.server_url = ""
         self.started_at = time.time()
         self._last_fingerprint: tuple | None = None
+        self.rollouts = Rollouts(self)   # hot reload: replace a changed plugin without losing commands
+        # Health dashboard and Prometheus endpoint (runtime/dashboard.py): None = off, 0 = a free port.
+        self.dashboard_port: int | None = None
+        self.metrics_port: int | None = None
+        self.monitoring = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -186,12 +191,20 @@ class Supervisor:
             self.services[name].start()
         self.control = ControlServer(self.state_dir, {"status": self._op_status, "resume": self._op_resume})
         await self.control.start()
+        from .dashboard import Monitoring
+        self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({}), nc=self._nc,
+                                     core=(self.server_url, str(self.identity.core_creds())),
+                                     dashboard_port=self.dashboard_port, metrics_port=self.metrics_port)
+        await self.monitoring.start()
+        self.control.handlers["top"] = self.monitoring.monitor.op_top
         endpoint = {"nats": self.server_url, "core_creds": str(self.identity.core_creds()), "pid": os.getpid()}
         (self.state_dir / ENDPOINT_NAME).write_text(json.dumps(endpoint))
         for entry in plans:
             entry.slot.start()
 
     async def _shutdown(self) -> None:
+        if self.monitoring is not None:
+            await self.monitoring.close()
         slots = [e.slot for e in self.entries.values()]
         await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
         for name in reversed(list(self.service_launchers)):
@@ -241,6 +254,9 @@ class Supervisor:
             if existing and existing.digest == digest and existing.folder == folder:
                 entries.append(existing)
                 continue
+            if existing and existing.folder == folder and self.rollouts.failed.get(plugin.id) == digest:
+                entries.append(existing)  # this version already failed to become ready: keep the old one
+                continue
             slot = Slot(plugin.id, self._gated_launcher(plugin.id), self._ping_for(plugin.id), self.policy,
                         self.confinement)
             entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
@@ -249,15 +265,10 @@ class Supervisor:
         return entries
 
     def _fingerprint(self) -> tuple:
-        """Cheap view of the plugins dir (names and manifest mtimes): parsing
-        every manifest each second would be the supervisor's main idle cost."""
-        out = []
-        for folder in self._folders():
-            manifest = find_manifest(folder)
-            with contextlib.suppress(OSError):
-                st = manifest.stat()
-                out.append((folder.name, st.st_mtime_ns, st.st_size))
-        return tuple(out)
+        """Cheap view of the plugins dir (names, and stat of each plugin's
+        files, bounded): parsing every manifest each second would be the
+        supervisor's main idle cost."""
+        return tuple((folder.name, folder_fingerprint(folder)) for folder in self._folders())
 
     async def reconcile(self, force: bool = False) -> None:
         """Bring running plugins in line with the plugins dir."""
@@ -266,16 +277,30 @@ class Supervisor:
             return
         self._last_fingerprint = fingerprint
         wanted = {e.plugin.id: e for e in self._scan()}
-        removed = [pid for pid in self.entries if pid not in wanted or wanted[pid] is not self.entries[pid]]
-        added = [pid for pid, e in wanted.items() if self.entries.get(pid) is not e]
-        if not removed and not added:
+        removed = [pid for pid in self.entries if pid not in wanted]
+        # A changed plugin in the same folder is replaced by a rollout (hot
+        # reload: the old version serves until the new one answers its ping);
+        # one that moved to another folder is stopped and started.
+        changed = [pid for pid, e in wanted.items()
+                   if pid in self.entries and self.entries[pid] is not e and self.entries[pid].folder == e.folder]
+        moved = [pid for pid, e in wanted.items()
+                 if pid in self.entries and self.entries[pid] is not e and pid not in changed]
+        added = [pid for pid in wanted if pid not in self.entries] + moved
+        if not removed and not added and not changed:
             return
-        for pid in removed:
-            log.info("stopping plugin %s (%s)", pid, "changed" if pid in wanted else "removed")
+        for pid in [*removed, *moved]:
+            log.info("stopping plugin %s (%s)", pid, "moved" if pid in wanted else "removed")
             await self.entries.pop(pid).slot.stop()
-        await self.identity.sync([e.plan for e in wanted.values()])  # revokes removed plugins live
+        plans = [e.plan for e in wanted.values()]
+        if not changed:
+            await self.identity.sync(plans)  # revokes removed plugins live
+        for pid in changed:  # each rollout syncs identity itself, with only its own plugin's new plan
+            current = [wanted[q].plan if q == pid or q not in self.entries else self.entries[q].plan for q in wanted]
+            await self.rollouts.replace(self.entries[pid], wanted[pid], current)
         for pid in added:
             self.entries[pid] = wanted[pid]
+        if added:
+            await self.identity.sync([e.plan for e in self.entries.values()])
         self._publish_fleet()
         for pid in added:
             log.info("starting plugin %s", pid)

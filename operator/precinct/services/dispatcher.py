@@ -95,11 +95,19 @@ class Routes:
         return self.table.get(word)
 
 
+NO_RESPONDERS_RETRY = 4.0   # seconds a request that found no subscriber is retried (plugin reloading)
+NO_RESPONDERS_PAUSE = 0.05
+
+
 class Dispatcher:
-    def __init__(self, nc, routes: Routes, timeout: float = 5.0) -> None:
+    def __init__(self, nc, routes: Routes, timeout: float = 5.0, no_responders_retry: float = NO_RESPONDERS_RETRY) -> None:
         self.nc = nc
         self.routes = routes
         self.timeout = timeout
+        # A plugin being reloaded has a short gap with no subscriber (handover,
+        # runtime/rollout.py): a request that found nobody reached nobody, so
+        # sending it again cannot answer it twice. Retry for this long.
+        self.no_responders_retry = min(no_responders_retry, timeout)
         self.channel_platform: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -149,15 +157,22 @@ class Dispatcher:
         sub = await self.nc.subscribe(reply_to, cb=on_payload_reply, max_msgs=1)
 
         async def via_inbox() -> None:
-            try:
-                msg = await self.nc.request(subject, payload, timeout=self.timeout)
-                if not answer.done():
-                    answer.set_result(msg.data)
-            except NoRespondersError:
-                if not answer.done():
-                    answer.set_exception(NoRespondersError())
-            except NatsTimeout:
-                pass  # the payload reply may still come; the overall wait decides
+            retry_until = started + self.no_responders_retry
+            while True:
+                try:
+                    left = max(0.05, self.timeout - (time.monotonic() - started))
+                    msg = await self.nc.request(subject, payload, timeout=left)
+                    if not answer.done():
+                        answer.set_result(msg.data)
+                except NoRespondersError:
+                    if time.monotonic() < retry_until:
+                        await asyncio.sleep(NO_RESPONDERS_PAUSE)
+                        continue
+                    if not answer.done():
+                        answer.set_exception(NoRespondersError())
+                except NatsTimeout:
+                    pass  # the payload reply may still come; the overall wait decides
+                return
 
         inbox_task = asyncio.create_task(via_inbox())
         try:
@@ -196,7 +211,8 @@ class Dispatcher:
         await self.nc.publish(subject, json.dumps(body).encode())
 
 
-async def serve(server: str, creds: str, routes_path: Path, timeout: float) -> None:
+async def serve(server: str, creds: str, routes_path: Path, timeout: float,
+                no_responders_retry: float = NO_RESPONDERS_RETRY) -> None:
     stop = asyncio.Event()
     routes = Routes(routes_path)
     routes.reload(force=True)
@@ -206,7 +222,7 @@ async def serve(server: str, creds: str, routes_path: Path, timeout: float) -> N
     loop.add_signal_handler(signal.SIGHUP, lambda: routes.reload(force=True))
     nc = await nats.connect(server, user_credentials=creds, name="precinct-dispatcher",
                             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-    dispatcher = Dispatcher(nc, routes, timeout)
+    dispatcher = Dispatcher(nc, routes, timeout, no_responders_retry)
     await dispatcher.start()
     log.info("dispatcher ready on %s", server)
     await stop.wait()
@@ -219,9 +235,11 @@ def main() -> None:
     parser.add_argument("--creds", required=True)
     parser.add_argument("--routes", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--no-responders-retry", type=float, default=NO_RESPONDERS_RETRY,
+                        help="seconds to retry a command nobody subscribes to (a plugin being reloaded)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s dispatcher %(levelname)s %(message)s")
-    asyncio.run(serve(args.server, args.creds, args.routes, args.timeout))
+    asyncio.run(serve(args.server, args.creds, args.routes, args.timeout, args.no_responders_retry))
 
 
 if __name__ == "__main__":

@@ -413,6 +413,10 @@ class Runner:
                 await msg.respond(pong)
 
         await nc.subscribe(ping_subject, cb=on_ping)
+        async def on_config(msg) -> None:
+            await self._on_config(msg, plugin)
+
+        await nc.subscribe(f"precinct.config.{opts.plugin_id}.{opts.instance}", cb=on_config)
         try:
             await nc.flush(timeout=10)
         except Exception:
@@ -434,6 +438,39 @@ class Runner:
         await self._shutdown(plugin, cls.__name__)
         self.say("stopped")
         return EXIT_OK
+
+    async def _on_config(self, msg, plugin: Any) -> None:
+        """Hot config reload: the supervisor (platform account only; the server
+        enforces that) sends {"config": {...}}. A plugin that defines
+        `reconfigure(config)` (or `on_config_change(config)`), sync or async,
+        takes it without a restart; otherwise the answer says "unsupported"
+        and the supervisor falls back to a rolling restart."""
+        if not msg.reply:
+            return
+        hook = getattr(plugin, "reconfigure", None) or getattr(plugin, "on_config_change", None)
+        try:
+            config = json.loads(msg.data).get("config")
+            if not isinstance(config, dict):
+                raise ValueError("config must be a JSON object")
+        except (ValueError, AttributeError) as exc:
+            await msg.respond(json.dumps({"ok": False, "error": f"bad request: {exc}"}).encode())
+            return
+        if not callable(hook):
+            await msg.respond(json.dumps({"ok": False, "error": "unsupported"}).encode())
+            return
+        try:
+            result = hook(config)
+            if asyncio.iscoroutine(result):
+                await asyncio.wait_for(result, self.opts.init_timeout)
+        except BaseException as exc:  # a failing hook is reported; the supervisor restarts instead
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self.say(f"WARNING reconfigure() raised {type(exc).__name__}: {exc}")
+            await msg.respond(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}).encode())
+            return
+        self.opts.config = config
+        self.say("config reloaded without a restart")
+        await msg.respond(json.dumps({"ok": True}).encode())
 
     def _on_signal(self, sig: int) -> None:
         if self.stop.is_set():

@@ -1,0 +1,289 @@
+"""Hot reload in the single-host runtime: replacing a running plugin.
+
+When a plugin folder changes (manifest or code), the supervisor hands the old
+and the new `PluginEntry` to `Rollouts.replace`, which picks one of three ways:
+
+- **config only** (same code, same plan, only `config:` changed) and the
+  running instance has a `reconfigure(config)` / `on_config_change(config)`
+  method: the supervisor sends the new config on `precinct.config.<id>.<instance>`
+  (exported by the plugin to platform only, so nobody else can send it) and
+  the process keeps running. No hook, or the hook fails: rolling restart.
+- **overlap** (the user's NATS permissions are unchanged, so both instances
+  can share the creds file, and the confinement can hold two instances of
+  one plugin): start the new version as a second instance in a second Slot,
+  wait for its health ping, swap it into `supervisor.entries`, then stop the
+  old one (SIGTERM -> shutdown() -> drain, so in-flight requests finish).
+  Both instances sit in queue group `precinct.<id>`: each request goes to one.
+- **handover** (the grants changed, or the confinement keeps one instance per
+  plugin, e.g. one cgroup/uid/data dir per plugin id): a new user JWT revokes
+  the old one, which would cut the old instance off mid-request. So the old
+  instance is stopped first (drained: its in-flight requests are answered),
+  then identity is synced, then the new one starts. Commands sent in the gap
+  find no responder; the dispatcher retries a no-responders request until the
+  new instance subscribes (services/dispatcher.py, `--no-responders-retry`),
+  so they are delayed, not lost, and never answered twice.
+
+If the new version never becomes ready (crash, ready timeout, refused launch)
+it is stopped and the old one keeps (or goes back to) running; the old slot
+gets `LatestRevisionReady=False` with reason `RolledBack` while its `Ready`
+stays True. That folder digest is remembered, so the broken version is not
+retried on every scan; the next edit of the folder tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import conditions as cond
+from ..plan.sandbox import config_subject
+from ..spec.load import find_manifest
+from .slot import CRASH_LOOP, RUNNING, SUSPENDED, Slot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .supervisor import PluginEntry, Supervisor
+
+log = logging.getLogger("precinct.rollout")
+
+MAX_FILES = 2000                       # a folder with more files is fingerprinted by its first 2000
+MAX_HASHED_BYTES = 8 * 1024 * 1024     # bigger files count by size and mtime, not content
+SKIP_DIRS = frozenset({".deps", "__pycache__", ".git", ".venv", "node_modules"})
+CONFIG_TIMEOUT = 5.0
+
+
+# -- what changed in a folder ----------------------------------------------------
+
+def code_files(folder: Path) -> list[Path]:
+    """The plugin's files, bounded: no .deps/ or __pycache__, no symlinks,
+    at most MAX_FILES, in a stable order."""
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not os.path.islink(os.path.join(root, d)))
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = Path(root) / name
+            if path.is_symlink():
+                continue
+            out.append(path)
+            if len(out) >= MAX_FILES:
+                return out
+    return out
+
+
+def folder_fingerprint(folder: Path) -> tuple:
+    """Cheap (stat only): relative path, mtime and size of every file."""
+    out = []
+    for path in code_files(folder):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path.relative_to(folder)), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def folder_digest(folder: Path) -> str:
+    """`<manifest sha256>:<code sha256>`: the manifest part alone tells a
+    config-only edit from a code edit."""
+    manifest = find_manifest(folder)
+    head = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else ""
+    code = hashlib.sha256()
+    for path in code_files(folder):
+        if manifest is not None and path == manifest:
+            continue
+        try:
+            st = path.stat()
+            code.update(str(path.relative_to(folder)).encode() + b"\0")
+            if st.st_size <= MAX_HASHED_BYTES:
+                code.update(hashlib.sha256(path.read_bytes()).digest())
+            else:
+                code.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            continue
+    return f"{head}:{code.hexdigest()}"
+
+
+def _code_part(digest: str) -> str:
+    return digest.partition(":")[2]
+
+
+def _spec_without_config(entry: "PluginEntry") -> dict:
+    data = entry.plugin.spec.model_dump(mode="json")
+    data.pop("config", None)
+    return data
+
+
+def config_only(old: "PluginEntry", new: "PluginEntry") -> bool:
+    return (old.folder == new.folder and _code_part(old.digest) == _code_part(new.digest)
+            and old.plan.to_dict() == new.plan.to_dict()
+            and _spec_without_config(old) == _spec_without_config(new))
+
+
+def same_user(old: "PluginEntry", new: "PluginEntry") -> bool:
+    """Same user claims (what user_claims() signs) -> same user JWT -> a sync
+    revokes nothing, so both instances can share the creds file."""
+    a, b = old.plan.account, new.plan.account
+    return (a.user, a.max_subscriptions, a.max_payload) == (b.user, b.max_subscriptions, b.max_payload)
+
+
+# -- the rollout -----------------------------------------------------------------
+
+class Rollouts:
+    def __init__(self, sup: "Supervisor") -> None:
+        self.sup = sup
+        self.failed: dict[str, str] = {}       # plugin id -> folder digest that did not become ready
+        self.history: list[dict] = []          # one record per replace(), newest last (bounded)
+
+    def overlap_ok(self) -> bool:
+        """Can two instances of one plugin run side by side? The kernel
+        sandbox keeps one cgroup, uid and data dir per plugin id and kills
+        what is in the cgroup when it starts an instance; it says so with
+        `instances_per_plugin` (default 1 for a confinement with state)."""
+        conf = self.sup.confinement
+        n = getattr(conf, "instances_per_plugin", None)
+        if n is None:
+            n = 1 if hasattr(conf, "set_plan") else 2
+        return n >= 2
+
+    def _record(self, pid: str, mode: str, ok: bool, started: float, reason: str = "") -> None:
+        self.history.append({"plugin": pid, "mode": mode, "ok": ok, "reason": reason,
+                             "seconds": round(time.monotonic() - started, 3), "at": time.time()})
+        del self.history[:-200]
+
+    async def replace(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> None:
+        pid = new.plugin.id
+        started = time.monotonic()
+        if config_only(old, new) and old.slot.status.state == RUNNING:
+            if await self._reconfigure(old, new):
+                self._record(pid, "config", True, started)
+                return
+            log.info("plugin %s has no working reconfigure(); restarting it with the new config", pid)
+        if same_user(old, new) and self.overlap_ok():
+            ok, why = await self._overlap(old, new, plans)
+            mode = "overlap"
+        else:
+            ok, why = await self._handover(old, new, plans)
+            mode = "handover"
+        self._record(pid, mode, ok, started, why)
+
+    # config only ---------------------------------------------------------------
+
+    async def _reconfigure(self, old: "PluginEntry", new: "PluginEntry") -> bool:
+        sup, pid = self.sup, new.plugin.id
+        instance = old.slot.status.instance
+        if not instance:
+            return False
+        body = json.dumps({"config": new.plugin.spec.config}).encode()
+        try:
+            msg = await sup._nc.request(config_subject(pid, instance), body, timeout=CONFIG_TIMEOUT)
+            answer = json.loads(msg.data)
+        except Exception as exc:  # no hook subscription (old runner), timeout, garbage
+            log.info("plugin %s: config reload not answered (%r)", pid, exc)
+            return False
+        if not answer.get("ok"):
+            log.info("plugin %s: config reload refused: %s", pid, answer.get("error"))
+            return False
+        from .supervisor import PluginEntry
+
+        run_dir = sup.state_dir / "plugins" / pid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(new.plugin.spec.config))  # a later restart sees it
+        sup.entries[pid] = PluginEntry(new.folder, new.plugin, new.plan, new.digest, old.slot)
+        old.slot.conditions.set(cond.LATEST_REVISION_READY, True, "ConfigReloaded",
+                                f"config reloaded in instance {instance} without a restart")
+        sup._publish_fleet()
+        self.failed.pop(pid, None)
+        log.info("plugin %s: config reloaded without a restart", pid)
+        return True
+
+    # two instances side by side ---------------------------------------------------
+
+    async def _overlap(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> tuple[bool, str]:
+        sup, pid = self.sup, new.plugin.id
+        await sup.identity.sync(plans)         # adds edges; same user JWT, so nothing is revoked
+        sup.entries[pid] = new                 # the launcher reads the entry it starts
+        sup._publish_fleet()
+        log.info("plugin %s: starting the new version beside the old one", pid)
+        new.slot.start()
+        ok, why = await self._wait_ready(new.slot)
+        if ok:
+            new.slot.conditions.set(cond.LATEST_REVISION_READY, True, "Ready",
+                                    "the latest version answers its health ping")
+            await old.slot.stop()              # SIGTERM -> shutdown() -> drain
+            self.failed.pop(pid, None)
+            log.info("plugin %s: switched to the new version; old instance drained", pid)
+            return True, ""
+        await new.slot.stop()
+        sup.entries[pid] = old
+        await self._restore_claims(plans, old)
+        self._mark_rolled_back(old, new, why)
+        return False, why
+
+    # one after the other ------------------------------------------------------------
+
+    async def _handover(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> tuple[bool, str]:
+        sup, pid = self.sup, new.plugin.id
+        log.info("plugin %s: handing over (old drained first, then the new version starts)", pid)
+        await old.slot.stop()                  # drained before its user JWT is revoked
+        await sup.identity.sync(plans)
+        sup.entries[pid] = new
+        sup._publish_fleet()
+        new.slot.start()
+        ok, why = await self._wait_ready(new.slot)
+        if ok:
+            new.slot.conditions.set(cond.LATEST_REVISION_READY, True, "Ready",
+                                    "the latest version answers its health ping")
+            self.failed.pop(pid, None)
+            return True, ""
+        await new.slot.stop()
+        sup.entries[pid] = old
+        await self._restore_claims(plans, old)
+        old.slot.start()
+        self._mark_rolled_back(old, new, why)
+        return False, why
+
+    # helpers --------------------------------------------------------------------------
+
+    async def _wait_ready(self, slot: Slot) -> tuple[bool, str]:
+        policy = self.sup.policy
+        deadline = time.monotonic() + policy.ready_timeout + policy.grace_period + 10
+        await asyncio.sleep(0.05)
+        while time.monotonic() < deadline:
+            if slot.status.state == RUNNING:
+                return True, ""
+            if slot.status.restarts > 0 or slot.status.state in (CRASH_LOOP, SUSPENDED):
+                break
+            await asyncio.sleep(0.05)
+        tail = list(slot._stderr)[-1:] if hasattr(slot, "_stderr") else []
+        why = slot.status.last_exit or "NotReady"
+        if tail:
+            why = f"{why}: {tail[0]}"
+        return False, why[:500]
+
+    async def _restore_claims(self, plans: list, old: "PluginEntry") -> None:
+        """Put the old version's plan and routes back."""
+        from ..spec.ownership import resolve
+
+        sup = self.sup
+        restored = [old.plan if p.id == old.plugin.id else p for p in plans]
+        await sup.identity.sync(restored)
+        ownership = resolve([e.plugin for e in sup.entries.values()])
+        sup.routes = ownership.routes()
+        sup.route_owner = dict(ownership.words)
+        sup._publish_fleet()
+
+    def _mark_rolled_back(self, old: "PluginEntry", new: "PluginEntry", why: str) -> None:
+        pid = new.plugin.id
+        self.failed[pid] = new.digest
+        version = getattr(new.plugin.spec, "version", "") or "?"
+        old.slot.conditions.set(
+            cond.LATEST_REVISION_READY, False, cond.ROLLED_BACK,
+            f"version {version} from {new.folder} never became ready ({why}); the previous version keeps running")
+        log.warning("plugin %s: new version not ready (%s); rolled back", pid, why)
