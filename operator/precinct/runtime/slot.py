@@ -76,6 +76,21 @@ Launcher = Callable[[str], Awaitable[LaunchSpec]]
 Pinger = Callable[[str, float], Awaitable[bool]]
 
 
+def _die_with_parent(parent: int):
+    """Child-side hook: SIGKILL this process when the supervisor dies, even by
+    SIGKILL, so no trusted service (NATS, gateway, storage) outlives it and
+    blocks the next `precinct up`. Plugins get the same from their trusted
+    init, which also covers their descendants (see confine/init.py)."""
+    import ctypes
+
+    def hook() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the supervisor died before the prctl took effect
+            os._exit(1)
+    return hook
+
+
 class Confinement:
     """Hooks the kernel sandbox fills in (runtime/confine); this base confines nothing.
 
@@ -187,6 +202,7 @@ class Slot:
             *spec.argv, env=spec.env, cwd=spec.cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: we can signal everything it started
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         self.status.pid = self._proc.pid
         self.status.started_at = time.time()
