@@ -214,7 +214,8 @@ def bench_scale(count: int = 50, idle_seconds: float = 30) -> str:
     ])
 
 
-SECTIONS = {"runtime": lambda: bench_runtime() + "\n" + bench_scale()}
+SECTIONS = {"runtime": lambda: bench_runtime() + "\n" + bench_scale(),
+            "hot_reload": lambda: __import__("hot_reload").bench_hot_reload()}
 
 
 def main() -> None:

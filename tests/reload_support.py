@@ -51,7 +51,26 @@ class CommandLoad:
         await self.nc.subscribe(result_subject("console"), cb=on_result)
         await self.nc.subscribe("rosey.platform.console.message", cb=on_message)
         await self.nc.flush()
+        await self._warm_up()
         self._task = asyncio.create_task(self._send_loop())
+
+    async def _warm_up(self, timeout: float = 60.0) -> None:
+        """Chat is a plain publish: until the dispatcher subscribes (it starts
+        beside the plugins), a chat event reaches nobody. Probe until one is
+        answered; probes are not counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            correlation, payload = chat_event(self.word, "loadtester", "reload")
+            await self.nc.publish("rosey.platform.console.chatMsg", payload)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                outs = self.outcomes.get(correlation)
+                if outs and outs[0].get("status") == "ok":
+                    self.outcomes.clear()
+                    self.answers.clear()
+                    return
+                await asyncio.sleep(0.02)
+        raise AssertionError("the dispatcher never answered a probe command")
 
     async def _send_loop(self) -> None:
         period = 1.0 / self.rate

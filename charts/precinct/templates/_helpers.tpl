@@ -88,3 +88,10 @@ imagePullSecrets:
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/* common labels + selector labels, without duplicate keys: (dict "ctx" $ "component" "x" ["name" "y"]) */}}
+{{- define "precinct.allLabels" -}}
+{{- $common := include "precinct.labels" .ctx | fromYaml -}}
+{{- $sel := include "precinct.selector" . | fromYaml -}}
+{{- toYaml (merge $sel $common) -}}
+{{- end -}}

@@ -375,6 +375,14 @@ class PluginCgroup:
         except OSError:
             return {}
 
+    def pids_refused(self) -> int:
+        """How many forks/clones the pids limit refused (pids.events `max`,
+        the same file in v1 and v2): the fork and thread bombs' counter."""
+        try:
+            return _kv(_read(self.dir("pids") / "pids.events")).get("max", 0)
+        except OSError:
+            return 0
+
     # -- teardown ---------------------------------------------------------------
 
     def kill_all(self) -> None:

@@ -48,6 +48,7 @@ class Runtime:
         if where is None:
             log.info("violation event for unknown plugin %s ignored", plugin_id)
             return
+        METRICS.violation(plugin_id, event)
         await rc.record_violation(self.ctx, *where, event)
         self.wake(*where)
 

@@ -11,6 +11,10 @@ Kubernetes they come from the kubelet's cAdvisor series, joined to the
   precinct_plugin_reloads_total{plugin,outcome}     succeeded (a new template rolled out), rolled_back, failed
   precinct_plugin_restarts_total{plugin}            container restarts summed over the plugin's Pods
   precinct_plugin_oom_kills_total{plugin}           restarts whose last termination was OOMKilled
+  precinct_plugin_violations_total{plugin,kind}     the gateway's violation events the operator receives
+  precinct_plugin_messages_out_total, precinct_plugin_rate_limited_total, precinct_plugin_storage_*
+                                                    the gateway's and storage's counters, requested over
+                                                    NATS (platform account) every POLL_INTERVAL seconds
 
 Served by `precinct operator --metrics-port N` (prometheus_client's own
 HTTP server, all interfaces: the chart's Service/ServiceMonitor scrapes it).
@@ -18,12 +22,17 @@ HTTP server, all interfaces: the chart's Service/ServiceMonitor scrapes it).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
+import logging
 import threading
 from typing import Any, Iterable
 
 from .. import metrics as m
 
+log = logging.getLogger("precinct.operator.metrics")
+POLL_INTERVAL = 15.0
 CRASH_REASONS = ("CrashLoopBackOff", "Error", "OOMKilled", "CreateContainerError", "ImagePullBackOff")
 
 
@@ -37,6 +46,9 @@ class OperatorMetrics(m.Collector):
         self.oom_kills: collections.Counter[str] = collections.Counter()
         self._pod_restarts: dict[tuple[str, str], int] = {}
         self._verdict: dict[str, str] = {}
+        self.violations: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.gateway: dict[str, dict[str, Any]] = {}
+        self.storage: dict[str, dict[str, Any]] = {}
 
     # -- recording (event loop) -------------------------------------------------------
 
@@ -69,6 +81,21 @@ class OperatorMetrics(m.Collector):
             self.restarts[plugin] = total
             self.state[plugin] = plugin_state(verdict, pods, suspended)
 
+    def violation(self, plugin: str, event: dict[str, Any]) -> None:
+        try:
+            count = max(1, int(event.get("count", 1)))
+        except (TypeError, ValueError):
+            count = 1
+        with self._lock:
+            self.violations[plugin][str(event.get("kind") or "permission")] += count
+
+    def services(self, gateway: dict[str, Any] | None, storage: dict[str, Any] | None) -> None:
+        with self._lock:
+            if gateway is not None:
+                self.gateway = gateway
+            if storage is not None:
+                self.storage = storage
+
     def forget(self, plugin: str) -> None:
         with self._lock:
             self.state.pop(plugin, None)
@@ -81,6 +108,8 @@ class OperatorMetrics(m.Collector):
             plugins = {pid: {"state": state, "restarts": self.restarts.get(pid, 0),
                              "oom_kills": self.oom_kills.get(pid, 0), "reloads": dict(self.reloads.get(pid, {}))}
                        for pid, state in self.state.items()}
+            violations = {pid: dict(c) for pid, c in self.violations.items()}
+            gateway, storage = dict(self.gateway), dict(self.storage)
         fam = m.new_family(m.RECONCILES)
         for outcome in sorted(set(m.RECONCILE_OUTCOMES) | set(reconciles)):
             fam.add_metric([outcome], reconciles.get(outcome, 0))
@@ -95,6 +124,23 @@ class OperatorMetrics(m.Collector):
             restarts.add_metric([pid], p["restarts"])
             ooms.add_metric([pid], p["oom_kills"])
         yield from (state, reloads, restarts, ooms)
+        fam = m.new_family(m.VIOLATIONS)
+        for pid, kinds in sorted(violations.items()):
+            for kind in sorted(set(m.VIOLATION_KINDS) | set(kinds)):
+                fam.add_metric([pid, kind], kinds.get(kind, 0))
+        yield fam
+        out, limited = m.new_family(m.MESSAGES_OUT), m.new_family(m.RATE_LIMITED)
+        for pid, c in sorted(gateway.items()):
+            out.add_metric([pid], c.get("forwarded", 0))
+            limited.add_metric([pid], c.get("rate_limited", 0))
+        yield from (out, limited)
+        fams = {k: m.new_family(metric) for k, metric in (("requests", m.STORAGE_REQUESTS), ("errors", m.STORAGE_ERRORS),
+                                                         ("used_bytes", m.STORAGE_BYTES), ("limit_bytes", m.STORAGE_LIMIT))}
+        for pid, c in sorted(storage.items()):
+            for key, fam in fams.items():
+                if c.get(key) is not None:
+                    fam.add_metric([pid], c[key])
+        yield from fams.values()
 
 
 K8S_STATES = ("Running", "Progressing", "CrashLoopBackOff", "Failed", "Stopped")
@@ -115,7 +161,27 @@ def plugin_state(verdict: str, pods: list[Any], suspended: bool) -> str:
 OPERATOR = OperatorMetrics()
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
+async def poll_services(nc, metrics: OperatorMetrics = OPERATOR, interval: float = POLL_INTERVAL) -> None:
+    """Every `interval` s: the gateway's and storage's per-plugin counters (platform account)."""
+    from ..services.gateway import STATS_SUBJECT
+    from ..services.storage import ADMIN_STATS
+
+    async def ask(subject: str) -> dict[str, Any] | None:
+        try:
+            msg = await nc.request(subject, b"{}", timeout=2.0)
+            body = json.loads(msg.data)
+            return body.get("plugins") or {} if isinstance(body, dict) else None
+        except Exception as exc:  # noqa: BLE001 - the service may be restarting
+            log.debug("metrics: %s unanswered: %s", subject, exc)
+            return None
+
+    while True:
+        gateway, storage = await asyncio.gather(ask(STATS_SUBJECT), ask(ADMIN_STATS))
+        metrics.services(gateway, storage)
+        await asyncio.sleep(interval)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:  # nosec B104 - the operator's metrics port inside its Pod; Prometheus scrapes it from outside the Pod
     """Start prometheus_client's HTTP server with only Precinct's collector."""
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry

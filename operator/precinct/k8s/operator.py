@@ -155,7 +155,9 @@ async def _watch_violations(url: str, runtime: handlers.Runtime) -> None:
             except Exception as exc:  # noqa: BLE001 - NATS not reachable yet
                 logging.getLogger("precinct.operator").warning("violations: cannot subscribe: %s", exc)
                 await asyncio.sleep(5)
-        await asyncio.Event().wait()
+        from .metrics import poll_services   # the gateway's and storage's counters, for /metrics
+
+        await poll_services(nc)
     finally:
         if nc is not None:
             await nc.close()

@@ -164,12 +164,47 @@ class Credentials:
 # -- the context -------------------------------------------------------------------
 
 
+class BundleVerifier:
+    """Checks a bundle release against the index before any Pod starts:
+    TUF from the pinned root (settings.index_root_json), with TUF state kept in
+    the operator's state dir so a rolled-back or frozen index is noticed
+    across calls. Successes are cached for `ttl` seconds; failures never."""
+
+    def __init__(self, index_url: str, root_json: str, state_dir: Path, ttl: float = 300.0) -> None:
+        self.index_url, self.root_json, self.state_dir, self.ttl = index_url, root_json, state_dir, ttl
+        self._ok: dict[tuple[str, str], float] = {}
+
+    async def verify(self, name: str, version: str) -> tuple[bool, str]:
+        import time
+
+        from ..market.errors import MarketError
+        from ..market.fetch import verify_release
+
+        if not self.root_json:
+            return False, ("cannot verify the bundle: the operator has no pinned root for the index "
+                           "(setting index_root_json)")
+        key = (name, version)
+        if time.monotonic() - self._ok.get(key, -1e9) < self.ttl:
+            return True, ""
+        try:
+            sha = await asyncio.to_thread(verify_release, self.index_url, name, version, self.state_dir,
+                                          root_json=self.root_json)
+        except MarketError as exc:
+            return False, f"{exc.check or 'check'}: {exc}"[:1000]
+        except Exception as exc:  # noqa: BLE001 - anything else is still "not verified"
+            return False, f"{type(exc).__name__}: {exc}"[:1000]
+        self._ok[key] = time.monotonic()
+        log.info("bundle %s %s verified against %s (sha256 %s)", name, version, self.index_url, sha)
+        return True, sha
+
+
 @dataclass
 class Context:
     api: Api
     settings: r.Settings
     credentials: Credentials
     retry_delay: float = 60.0
+    bundles: BundleVerifier | None = None    # default: built from settings on first use
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     counted: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
@@ -245,6 +280,13 @@ class Observed:
     pods: list[st.PodView] = field(default_factory=list)
 
 
+def _bundle_verifier(ctx: Context) -> BundleVerifier:
+    if ctx.bundles is None:
+        ctx.bundles = BundleVerifier(ctx.settings.index_url, ctx.settings.index_root_json,
+                                     Path(ctx.credentials.identity.state) / "bundles")
+    return ctx.bundles
+
+
 def _resource(body: dict[str, Any]) -> BotPluginResource:
     meta = body["metadata"]
     return BotPluginResource(namespace=meta["namespace"], name=meta["name"], spec=load_botplugin_spec(body.get("spec") or {}))
@@ -307,6 +349,20 @@ async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntr
                "pluginId": plugin_id, "conditions": conditions.to_list()}
         await write_status(ctx, body, new)
         return new
+
+    if resource.spec.bundle is not None:
+        # Verified before any Pod starts: nothing is applied for a release the
+        # index does not hold, signed. A Deployment of an earlier good release stays.
+        ok, message = await _bundle_verifier(ctx).verify(resource.spec.bundle.name, resource.spec.bundle.version)
+        if not ok:
+            for type_ in (cond.READY, cond.LATEST_REVISION_READY):
+                conditions.set(type_, False, cond.SIGNATURE_INVALID, message, generation)
+            conditions.set(cond.STALLED, True, cond.SIGNATURE_INVALID, message, generation)
+            conditions.set(cond.RECONCILING, False, cond.SIGNATURE_INVALID, "", generation)
+            new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
+                   "pluginId": plugin_id, "conditions": conditions.to_list()}
+            await write_status(ctx, body, new)
+            return new
 
     fleet = resolve_fleet(entries)
     rejection = fleet.rejection(plugin_id)

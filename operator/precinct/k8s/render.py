@@ -76,6 +76,11 @@ class Settings:
     index_namespace: str = "precinct-system"
     index_pod_labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "precinct-index"})
     index_port: int = 8080
+    # The index's pinned TUF root (the JSON of its 1.root.json). The operator
+    # verifies every bundle release against it before any Pod starts (a
+    # BotPlugin with a bundle and no root is refused: SignatureInvalid), and
+    # the fetch init container gets it as $PRECINCT_INDEX_ROOT_JSON.
+    index_root_json: str = ""
     # Pod and Service CIDRs: never reachable through the http_requests rule.
     cluster_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
     runtime_class_name: str | None = None
@@ -338,14 +343,14 @@ def pod_template(resource: BotPluginResource, plan: SandboxPlan, settings: Setti
     if data_dir != "none":
         env.append(_env("DATA_DIR", DATA_DIR))
     env += [
-        {"name": "HOME", "value": "/tmp"},
+        {"name": "HOME", "value": "/tmp"},  # nosec B108 - /tmp in the Pod is its own size-limited emptyDir, not a shared host dir
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     mounts = [
         {"name": "nats-creds", "mountPath": CREDS_DIR, "readOnly": True},
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/tmp"},  # nosec B108 - the Pod's own size-limited emptyDir
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "nats-creds", "secret": {"secretName": secret_name(resource.name), "defaultMode": 0o440}},
@@ -391,10 +396,12 @@ def pod_template(resource: BotPluginResource, plan: SandboxPlan, settings: Setti
             "imagePullPolicy": "IfNotPresent",
             "command": list(settings.fetch_command),
             "args": ["--index", settings.index_url, spec.bundle.name, spec.bundle.version, "--dest", PLUGIN_DIR],
-            "env": [{"name": "HOME", "value": "/tmp"}],
+            "env": [{"name": "HOME", "value": "/tmp"}] + (  # nosec B108 - the Pod's own size-limited emptyDir
+                [{"name": "PRECINCT_INDEX_ROOT_JSON", "value": settings.index_root_json}]
+                if settings.index_root_json else []),
             "resources": {"limits": fetch_resources, "requests": dict(fetch_resources)},
             "securityContext": _container_security(settings),
-            "volumeMounts": [{"name": "plugin", "mountPath": PLUGIN_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": [{"name": "plugin", "mountPath": PLUGIN_DIR}, {"name": "tmp", "mountPath": "/tmp"}],  # nosec B108 - the Pod's own size-limited emptyDir
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }]
     if settings.runtime_class_name:

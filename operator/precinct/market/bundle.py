@@ -131,7 +131,11 @@ def _manifest_from_folder(folder: Path) -> tuple[bytes, dict[str, Any], list[str
 def _collect(folder: Path) -> list[tuple[str, Path]]:
     out = []
     for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_NAMES and not (Path(root) / d).is_symlink())
+        for d in dirs:
+            if d not in SKIP_NAMES and (Path(root) / d).is_symlink():
+                rel = (Path(root) / d).relative_to(folder).as_posix()
+                raise BundleError(f"{rel} is a symlink; bundles hold regular files only (copy the target in)", "pack")
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_NAMES)
         for name in sorted(files):
             if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES) or name == FILES_MANIFEST:
                 continue

@@ -1,4 +1,4 @@
-"""`precinct plugin {pack,keygen,sign,verify,scan,install,update,rollback,remove}`
+"""`precinct plugin {pack,keygen,sign,verify,scan,install,update,rollback,remove,fetch}`
 and `precinct market {init,add,serve,refresh,list}`.
 
 `register_plugin_commands` adds the plugin commands to the CLI's existing
@@ -234,6 +234,34 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
 
         outcome = _guard(lambda: rollback(plugin_id, plugins_dir, _state(state_dir), to), as_json)
         _report(outcome, None, as_json)
+
+    @plugin_app.command("fetch")
+    def fetch_cmd(
+        name: str = typer.Argument(..., help="Plugin id in the index."),
+        version: str = typer.Argument(..., help="Exact release version."),
+        dest: Path = typer.Option(..., "--dest", help="Empty folder to unpack the verified release into."),
+        index: str = typer.Option(..., "--index", help="Index URL (http(s):// or file://)."),
+        root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP + " Default: $PRECINCT_INDEX_ROOT, "
+                                            "or the JSON in $PRECINCT_INDEX_ROOT_JSON."),
+        state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Keep TUF metadata here between runs "
+                                                 "(default: a throwaway dir)."),
+        allow_warnings: bool = typer.Option(False, "--allow-warnings", help="Accept medium scan findings."),
+        block_on: str = typer.Option("high", "--block-on", help="Lowest scan severity that blocks."),
+        no_deps: bool = typer.Option(False, "--no-deps", help="Do not unpack the bundle's wheels into .deps/."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Verify one release (TUF chain, bundle manifest, scan) and unpack it into DEST, for a Pod's init
+        container. Nothing is written to DEST unless every check passed; exit 1 with the failed check."""
+        from .fetch import fetch_release
+
+        policy = _policy(allow_warnings, block_on)
+        info = _guard(lambda: fetch_release(index, name, version, dest, root=root, state_dir=state_dir,
+                                            policy=policy, install_deps=not no_deps), as_json)
+        if as_json:
+            typer.echo(json.dumps({"ok": True, "id": info.id, "version": info.version, "sha256": info.sha256,
+                                   "dest": str(dest)}))
+        else:
+            typer.echo(f"fetched {info.id} {info.version} sha256 {info.sha256} -> {dest}")
 
     @plugin_app.command("remove")
     def remove_cmd(

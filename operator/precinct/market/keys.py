@@ -26,7 +26,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signature, SSlibKey
 
 from .errors import TrustError
 
-PASSPHRASE_ENV = "PRECINCT_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "PRECINCT_KEY_PASSPHRASE"  # nosec B105 - the name of an environment variable, not its value
 
 
 def _passphrase() -> bytes | None:

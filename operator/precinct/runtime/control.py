@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 SOCKET_NAME = "control.sock"
-TOKEN_NAME = "control.token"
+TOKEN_NAME = "control.token"  # nosec B105 - a file name, not a secret
 MAX_REQUEST = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -43,7 +43,7 @@ class ControlServer:
         self.token_path = state_dir / TOKEN_NAME
         self.handlers = handlers
         self._server: asyncio.AbstractServer | None = None
-        self._token = ""
+        self._token = ""  # nosec B105 - empty until start() generates the random control token
 
     async def start(self) -> None:
         self._token = secrets.token_urlsafe(32)

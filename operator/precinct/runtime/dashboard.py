@@ -197,9 +197,12 @@ class Monitor:
         cpu = float(snap.get("cpu_seconds") or 0.0)
         cpu_total = mono((pid, "cpu"), cpu) if snap.get("pid") else (old or {}).get("cpu_seconds", cpu)
         prev = self._prev_cpu.get(pid)
-        cpu_percent = (old or {}).get("cpu_percent", 0.0) if not record else 0.0
-        if prev is not None and now - prev[1] >= 0.5 and snap.get("pid"):
+        if not record:   # a scrape between samples: the last sampled rate
+            cpu_percent = (old or {}).get("cpu_percent", 0.0) if snap.get("pid") else 0.0
+        elif prev is not None and now > prev[1] and snap.get("pid"):
             cpu_percent = max(0.0, (cpu_total - prev[0]) / (now - prev[1]) * 100)
+        else:
+            cpu_percent = 0.0
         if record:
             self._prev_cpu[pid] = (cpu_total, now)
         limits = snap.get("limits") or {}
@@ -409,9 +412,10 @@ body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .3em}
 #meta{color:#666;margin-bottom:1em}
 table{border-collapse:collapse;width:100%;background:#fff}
-th,td{padding:.35em .6em;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:middle;white-space:nowrap}
+th,td{padding:.3em .45em;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:middle;white-space:nowrap}
 th{background:#f0f0f0;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.violations{white-space:normal;max-width:14em}
 .state{font-weight:600;padding:.1em .45em;border-radius:3px}
 .Running{background:#d9f2dd;color:#145a21}.Starting{background:#fff3c4}.BackOff,.CrashLoopBackOff{background:#fbd5d5;color:#8a1111}
 .Suspended,.Rejected{background:#eadcf7;color:#4c1d7a}.Stopped{background:#e4e4e4}
@@ -425,9 +429,9 @@ svg.spark{vertical-align:middle}
 <h1>precinct — plugin health</h1>
 <div id="meta">sample <span id="samples">–</span> · up <span id="uptime">–</span> s · <span id="services"></span> <span id="error"></span></div>
 <table id="plugins"><thead><tr>
-<th>plugin</th><th>state</th><th>ready</th><th>CPU</th><th>memory / limit</th><th>in</th><th>out</th>
+<th>plugin</th><th>state</th><th>CPU</th><th>memory / limit</th><th>in</th><th>out</th>
 <th>replies</th><th>errors</th><th>rate-limited</th><th>violations</th><th>restarts</th><th>OOM</th><th>last exit</th>
-<th>memory (history)</th><th>CPU % (history)</th></tr></thead><tbody></tbody></table>
+<th>memory (3 min)</th><th>CPU (3 min)</th></tr></thead><tbody></tbody></table>
 <script nonce="{{NONCE}}">
 "use strict";
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
@@ -435,7 +439,7 @@ const NS = "http://www.w3.org/2000/svg";
 function mib(n){ return n == null ? "–" : (n / 1048576).toFixed(1) + " Mi"; }
 function td(text, cls){ const c = document.createElement("td"); c.textContent = text; if (cls) c.className = cls; return c; }
 function spark(values, kind){
-  const w = 120, h = 24, svg = document.createElementNS(NS, "svg");
+  const w = 100, h = 24, svg = document.createElementNS(NS, "svg");
   svg.setAttribute("class", "spark"); svg.setAttribute("data-kind", kind);
   svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   const max = Math.max(1e-9, ...values), n = values.length;
@@ -460,15 +464,15 @@ function usage(used, limit){
 }
 function render(view){
   document.getElementById("samples").textContent = view.samples;
-  document.getElementById("uptime").textContent = view.uptime_seconds;
+  document.getElementById("uptime").textContent = Math.round(view.uptime_seconds || 0);
   document.getElementById("services").textContent = Object.entries(view.services || {}).map(([n, s]) => n + " " + s.state).join(", ");
   const body = document.querySelector("#plugins tbody"); const rows = [];
   for (const [id, p] of Object.entries(view.plugins || {})) {
     const tr = document.createElement("tr"); tr.dataset.plugin = id; const t = p.traffic || {}, v = p.violations || {};
     tr.appendChild(td(id, "name"));
     const st = td(""); const badge = document.createElement("span"); badge.className = "state " + p.state;
-    badge.textContent = p.state; st.appendChild(badge); tr.appendChild(st);
-    tr.appendChild(td(p.ready + (p.reason ? " " + p.reason : "")));
+    badge.textContent = p.state; badge.title = "Ready " + p.ready + (p.reason ? " (" + p.reason + ")" : "") + (p.message ? ": " + p.message : "");
+    st.appendChild(badge); tr.appendChild(st);
     const cpuLimit = (p.limits || {}).cpu_millicores;
     tr.appendChild(td(p.cpu_percent.toFixed(1) + "%" + (cpuLimit ? " / " + (cpuLimit / 10).toFixed(0) + "%" : ""), "num cpu"));
     tr.appendChild(usage(p.memory_bytes, (p.limits || {}).memory_bytes));

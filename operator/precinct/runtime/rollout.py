@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +111,16 @@ def folder_digest(folder: Path) -> str:
     return f"{head}:{code.hexdigest()}"
 
 
+def _copy_or_link(src: str, dst: str) -> str:
+    try:
+        if os.path.getsize(src) > 1024 * 1024:
+            os.link(src, dst)
+            return dst
+    except OSError:
+        pass
+    return shutil.copy2(src, dst)
+
+
 def _code_part(digest: str) -> str:
     return digest.partition(":")[2]
 
@@ -140,6 +151,52 @@ class Rollouts:
         self.sup = sup
         self.failed: dict[str, str] = {}       # plugin id -> folder digest that did not become ready
         self.history: list[dict] = []          # one record per replace(), newest last (bounded)
+
+    # snapshots: the old code for a handover rollback ------------------------------
+
+    def _snapshot_root(self) -> Path:
+        return self.sup.state_dir / "rollout"
+
+    def is_snapshot(self, folder: Path) -> bool:
+        return Path(folder).is_relative_to(self._snapshot_root())
+
+    def snapshot(self, pid: str, folder: Path, digest: str) -> None:
+        """Copy a version's folder when it is accepted, so a handover (which
+        stops the old instance before the new one is ready) can start the old
+        code again if the new version fails, even after an in-place edit.
+        Small files are copied; big ones (wheels in .deps/) hard-linked."""
+        if self.is_snapshot(folder):
+            return
+        root = self._snapshot_root() / pid
+        dest = root / digest.replace(":", "-")[:40]
+        if dest.exists():
+            return
+        tmp = root / f".{dest.name}.tmp"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(folder, tmp, symlinks=True, copy_function=_copy_or_link,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            tmp.replace(dest)
+        except OSError as exc:
+            log.warning("plugin %s: no rollback snapshot of %s: %s", pid, folder, exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def snapshot_of(self, pid: str, digest: str) -> Path | None:
+        dest = self._snapshot_root() / pid / digest.replace(":", "-")[:40]
+        return dest if dest.is_dir() else None
+
+    def prune(self, pid: str, keep: set[str]) -> None:
+        root = self._snapshot_root() / pid
+        names = {d.replace(":", "-")[:40] for d in keep}
+        if root.is_dir():
+            for child in root.iterdir():
+                if child.name not in names:
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def forget(self, pid: str) -> None:
+        shutil.rmtree(self._snapshot_root() / pid, ignore_errors=True)
+        self.failed.pop(pid, None)
 
     def overlap_ok(self) -> bool:
         """Can two instances of one plugin run side by side? The kernel
@@ -200,6 +257,7 @@ class Rollouts:
                                 f"config reloaded in instance {instance} without a restart")
         sup._publish_fleet()
         self.failed.pop(pid, None)
+        self.prune(pid, {new.digest})
         log.info("plugin %s: config reloaded without a restart", pid)
         return True
 
@@ -218,6 +276,7 @@ class Rollouts:
                                     "the latest version answers its health ping")
             await old.slot.stop()              # SIGTERM -> shutdown() -> drain
             self.failed.pop(pid, None)
+            self.prune(pid, {new.digest})
             log.info("plugin %s: switched to the new version; old instance drained", pid)
             return True, ""
         await new.slot.stop()
@@ -241,11 +300,19 @@ class Rollouts:
             new.slot.conditions.set(cond.LATEST_REVISION_READY, True, "Ready",
                                     "the latest version answers its health ping")
             self.failed.pop(pid, None)
+            self.prune(pid, {new.digest})
             return True, ""
         await new.slot.stop()
+        from .supervisor import PluginEntry
+
+        # The folder now holds the new (broken) code: start the old one from its snapshot.
+        snap = self.snapshot_of(pid, old.digest) if not self.is_snapshot(old.folder) else old.folder
+        if snap is not None:
+            old = PluginEntry(snap, old.plugin, old.plan, old.digest, old.slot)
         sup.entries[pid] = old
         await self._restore_claims(plans, old)
         old.slot.start()
+        await self._wait_ready(old.slot)       # the old version back before status says so
         self._mark_rolled_back(old, new, why)
         return False, why
 
@@ -253,13 +320,17 @@ class Rollouts:
 
     async def _wait_ready(self, slot: Slot) -> tuple[bool, str]:
         policy = self.sup.policy
+        restarts = slot.status.restarts
         deadline = time.monotonic() + policy.ready_timeout + policy.grace_period + 10
         await asyncio.sleep(0.05)
         while time.monotonic() < deadline:
             if slot.status.state == RUNNING:
                 return True, ""
-            if slot.status.restarts > 0 or slot.status.state in (CRASH_LOOP, SUSPENDED):
+            if slot.status.restarts > restarts or slot.status.state in (CRASH_LOOP, SUSPENDED):
                 break
+            stopping = getattr(self.sup, "_stop", None)
+            if stopping is not None and stopping.is_set():
+                return False, "the supervisor is stopping"
             await asyncio.sleep(0.05)
         tail = list(slot._stderr)[-1:] if hasattr(slot, "_stderr") else []
         why = slot.status.last_exit or "NotReady"
@@ -269,19 +340,24 @@ class Rollouts:
 
     async def _restore_claims(self, plans: list, old: "PluginEntry") -> None:
         """Put the old version's plan and routes back."""
-        from ..spec.ownership import resolve
-
         sup = self.sup
         restored = [old.plan if p.id == old.plugin.id else p for p in plans]
         await sup.identity.sync(restored)
-        ownership = resolve([e.plugin for e in sup.entries.values()])
-        sup.routes = ownership.routes()
-        sup.route_owner = dict(ownership.words)
+        self.reroute()
         sup._publish_fleet()
+
+    def reroute(self) -> None:
+        """Routes (chat word -> subject, owner) from the versions in `entries`."""
+        from ..spec.ownership import resolve
+
+        ownership = resolve([e.plugin for e in self.sup.entries.values()])
+        self.sup.routes = ownership.routes()
+        self.sup.route_owner = dict(ownership.words)
 
     def _mark_rolled_back(self, old: "PluginEntry", new: "PluginEntry", why: str) -> None:
         pid = new.plugin.id
         self.failed[pid] = new.digest
+        self.prune(pid, {old.digest})
         version = getattr(new.plugin.spec, "version", "") or "?"
         old.slot.conditions.set(
             cond.LATEST_REVISION_READY, False, cond.ROLLED_BACK,

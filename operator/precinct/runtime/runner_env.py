@@ -314,7 +314,7 @@ def ensure_runner_env(base: Path | None = None, *, source: Path | None = None, p
         created = not env_dir.parent.exists()
         env_dir.parent.mkdir(parents=True, exist_ok=True)
         if created:
-            os.chmod(env_dir.parent, 0o755)
+            os.chmod(env_dir.parent, 0o755)  # nosec B103 - the shared runner venv's root-owned parent dir; plugins need to traverse it, never write
         with _locked(env_dir.parent / f".{env_dir.name}.lock"):
             if not _is_complete(env_dir, digest):       # another process may have built it meanwhile
                 _build(env_dir, interpreter, probe, source, digest)

@@ -254,11 +254,13 @@ class Supervisor:
             if existing and existing.digest == digest and existing.folder == folder:
                 entries.append(existing)
                 continue
-            if existing and existing.folder == folder and self.rollouts.failed.get(plugin.id) == digest:
+            if existing and self.rollouts.failed.get(plugin.id) == digest and (
+                    existing.folder == folder or self.rollouts.is_snapshot(existing.folder)):
                 entries.append(existing)  # this version already failed to become ready: keep the old one
                 continue
             slot = Slot(plugin.id, self._gated_launcher(plugin.id), self._ping_for(plugin.id), self.policy,
                         self.confinement)
+            self.rollouts.snapshot(plugin.id, folder, digest)  # the code a failed hot reload falls back to
             entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
         self.routes = ownership.routes()
         self.route_owner = dict(ownership.words)
@@ -282,7 +284,8 @@ class Supervisor:
         # reload: the old version serves until the new one answers its ping);
         # one that moved to another folder is stopped and started.
         changed = [pid for pid, e in wanted.items()
-                   if pid in self.entries and self.entries[pid] is not e and self.entries[pid].folder == e.folder]
+                   if pid in self.entries and self.entries[pid] is not e
+                   and (self.entries[pid].folder == e.folder or self.rollouts.is_snapshot(self.entries[pid].folder))]
         moved = [pid for pid, e in wanted.items()
                  if pid in self.entries and self.entries[pid] is not e and pid not in changed]
         added = [pid for pid in wanted if pid not in self.entries] + moved
@@ -291,6 +294,8 @@ class Supervisor:
         for pid in [*removed, *moved]:
             log.info("stopping plugin %s (%s)", pid, "moved" if pid in wanted else "removed")
             await self.entries.pop(pid).slot.stop()
+            if pid not in wanted:
+                self.rollouts.forget(pid)
         plans = [e.plan for e in wanted.values()]
         if not changed:
             await self.identity.sync(plans)  # revokes removed plugins live
@@ -299,6 +304,8 @@ class Supervisor:
             await self.rollouts.replace(self.entries[pid], wanted[pid], current)
         for pid in added:
             self.entries[pid] = wanted[pid]
+        if any(self.entries[pid] is not wanted[pid] for pid in changed):
+            self.rollouts.reroute()  # a rollout was rolled back: routes follow the versions that run
         if added:
             await self.identity.sync([e.plan for e in self.entries.values()])
         self._publish_fleet()

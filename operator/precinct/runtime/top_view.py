@@ -70,6 +70,11 @@ def run_top(state_dir: Path, *, once: bool = False, interval: float = 2.0, conso
     if once:
         console.print(frame(fetch(state_dir)))
         return
+    if not console.is_terminal:   # piped: one frame per interval, appended
+        while True:
+            console.print(frame(fetch(state_dir)))
+            console.file.flush()
+            time.sleep(interval)
     from rich.live import Live
 
     with Live(frame(fetch(state_dir)), console=console, refresh_per_second=4, screen=False) as live:

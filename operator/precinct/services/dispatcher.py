@@ -190,7 +190,7 @@ class Dispatcher:
             inbox_task.cancel()
             try:
                 await sub.unsubscribe()
-            except Exception:  # the subscription may already be gone after max_msgs
+            except Exception:  # the subscription may already be gone after max_msgs  # nosec B110 - best-effort cleanup of a subscription
                 pass
         outcome["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)
         await self._publish(result_subject(platform), outcome)

@@ -86,9 +86,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard match: `*` one token, a final `>` one or more."""
     p, s = pattern.split("."), subject.split(".")
     for i, token in enumerate(p):
-        if token == ">":
+        if token == ">":  # nosec B105 - a NATS subject wildcard, not a password
             return i == len(p) - 1 and len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
+        if i >= len(s) or (token != "*" and token != s[i]):  # nosec B105 - a NATS subject wildcard, not a password
             return False
     return len(p) == len(s)
 
@@ -256,7 +256,7 @@ class Gateway:
             if state.subscription is not None:
                 try:
                     await state.subscription.unsubscribe()
-                except Exception:  # noqa: BLE001 - the connection may be gone
+                except Exception:  # noqa: BLE001 - the connection may be gone  # nosec B110 - best-effort unsubscribe during teardown
                     pass
             log.info("gateway: %s removed", pid)
         for pid, entry in wanted.items():

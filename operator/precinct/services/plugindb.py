@@ -443,7 +443,7 @@ class PluginDB:
                         values[stamp] = now
                 names = list(values)
                 if names:
-                    sql = (f"INSERT INTO {quote(table)} ({', '.join(quote(n) for n in names)}) "
+                    sql = (f"INSERT INTO {quote(table)} ({', '.join(quote(n) for n in names)}) "  # nosec B608 - identifiers are schema-validated and quote()d; values are bound parameters
                            f"VALUES ({', '.join('?' for _ in names)})")
                 else:
                     sql = f"INSERT INTO {quote(table)} DEFAULT VALUES"
@@ -466,7 +466,7 @@ class PluginDB:
         row_id = _row_id(request.get("id"))
         _declared, types = self._schema(table)
         with self._read() as db:
-            cursor = db.execute(f"SELECT * FROM {quote(table)} WHERE id = ?", (row_id,))
+            cursor = db.execute(f"SELECT * FROM {quote(table)} WHERE id = ?", (row_id,))  # nosec B608 - validated, quote()d identifier; values bound
             row = cursor.fetchone()
             if row is None:
                 return {"exists": False}
@@ -492,7 +492,7 @@ class PluginDB:
             sets.append('"updated_at" = ?')
             params.append(utc_now())
         with self._write() as db:
-            changed = db.execute(f"UPDATE {quote(table)} SET {', '.join(sets)} WHERE id = ?",
+            changed = db.execute(f"UPDATE {quote(table)} SET {', '.join(sets)} WHERE id = ?",  # nosec B608 - validated, quote()d identifiers; values bound
                                  [*params, row_id]).rowcount
         if not changed:
             return {"id": row_id, "exists": False, "updated": False}
@@ -503,7 +503,7 @@ class PluginDB:
         row_id = _row_id(request.get("id"))
         self._schema(table)
         with self._write(check_quota=False) as db:   # deleting is how one gets back under quota
-            deleted = db.execute(f"DELETE FROM {quote(table)} WHERE id = ?", (row_id,)).rowcount
+            deleted = db.execute(f"DELETE FROM {quote(table)} WHERE id = ?", (row_id,)).rowcount  # nosec B608 - validated, quote()d identifier; values bound
         return {"deleted": bool(deleted)}
 
     def search(self, request: dict) -> dict:
@@ -514,7 +514,7 @@ class PluginDB:
         if request.get("aggregates") is not None:
             select_list, names = compile_aggregates(request["aggregates"], types)
             with self._read() as db:
-                row = db.execute(f"SELECT {select_list} FROM {quote(table)}{where_sql}", params).fetchone()
+                row = db.execute(f"SELECT {select_list} FROM {quote(table)}{where_sql}", params).fetchone()  # nosec B608 - identifiers validated and quote()d, the filter built from them with bound values
             values = {name: _plain(value) for name, value in zip(names, row)}
             return {**values, "aggregates": values}
         limit = request.get("limit", DEFAULT_SEARCH_LIMIT)
@@ -527,7 +527,7 @@ class PluginDB:
         order = compile_sort(request.get("sort"), types)
         rows, size, truncated = [], 0, False
         with self._read() as db:
-            cursor = db.execute(f"SELECT * FROM {quote(table)}{where_sql}{order} LIMIT ? OFFSET ?",
+            cursor = db.execute(f"SELECT * FROM {quote(table)}{where_sql}{order} LIMIT ? OFFSET ?",  # nosec B608 - identifiers validated and quote()d, the filter built from them with bound values
                                 [*params, limit + 1, offset])
             for raw in cursor:
                 if len(rows) == limit:

@@ -6,6 +6,7 @@ writes one line to its log (environment.md). Checked on 2.15.1:
     [pid] 2026/11/27 22:45:55.375575 [ERR] 127.0.0.1:41148 - cid:7 - "v2.16.0:python3:<client name>" - "<account key>/<account name>/jwt:<user key>" - Publish Violation - Subject "rosey.chat.lobby.send"
     ... - "<account key>/<account name>/jwt:<user key>" - Subscription Violation - Subject "rosey.>", SID 1
     ... - Subscription Violation - Subject "rosey.x.>", Queue: "qq", SID 2
+    ... - "<account key>/<account name>/jwt:<user key>" - maximum payload exceeded: 614400 vs 524288
 
 The client chooses its connection name and the server quotes it, escaping
 `"` and newlines with a backslash. So the line is parsed from the right:
@@ -32,6 +33,12 @@ VIOLATION = re.compile(
     r' - (?P<op>Publish|Subscription) Violation - Subject "(?P<subject>' + _Q + r')"'
     r'(?:, Queue: "' + _Q + r'")?(?:, SID [^\s"]+)?\s*$'
 )
+# A publish over the account's `max_payload` (the server drops the connection):
+#   ... - "<account key>/<account name>/jwt:<user key>" - maximum payload exceeded: 614400 vs 524288
+MAX_PAYLOAD = re.compile(
+    r'"(?P<account>A[A-Z2-7]{55})/(?P<name>' + _Q + r')/jwt:(?P<user>U[A-Z2-7]{55})"'
+    r' - maximum payload exceeded: (?P<size>\d+) vs (?P<max>\d+)\s*$'
+)
 TIMESTAMP = re.compile(r"^\[\d+\] (?P<ts>\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ")
 SERVER_START = b"] Starting nats-server"
 
@@ -54,9 +61,12 @@ def _unescape(text: str) -> str:
 
 def parse_violation(line: str, now: float | None = None) -> Violation | None:
     """A Publish/Subscription Violation line -> Violation; anything else -> None."""
-    if "Violation - Subject" not in line:
+    if "Violation - Subject" in line:
+        match = VIOLATION.search(line.rstrip("\r\n"))
+    elif "maximum payload exceeded" in line:
+        match = MAX_PAYLOAD.search(line.rstrip("\r\n"))
+    else:
         return None
-    match = VIOLATION.search(line.rstrip("\r\n"))
     if not match:
         return None
     at = now
@@ -70,6 +80,10 @@ def parse_violation(line: str, now: float | None = None) -> Violation | None:
             pass
     if at is None:
         at = datetime.now(timezone.utc).timestamp()
+    if "size" in match.groupdict():
+        # No subject is logged for an oversized message: name the sizes instead.
+        return Violation(account=match.group("account"), operation="publish",
+                         subject=f"(payload {match.group('size')} bytes > max {match.group('max')})", at=at)
     return Violation(
         account=match.group("account"),
         operation="publish" if match.group("op") == "Publish" else "subscribe",

@@ -161,7 +161,7 @@ class StorageService:
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone
+            except Exception:  # noqa: BLE001 - the connection may be gone  # nosec B110 - best-effort unsubscribe during teardown
                 pass
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-TOKEN_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+TOKEN_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"  # nosec B105 - a regex for NATS subject tokens, not a password
 TOKEN = re.compile(TOKEN_PATTERN)
 # A command's action is the last subject token; Rosey uses words like `add_quote`.
 ACTION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$")

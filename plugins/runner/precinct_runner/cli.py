@@ -15,7 +15,9 @@ Exit codes:
 
 Lifecycle: load the class (before touching NATS, so a broken plugin fails
 fast) -> connect -> construct -> await initialize() -> answer the health
-ping on precinct.ping.<id>.<instance> -> wait for a signal -> await
+ping on precinct.ping.<id>.<instance> (and take config reloads on
+precinct.config.<id>.<instance>) -> wait for a signal -> drain the command
+subscriptions (answer what was delivered, take nothing new) -> await
 shutdown() -> drain -> exit 0.
 
 Keep imports here minimal: this process exists once per plugin.
@@ -296,7 +298,7 @@ class Runner:
         """Exponential backoff with jitter, rotating to the least-tried server."""
         server = min(servers, key=lambda s: s.reconnects)
         delay = min(RECONNECT_MAX, RECONNECT_BASE * 2 ** min(server.reconnects, 10))
-        return server, delay * random.uniform(0.8, 1.2)
+        return server, delay * random.uniform(0.8, 1.2)  # nosec B311 - reconnect jitter, not cryptography
 
     async def _until_stopped(self, awaitable, timeout: float | None):
         """Await `awaitable`; None if a stop signal came first (it is cancelled);
@@ -377,7 +379,8 @@ class Runner:
         nc = self.nc
 
         try:
-            plugin = construct(cls, ClientProxy(nc, opts.plugin_id, opts.commands), opts.config)
+            proxy = ClientProxy(nc, opts.plugin_id, opts.commands)
+            plugin = construct(cls, proxy, opts.config)
         except LoadError as exc:
             self.fail(f"plugin failed to load from {opts.plugin_dir}: {exc}", exc)
             await self._close()
@@ -419,8 +422,8 @@ class Runner:
         await nc.subscribe(f"precinct.config.{opts.plugin_id}.{opts.instance}", cb=on_config)
         try:
             await nc.flush(timeout=10)
-        except Exception:
-            pass                                    # reconnecting: the subscription is replayed
+        except Exception:  # nosec B110 - reconnecting: the subscription is replayed
+            pass
         self.say(f"ready: {cls.__name__} {version or ''} serving {len(opts.commands)} command subject(s); "
                  f"health ping on {ping_subject}")
 
@@ -435,6 +438,8 @@ class Runner:
             # Still let the plugin tidy up (files, tasks); it cannot reach NATS any more.
             await self._shutdown(plugin, cls.__name__, timeout=1.0, connected=False)
             return EXIT_CONNECTION
+        if nc.is_connected:  # finish the commands already delivered here, take no new ones
+            await proxy.drain_commands(self.opts.shutdown_timeout)
         await self._shutdown(plugin, cls.__name__)
         self.say("stopped")
         return EXIT_OK
@@ -511,7 +516,7 @@ class Runner:
             self.say(f"closing the NATS connection: {type(exc).__name__}: {exc}")
             try:
                 await nc.close()
-            except Exception:
+            except Exception:  # nosec B110 - a second, last-chance close while shutting down
                 pass
 
 

@@ -9,6 +9,8 @@ per request whatever the runner does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 
@@ -20,9 +22,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard match: `*` is one token, a final `>` one or more."""
     p, s = pattern.split("."), subject.split(".")
     for i, token in enumerate(p):
-        if token == ">":
+        if token == ">":  # nosec B105 - a NATS subject wildcard, not a password
             return i == len(p) - 1 and len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
+        if i >= len(s) or (token != "*" and token != s[i]):  # nosec B105 - a NATS subject wildcard, not a password
             return False
     return len(p) == len(s)
 
@@ -36,6 +38,7 @@ class ClientProxy:
         object.__setattr__(self, "_client", client)
         object.__setattr__(self, "_queue", queue_group(plugin_id))
         object.__setattr__(self, "_commands", frozenset(commands))
+        object.__setattr__(self, "_command_subs", [])
 
     def _queued(self, subject: str) -> bool:
         if subject in self._commands:
@@ -50,7 +53,33 @@ class ClientProxy:
                 args = (self._queue, *args[1:])
             else:
                 kwargs["queue"] = self._queue
+            sub = await self._client.subscribe(subject, *args, **kwargs)
+            self._command_subs.append(sub)
+            return sub
         return await self._client.subscribe(subject, *args, **kwargs)
+
+    async def drain_commands(self, timeout: float) -> None:
+        """Stop taking commands but answer the ones already delivered: each
+        command subscription is drained (UNSUB, then its pending messages are
+        handled). Called on SIGTERM before the plugin's shutdown(), so a hot
+        reload loses no request that reached this instance; the queue group
+        sends new ones to the other instance. The plugin's own later
+        unsubscribe() of a drained subscription becomes a no-op."""
+        subs = [s for s in self._command_subs if not getattr(s, "_closed", False)]
+
+        async def noop(*_a: Any, **_k: Any) -> None:
+            return None
+
+        async def drain(sub: Any) -> None:
+            with contextlib.suppress(Exception):
+                await sub.drain()
+            with contextlib.suppress(Exception):
+                sub.unsubscribe = noop
+                sub.drain = noop
+
+        if subs:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(drain(s) for s in subs)), timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

@@ -1,0 +1,1 @@
+"""The attack suite: one malicious plugin per attack (tests/attacks/plugins/)."""

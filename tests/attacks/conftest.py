@@ -1,0 +1,153 @@
+"""One real `precinct up` (real nats-server, gateway, storage, cgroups) runs
+every attack plugin in tests/attacks/plugins/ plus a well-behaved bystander
+(tests/fixtures/plugins/8ball) for the whole module. A background thread asks
+the bystander `!8ball` every two seconds for as long as the fleet lives; each
+attack test asserts that none of those questions went unanswered while it
+ran (`Fleet.bystander_since`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from runtime_support import FIXTURES, ROOT, Up, copy_plugin  # noqa: E402
+
+ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
+# thief is rejected (CommandConflict) and never runs; crashloop is armed last.
+RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
+           "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "crashloop")
+
+
+class Bystander(threading.Thread):
+    """Asks the well-behaved plugin every `every` seconds; keeps every outcome."""
+
+    def __init__(self, up: Up, every: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.up, self.every = up, every
+        self.outcomes: list[tuple[float, float, bool, str]] = []   # (start, end, answered, output)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            start = time.monotonic()
+            try:
+                said = self.up.say("!8ball are we safe?", "--timeout", "15")
+                ok, out = said.returncode == 0 and "🎱" in said.stdout, said.stdout + said.stderr
+            except Exception as exc:  # noqa: BLE001 - a hung CLI counts as unanswered
+                ok, out = False, repr(exc)
+            self.outcomes.append((start, time.monotonic(), ok, out.strip()[:200]))
+            self._stop_event.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(30)
+
+
+class Fleet:
+    def __init__(self, up: Up, state: Path, tmp: Path) -> None:
+        self.up, self.state, self.tmp = up, state, tmp
+        self.bystander = Bystander(up)
+        self.cgroup_dirs: set[str] = set()
+        self.service_pids: list[int] = []
+
+    def status(self) -> dict:
+        status = self.up.status()
+        assert status is not None, self.up.output()[-2000:]
+        for plugin in status["plugins"].values():
+            self.cgroup_dirs |= set((plugin.get("confinement") or {}).get("cgroups", {}).values())
+        self.service_pids = [s["pid"] for s in status["services"].values() if s.get("pid")]
+        return status
+
+    def plugin(self, plugin_id: str) -> dict:
+        return self.status()["plugins"][plugin_id]
+
+    def ask(self, text: str, timeout: float = 20, ok: bool = True):
+        done = self.up.say(text, "--timeout", str(timeout))
+        if not ok:
+            return done
+        assert done.returncode == 0, f"{text}: {done.stdout} {done.stderr}"
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            return done.stdout.strip()
+
+    def condition(self, plugin_id: str, type_: str, status: dict | None = None) -> dict:
+        info = (status or self.status())["plugins"][plugin_id]
+        return next((c for c in info.get("conditions", []) if c["type"] == type_), {})
+
+    def wait_condition(self, plugin_id: str, type_: str, reason: str, timeout: float = 60) -> dict:
+        status = self.up.wait_for(lambda s: next((c for c in s["plugins"].get(plugin_id, {}).get("conditions", [])
+                                                  if c["type"] == type_), {}).get("reason") == reason,
+                                  f"{type_}={reason} on {plugin_id}", timeout)
+        return self.condition(plugin_id, type_, status)
+
+    def mark(self) -> float:
+        return time.monotonic()
+
+    def bystander_since(self, since: float, at_least: int = 1, timeout: float = 40) -> None:
+        """Every question asked since `since` was answered, and at least
+        `at_least` questions asked after it have finished (wait for them)."""
+        direct = self.up.say("!8ball still there?", "--timeout", "15")
+        assert direct.returncode == 0 and "🎱" in direct.stdout, (direct.stdout, direct.stderr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            window = [o for o in list(self.bystander.outcomes) if o[0] >= since]
+            if len(window) >= at_least:
+                break
+            time.sleep(0.5)
+        window = [o for o in list(self.bystander.outcomes) if o[1] >= since]
+        assert len([o for o in window if o[0] >= since]) >= at_least, "the bystander thread asked nothing"
+        failed = [o for o in window if not o[2]]
+        assert not failed, f"the bystander went unanswered during the attack: {failed}"
+
+
+def _cleanup_cgroups(dirs: set[str]) -> None:
+    for d in sorted(dirs, key=len, reverse=True):
+        path = Path(d)
+        for target in (path, path.parent):
+            with contextlib.suppress(OSError):
+                if target.is_dir() and not (target / "cgroup.procs").read_text().strip():
+                    target.rmdir()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the attack suite needs root (own uids, cgroups, namespaces); CI runs it as root")
+    tmp = tmp_path_factory.mktemp("attacks")
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    for src in sorted(ATTACK_PLUGINS.iterdir()):
+        if (src / "plugin.yaml").exists():
+            copy_plugin(src, plugins)
+    copy_plugin(FIXTURES / "8ball", plugins)
+    state = tmp / "state"
+    # An unpacked plugin folder with links out of it (the bundle path refuses these:
+    # test_bundles.py): the code snapshot keeps them as links, and inside the sandbox
+    # they point at paths Landlock and file modes refuse (test_reading_...).
+    (plugins / "snoop" / "leak_core").symlink_to(state / "nats" / "creds" / "core.creds")
+    (plugins / "snoop" / "leak_shadow").symlink_to("/etc/shadow")
+    up = Up(plugins, state)
+    fleet = Fleet(up, state, tmp)
+    try:
+        up.wait_running(*RUNNING, timeout=240)
+        fleet.status()
+        fleet.bystander.start()
+        yield fleet
+    finally:
+        fleet.bystander.stop()
+        up.stop()
+        for pid in fleet.service_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _cleanup_cgroups(fleet.cgroup_dirs)

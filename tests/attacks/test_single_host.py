@@ -1,0 +1,318 @@
+"""Every attack from issue 10 against the single-host runtime, each by its own
+malicious plugin (tests/attacks/plugins/<attack>/), in one real `precinct up`
+with the gateway and storage (conftest.py). Each test asserts that
+
+* the attack is **contained** (checked from outside where possible),
+* it is **reported** — a condition or counter in `precinct status --json`
+  (which the metrics endpoint exports as `precinct_plugin_*`), or a violation
+  event; where the kernel refuses an attempt silently, the report is the
+  `enforcement` entry naming the layer in force (docs/threat-model.md lists
+  this as a known gap: refused syscalls are not counted),
+* the bystander (8ball) keeps answering throughout (conftest.Bystander).
+
+The attacks proven in depth by tests/test_confinement.py (the same layers,
+with the prober) are short here. docs/threat-model.md records which tests
+were run with which layer removed, and that they then failed.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+MiB = 2**20
+
+
+def _listener(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    sock.bind((host, 0))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+def _nothing_arrived(sock: socket.socket) -> bool:
+    try:
+        if sock.type == socket.SOCK_STREAM:
+            sock.accept()
+        else:
+            sock.recvfrom(100)
+    except (BlockingIOError, OSError):
+        return True
+    return False
+
+
+# -- resources ---------------------------------------------------------------------
+
+
+def test_memory_bomb_is_oom_killed_reported_and_restarted(fleet):
+    before = fleet.plugin("membomb")
+    assert before["enforcement"]["memory"].startswith("cgroup-"), before["enforcement"]
+    assert before["confinement"]["limits"]["memory"] == 48 * MiB
+    since, restarts = fleet.mark(), before["restarts"]
+    done = fleet.ask("!membomb", ok=False)
+    assert done.returncode != 0, f"the memory bomb survived its limit: {done.stdout}"
+    status = fleet.up.wait_for(lambda s: s["plugins"]["membomb"]["last_exit"] == "OOMKilled"
+                               and s["plugins"]["membomb"]["restarts"] > restarts
+                               and s["plugins"]["membomb"]["state"] == "Running", "membomb OOMKilled and back", 90)
+    assert status["plugins"]["membomb"]["oom_kills"] >= 1      # exported as precinct_plugin_oom_kills_total
+    fleet.bystander_since(since)
+
+
+def test_fork_bomb_is_refused_at_pids_limit_and_counted(fleet):
+    info = fleet.plugin("forkbomb")
+    assert info["enforcement"]["pids"].startswith("cgroup-") and info["confinement"]["limits"]["pids"] == 12
+    since = fleet.mark()
+    bomb = fleet.ask("!forks")
+    assert bomb["error"] == "EAGAIN" and 0 < bomb["forked"] < 12, bomb
+    assert fleet.plugin("forkbomb")["confinement"]["pids_refused"] >= 1
+    fleet.bystander_since(since)
+
+
+def test_thread_bomb_is_refused_at_pids_limit_and_counted(fleet):
+    info = fleet.plugin("threadbomb")
+    assert info["confinement"]["limits"]["pids"] == 16
+    since = fleet.mark()
+    bomb = fleet.ask("!threads")
+    assert bomb["error"] and bomb["started"] < 16, bomb
+    assert fleet.plugin("threadbomb")["confinement"]["pids_refused"] >= 1
+    fleet.bystander_since(since)
+
+
+def test_cpu_spin_is_throttled_and_counted(fleet):
+    info = fleet.plugin("cpuspin")
+    assert info["enforcement"]["cpu"].startswith("cgroup-") and info["limits"]["cpu_millicores"] == 100
+    throttled = info["confinement"]["cpu_stat"].get("nr_throttled", 0)
+    used = info["cpu_seconds"]
+    since = fleet.mark()
+    assert fleet.ask("!spin")["spinning"] == 4
+    time.sleep(5)
+    after = fleet.plugin("cpuspin")
+    assert after["confinement"]["cpu_stat"]["nr_throttled"] - throttled >= 5, after["confinement"]["cpu_stat"]
+    assert after["cpu_seconds"] - used < 2.0, (used, after["cpu_seconds"])   # two spinning threads, 8 s of wish
+    fleet.bystander_since(since)
+
+
+def test_filling_its_data_dir_stops_at_disk_limit(fleet):
+    info = fleet.plugin("diskfill")
+    assert info["enforcement"]["disk"].startswith("ext4 image 8 MiB"), info["enforcement"]
+    image = Path(info["confinement"]["data_dir"])
+    since = fleet.mark()
+    outcome = fleet.ask("!fill", timeout=60)
+    assert outcome["error"] in ("ENOSPC", "EDQUOT") and outcome["written_mib"] < 8, outcome
+    assert image.stat().st_size == 8 * MiB                   # the host's disk held exactly the image
+    assert fleet.plugin("diskfill")["state"] == "Running"
+    fleet.bystander_since(since)
+
+
+# -- the message bus -----------------------------------------------------------------
+
+
+def test_oversized_payload_is_refused_by_the_server_and_reported(fleet):
+    since = fleet.mark()
+    assert fleet.ask("!big")["sending"] == 600 * 1024
+    cond = fleet.wait_condition("bigpayload", "PermissionsCompliant", "PermissionViolation")
+    assert "payload 614400 bytes > max 524288" in cond["message"], cond
+    fleet.up.wait_running("bigpayload", timeout=60)          # the runner reconnected
+    fleet.bystander_since(since)
+
+
+def test_message_flood_is_rate_limited_and_reported(fleet):
+    since = fleet.mark()
+    assert "sent 500" in str(fleet.ask("!flood"))
+    cond = fleet.wait_condition("flood", "PermissionsCompliant", "RateLimited")
+    assert "rate_limit" in cond["message"] and "rosey.chat.console.send" in cond["message"], cond
+    violations = fleet.plugin("flood")["violations"]
+    assert violations["counts"]["rate_limit"] >= 400, violations     # at most 5 + burst got through
+    fleet.bystander_since(since)
+
+
+async def test_spoofing_the_core_and_another_plugin_is_refused_and_reported(fleet):
+    import asyncio
+    import json
+
+    import nats
+
+    endpoint = json.loads((fleet.state / "endpoint.json").read_text())
+    core = await nats.connect(endpoint["nats"], user_credentials=endpoint["core_creds"], name="attack-test-core")
+    seen = []
+
+    async def keep(msg):
+        seen.append((msg.subject, msg.data, dict(msg.headers or {})))
+
+    for subject in ("rosey.platform.console.message", "rosey.reply.>", "rosey.event.>", "rosey.command.>"):
+        await core.subscribe(subject, cb=keep)
+    await core.flush()
+    since = fleet.mark()
+    try:
+        assert await asyncio.to_thread(fleet.ask, "!spoof") == "spoofed"
+        await asyncio.to_thread(fleet.wait_condition, "spoofer", "PermissionsCompliant", "PermissionViolation")
+        # All four publishes and the subscription to eightball's command are refused: nothing of it reached core.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and fleet.plugin("spoofer")["violations"]["counts"].get("permission", 0) < 4:
+            await asyncio.sleep(0.5)
+        assert fleet.plugin("spoofer")["violations"]["counts"]["permission"] >= 4, fleet.plugin("spoofer")["violations"]
+        answer = await asyncio.to_thread(fleet.ask, "!8ball whose answer is this?")
+        assert "🎱" in answer and "I am eightball" not in answer
+        await asyncio.sleep(1)
+        assert not [s for s in seen if b"I am eightball" in s[1]], seen
+    finally:
+        await core.close()
+    await asyncio.to_thread(fleet.bystander_since, since)
+
+
+def test_claiming_another_plugins_command_is_rejected_and_reported(fleet):
+    since = fleet.mark()
+    thief = fleet.plugin("thief")
+    assert thief["state"] == "Rejected" and thief.get("pid") is None, thief
+    ready = fleet.condition("thief", "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "CommandConflict", ready
+    assert "stolen by thief" not in str(fleet.ask("!8ball who answers?"))
+    fleet.bystander_since(since)
+
+
+def test_reading_other_plugins_credentials_data_replies_and_supervisor_state(fleet):
+    state = fleet.state
+    others = fleet.status()["plugins"]
+    targets = [
+        others["eightball"]["confinement"]["creds"],              # another plugin's NATS credentials
+        others["diskfill"]["confinement"]["data_dir"],            # another plugin's data image
+        str(state / "storage" / "kvforge.db"),                    # another plugin's database
+        str(state / "nats" / "creds" / "core.creds"),             # the core's credentials
+        str(state / "nats" / "creds" / "platform.creds"),
+        str(state / "control.token"),                             # the supervisor's state
+        str(state / "fleet.json"),
+        str(state / "endpoint.json"),
+        str(state / "nats" / "nats-server.conf"),
+        str(state / "nats" / "nats-server.log"),
+        "/run/precinct/sandbox/code/leak_core",                  # its own folder's links out (conftest)
+        "/run/precinct/sandbox/code/leak_shadow",
+    ]
+    since = fleet.mark()
+    result = fleet.ask("!snoop " + " ".join(targets))
+    leaked = {p: r for p, r in result.items() if r.startswith("ok")}
+    assert not leaked, leaked
+    # Eavesdropping: `>`, private messages, other inboxes and replies; then a command to eightball is answered.
+    assert fleet.ask("!snoop listen") == "listening"
+    cond = fleet.wait_condition("snoop", "PermissionsCompliant", "PermissionViolation")
+    assert "permission" in cond["message"], cond
+    assert "🎱" in str(fleet.ask("!8ball can anyone hear me?"))
+    assert fleet.ask("!snoop heard") == [], "the snoop heard someone else's traffic"
+    fleet.bystander_since(since)
+
+
+def test_kv_identity_forgery_lands_in_its_own_storage_and_is_reported(fleet):
+    since = fleet.mark()
+    result = fleet.ask("!forge")
+    # Rosey's plain subject works, but storage takes the identity from the subject, not the payload.
+    assert result["rosey.db.kv.set"]["success"] is True, result
+    assert result["rosey.db.kv.eightball.set"] != {"success": True, "data": {}}, result
+    assert result["precinct.storage.eightball.kv.set"] != {"success": True, "data": {}}, result
+    cond = fleet.wait_condition("kvforge", "PermissionsCompliant", "PermissionViolation")
+    assert "eightball" in cond["message"], cond
+    storage = fleet.state / "storage"
+    with sqlite3.connect(f"file:{storage / 'kvforge.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT value FROM precinct_kv WHERE key='owner'").fetchone() is not None
+    victim = storage / "eightball.db"
+    if victim.exists():
+        with sqlite3.connect(f"file:{victim}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE name='precinct_kv'").fetchall()
+            if rows:
+                assert db.execute("SELECT count(*) FROM precinct_kv WHERE key='owner'").fetchone()[0] == 0
+    fleet.bystander_since(since)
+
+
+# -- the kernel boundary ---------------------------------------------------------------
+
+
+def test_connecting_out_on_ungranted_ports_is_refused(fleet):
+    info = fleet.plugin("netout")
+    assert info["enforcement"]["network"] == "netns+relay" and "egress" not in info["enforcement"]
+    import json
+    nats_port = int(json.loads((fleet.state / "endpoint.json").read_text())["nats"].rsplit(":", 1)[1])
+    listener = _listener("127.0.0.1")
+    same_port = None
+    try:
+        # The NATS port on another loopback address (Landlock alone allows that port; the netns does not).
+        same_port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        same_port.bind(("127.0.0.2", nats_port))
+        same_port.listen(8)
+        same_port.setblocking(False)
+        port = listener.getsockname()[1]
+        since = fleet.mark()
+        targets = [f"127.0.0.1:{port}", f"127.0.0.2:{nats_port}", "10.0.0.1:80", "1.1.1.1:443"]
+        result = fleet.ask("!netout " + " ".join(targets), timeout=30)
+        assert all(v != "ok" for v in result.values()), result
+        time.sleep(0.5)
+        assert _nothing_arrived(listener) and _nothing_arrived(same_port)
+    finally:
+        listener.close()
+        if same_port:
+            same_port.close()
+    fleet.bystander_since(since)
+
+
+def test_udp_exfiltration_is_refused(fleet):
+    info = fleet.plugin("udpexfil")
+    assert info["enforcement"]["seccomp"] == "bpf", info["enforcement"]
+    sink = _listener("127.0.0.1", socket.SOCK_DGRAM)
+    try:
+        target = f"127.0.0.1:{sink.getsockname()[1]}"
+        since = fleet.mark()
+        result = fleet.ask(f"!udp {target}")
+        assert result[target] != "ok", result
+        time.sleep(0.5)
+        assert _nothing_arrived(sink)
+    finally:
+        sink.close()
+    fleet.bystander_since(since)
+
+
+def test_writing_outside_its_folder_is_refused(fleet):
+    info = fleet.plugin("writer")
+    assert info["enforcement"]["landlock"].startswith("abi-"), info["enforcement"]
+    marker = f"attack-{time.time_ns()}"
+    outside = [f"/tmp/{marker}", f"/dev/shm/{marker}", f"/var/tmp/{marker}", f"/run/precinct/sandbox/code/{marker}",
+               str(fleet.state / marker), str(Path(fleet.plugin("eightball")["confinement"]["code"]) / marker)]
+    since = fleet.mark()
+    result = fleet.ask("!write /run/precinct/sandbox/data/mine " + " ".join(outside))
+    assert result.pop("/run/precinct/sandbox/data/mine") == "ok", result
+    assert all(v != "ok" for v in result.values()), result
+    assert not Path(f"/tmp/{marker}").exists() and not (fleet.state / marker).exists()
+    fleet.bystander_since(since)
+
+
+def test_signalling_and_ptracing_other_processes_is_refused(fleet):
+    status = fleet.status()
+    assert status["plugins"]["signaller"]["enforcement"]["pidns"] == "yes"
+    victims = [fleet.up.proc.pid, status["plugins"]["eightball"]["pid"], status["services"]["nats"]["pid"],
+               status["services"]["storage"]["pid"], 1]
+    since = fleet.mark()
+    result = fleet.ask("!signal " + " ".join(str(v) for v in victims))
+    visible = result.pop("visible")
+    assert all(r["kill"] != "ok" and r["ptrace"] != "ok" for r in result.values()), result
+    assert len(visible) <= 3, visible                     # only its own processes (private /proc, own PID ns)
+    from runtime_support import pid_alive
+    assert all(pid_alive(v) for v in victims if v != 1)
+    fleet.bystander_since(since)
+
+
+# -- last: it keeps crashing until the fleet stops ----------------------------------------
+
+
+def test_crash_loop_backs_off_and_is_reported(fleet):
+    since = fleet.mark()
+    armed = fleet.ask("!arm", ok=False)
+    assert "armed" in armed.stdout or armed.returncode != 0
+    ready = fleet.wait_condition("crashloop", "Ready", "CrashLoopBackOff", timeout=120)
+    assert ready["status"] == "False", ready
+    info = fleet.plugin("crashloop")
+    assert info["restarts"] >= 3 and info["last_exit"] == "ExitCode17", info
+    others = fleet.status()["plugins"]
+    assert all(others[p]["state"] == "Running" for p in ("eightball", "writer", "netout")), others
+    fleet.bystander_since(since)
