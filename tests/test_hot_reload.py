@@ -83,6 +83,7 @@ def test_code_updates_under_load_lose_nothing_and_answer_once(counter):
     status = up.status()
     assert status["plugins"][PLUGIN]["state"] == "Running"
     assert condition(status, "LatestRevisionReady").get("status") == "True"
+    assert status["plugins"][PLUGIN]["reloads"] == {"succeeded": updates}   # feeds precinct_plugin_reloads_total
 
 
 def test_broken_update_rolls_back_and_the_old_version_keeps_serving(counter):
@@ -117,6 +118,7 @@ def test_broken_update_rolls_back_and_the_old_version_keeps_serving(counter):
     assert ready.get("status") == "True", status
     assert status["plugins"][PLUGIN]["state"] == "Running"
     assert after[0] == 0  # the old code still answers
+    assert status["plugins"][PLUGIN]["reloads"].get("rolled_back") == 1, status["plugins"][PLUGIN]["reloads"]
     assert summary["duplicated"] == 0, summary
     # Overlap (unprivileged): nothing lost at all. Handover (root sandbox): the old
     # instance was drained, the new one crashed, the old came back within the

@@ -151,6 +151,8 @@ class Rollouts:
         self.sup = sup
         self.failed: dict[str, str] = {}       # plugin id -> folder digest that did not become ready
         self.history: list[dict] = []          # one record per replace(), newest last (bounded)
+        # Monotonic outcome counts per plugin, for precinct_plugin_reloads_total.
+        self.outcomes: dict[str, dict[str, int]] = {}
 
     # snapshots: the old code for a handover rollback ------------------------------
 
@@ -213,6 +215,10 @@ class Rollouts:
         self.history.append({"plugin": pid, "mode": mode, "ok": ok, "reason": reason,
                              "seconds": round(time.monotonic() - started, 3), "at": time.time()})
         del self.history[:-200]
+        # A failed reload always leaves the previous version serving (or restarted).
+        outcome = "succeeded" if ok else "rolled_back"
+        counts = self.outcomes.setdefault(pid, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     async def replace(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> None:
         pid = new.plugin.id

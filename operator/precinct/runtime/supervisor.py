@@ -472,6 +472,7 @@ class Supervisor:
             snap["confinement"] = details(pid) if details is not None else {}
             snap["uid"] = snap["confinement"].get("uid", snap["uid"])
             snap["violations"] = self.violations.summary(pid)
+            snap["reloads"] = dict(self.rollouts.outcomes.get(pid, {}))
             snap["folder"] = str(entry.folder)
             snap["limits"] = asdict(entry.plan.limits)
             snap["permissions"] = list(entry.plan.permissions)
