@@ -149,3 +149,29 @@ async def nats_env(tmp_path: Path, nats_binary: str) -> AsyncIterator[NatsEnv]:
         await env.close()
         await identity.close()
         await server.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A `precinct up` factory: `start("dice-roller", "8ball")` copies those
+    example or fixture plugins into a fresh plugins dir and starts the
+    supervisor on a fresh state dir; everything is stopped afterwards."""
+    from runtime_support import EXAMPLES, FIXTURES, Up, copy_plugin
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    state = tmp_path / "state"
+    ups: list = []
+
+    def start(*names: str, extra: tuple[str, ...] = ()):
+        for name in names:
+            src = EXAMPLES / name if (EXAMPLES / name).exists() else FIXTURES / name
+            if not (plugins / name).exists():
+                copy_plugin(src, plugins)
+        up = Up(plugins, state, *extra)
+        ups.append(up)
+        return up
+
+    yield start, plugins, state
+    for up in ups:
+        up.stop()

@@ -12,30 +12,8 @@ import time
 from pathlib import Path
 
 import nats
-import pytest
 
-from runtime_support import EXAMPLES, FIXTURES, Up, copy_plugin, pid_alive, precinct
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    state = tmp_path / "state"
-    ups: list[Up] = []
-
-    def start(*names: str, extra: tuple[str, ...] = ()) -> Up:
-        for name in names:
-            src = EXAMPLES / name if (EXAMPLES / name).exists() else FIXTURES / name
-            if not (plugins / name).exists():
-                copy_plugin(src, plugins)
-        up = Up(plugins, state, *extra)
-        ups.append(up)
-        return up
-
-    yield start, plugins, state
-    for up in ups:
-        up.stop()
+from runtime_support import pid_alive, precinct
 
 
 def condition(status: dict, plugin: str, type_: str) -> dict | None:

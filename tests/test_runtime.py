@@ -6,30 +6,8 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 
-from runtime_support import EXAMPLES, FIXTURES, Up, copy_plugin, pid_alive, precinct, processes_mentioning
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    state = tmp_path / "state"
-    ups: list[Up] = []
-
-    def start(*names: str, extra: tuple[str, ...] = ()) -> Up:
-        for name in names:
-            src = EXAMPLES / name if (EXAMPLES / name).exists() else FIXTURES / name
-            if not (plugins / name).exists():
-                copy_plugin(src, plugins)
-        up = Up(plugins, state, *extra)
-        ups.append(up)
-        return up
-
-    yield start, plugins, state
-    for up in ups:
-        up.stop()
+from runtime_support import pid_alive, precinct, processes_mentioning
 
 
 def test_say_round_trip_and_clear_errors(fleet):

@@ -129,7 +129,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         """Check a bundle: archive safety, every file's sha256, the manifest, and its signature
         (TUF for NAME: hashes, rollback, freeze, publisher key). Says exactly which check failed."""
         from . import bundle
-        from .install import Trust, fetch_source
+        from .install import fetch_source
 
         trust = _trust(index, root, publisher_key, signature, allow_unsigned)
         lines: list[str] = []

@@ -11,7 +11,7 @@ def describe_plan(plan: SandboxPlan) -> str:
     lines = [
         f"plugin {plan.id} (subject namespace {plan.namespace})",
         f"  permissions: {', '.join(plan.permissions) or '(none)'}",
-        f"  commands:    " + (", ".join(f"!{w} -> {s}" for w, s in sorted(plan.commands.items())) or "(none)"),
+        "  commands:    " + (", ".join(f"!{w} -> {s}" for w, s in sorted(plan.commands.items())) or "(none)"),
         f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "
         f"pids {lim.pids}, disk {format_bytes(lim.disk_bytes)}",
         f"  rates:       {rates.messages_per_second:g} msg/s (burst {rates.burst}), "

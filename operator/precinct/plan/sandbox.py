@@ -25,7 +25,7 @@ The NATS edges (architecture.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ..spec.model import Permission

@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from .lifecycle import connect, stop_on_signals
 
 log = logging.getLogger("precinct.dispatcher")
 
@@ -213,15 +214,12 @@ class Dispatcher:
 
 async def serve(server: str, creds: str, routes_path: Path, timeout: float,
                 no_responders_retry: float = NO_RESPONDERS_RETRY) -> None:
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     routes = Routes(routes_path)
     routes.reload(force=True)
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: routes.reload(force=True))
-    nc = await nats.connect(server, user_credentials=creds, name="precinct-dispatcher",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    nc = await connect(server, creds, "precinct-dispatcher", log)
     dispatcher = Dispatcher(nc, routes, timeout, no_responders_retry)
     await dispatcher.start()
     log.info("dispatcher ready on %s", server)

@@ -52,10 +52,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import nats
 
 from ..plan.sandbox import violations_subject
 from .buckets import TokenBucket
+from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .serverlog import LogTail, parse_violation
 
@@ -395,16 +395,9 @@ class Gateway:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
-
-    nc = await nats.connect(args.server, user_credentials=args.creds, name="precinct-gateway",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error)
+    nc = await connect(args.server, args.creds, "precinct-gateway", log)
     gateway = Gateway(nc, FleetFile(args.fleet), report_interval=args.report_interval,
                       server_log=args.server_log, offset_file=args.offset_file)
     await gateway.start()

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import nats
 
 from .buckets import TokenBucket
 from .filters import StorageError
+from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .plugindb import PluginDB
 
@@ -339,16 +339,9 @@ class StorageService:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
-
-    nc = await nats.connect(args.server, user_credentials=args.creds, name="precinct-storage",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error)
+    nc = await connect(args.server, args.creds, "precinct-storage", log)
     service = StorageService(nc, FleetFile(args.fleet), args.data_dir)
     await service.start()
     loop.add_signal_handler(signal.SIGHUP, service.reload)
