@@ -16,7 +16,8 @@ sequential row inserts (each committed with synchronous=FULL before the
 answer), then selects by id, through the real account mapping. p50/p99 of
 the request/reply round trip.
 
-Prints a Markdown section; nothing here is a pass/fail test.
+Prints a Markdown section; `benchmarks/run.py --only gateway_storage` puts it in
+docs/benchmarks.md. Nothing here is a pass/fail test.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +46,10 @@ from services_support import write_fleet  # noqa: E402
 
 
 ROUNDS = 3
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -83,7 +89,8 @@ def service(module: str, args: list[str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def main(messages: int, queries: int) -> None:
+async def measure(messages: int, queries: int) -> dict:
+    """Run both benchmarks; return the raw figures (see render())."""
     work = Path(tempfile.mkdtemp(prefix="precinct-bench-"))
     plans = make_plugins(("bench", {"permissions": ["send_messages", "database_write"], "resources": {
         "rate_limits": {"messages_per_second": 10_000, "burst": 100_000,
@@ -110,6 +117,7 @@ async def main(messages: int, queries: int) -> None:
         def payload(phase: str) -> bytes:
             return json.dumps({"channel": "bench", "message": phase.ljust(64, "x"), "type": "chat"}).encode()
 
+        say(f"gateway: {ROUNDS} rounds of {messages:,} messages, raw and through the gateway")
         await timed_path(plugin, platform, "plugin.bench.>", 2000, payload("warm-up"))
         raws, gws = [], []
         for run in range(ROUNDS):     # alternate the two paths; report medians (a 2-core machine is noisy)
@@ -129,6 +137,7 @@ async def main(messages: int, queries: int) -> None:
             assert reply["success"], reply
             return (time.perf_counter() - t) * 1000
 
+        say(f"storage: {queries:,} inserts then {queries:,} selects")
         await request("schema.register", {"table": "t", "schema": {"fields": [
             {"name": "text", "type": "string"}, {"name": "n", "type": "integer"}]}})
         inserts = [await request("insert", {"table": "t", "data": {"text": "hello", "n": i}}) for i in range(queries)]
@@ -140,22 +149,46 @@ async def main(messages: int, queries: int) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
         await server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
-    print(f"""## Gateway and storage (benchmarks/gateway_storage.py)
+    return {"messages": messages, "queries": queries, "raw": raw, "raw_n": raw_n, "gw": gw, "gw_n": gw_n,
+            "ratios": ratios, "inserts": inserts, "selects": selects}
 
-Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; one nats-server, services in their own processes.
+
+def render(r: dict) -> str:
+    messages, queries, raw, gw = r["messages"], r["queries"], r["raw"], r["gw"]
+    return f"""## Gateway and storage
+
+(`benchmarks/gateway_storage.py`, also `benchmarks/run.py --only gateway_storage`.) One nats-server in
+operator mode with the real accounts; gateway and storage services in their own processes, as
+`precinct up` runs them. Gateway: one plugin connection publishes {messages:,} chat messages of ~100
+bytes as fast as it can (its manifest allows 10 000/s with a burst of 100 000, so the rate check runs
+on every message but refuses none), timed first publish → last delivery. Raw and gateway paths
+alternate, {ROUNDS} rounds each, in the same run.
 
 | path | messages delivered | throughput (msg/s) |
 |---|---|---|
-| raw NATS: plugin -> platform subscriber (median of {ROUNDS}) | {raw_n}/{messages} | {raw:,.0f} |
-| gateway: plugin -> gateway (rate check, republish) -> core (median of {ROUNDS}) | {gw_n}/{messages} | {gw:,.0f} |
-| **ratio gateway / raw** (medians) | | **{gw / raw if raw else 0:.2f}** (target >= 0.5; per round: {", ".join(f"{r:.2f}" for r in ratios)}) |
+| raw NATS: plugin → server → platform subscriber on `plugin.<id>.>` (median of {ROUNDS}) | {r['raw_n']:,}/{messages:,} | {raw:,.0f} |
+| gateway: plugin → server → gateway (rate check, header, republish) → server → core subscriber (median of {ROUNDS}) | {r['gw_n']:,}/{messages:,} | {gw:,.0f} |
+| **ratio gateway / raw** (medians; target ≥ 0.5) | | **{gw / raw if raw else 0:.2f}** (per round: {", ".join(f"{x:.2f}" for x in r['ratios'])}) |
 
-| storage request (sequential, {queries} each) | p50 ms | p99 ms |
+Storage: the storage service as its own process; the plugin connection sends sequential requests
+through the real account mapping (`rosey.db.row.<id>.*` → storage account), {queries:,} of each,
+request → reply.
+
+| storage request | p50 ms | p99 ms |
 |---|---|---|
-| row insert (committed, synchronous=FULL) | {pct(inserts, .5):.2f} | {pct(inserts, .99):.2f} |
-| row select by id | {pct(selects, .5):.2f} | {pct(selects, .99):.2f} |
-""")
+| row insert (committed, SQLite synchronous=FULL, before the reply) | {pct(r['inserts'], .5):.2f} | {pct(r['inserts'], .99):.2f} |
+| row select by id | {pct(r['selects'], .5):.2f} | {pct(r['selects'], .99):.2f} |
+"""
+
+
+def bench_gateway_storage(messages: int = 50_000, queries: int = 1000) -> str:
+    return render(asyncio.run(measure(messages, queries)))
+
+
+async def main(messages: int, queries: int) -> None:
+    print(render(await measure(messages, queries)))
 
 
 if __name__ == "__main__":
