@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from run import pct, rss_pss  # one implementation for every benchmark (benchmarks/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -44,22 +46,6 @@ TARGET_RSS = 300 * 10**6
 
 def say(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
-
-
-def rss_pss(pid: int) -> tuple[int, int]:
-    rss = pss = 0
-    with open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    return rss, pss
 
 
 def cpu_seconds(pid: int) -> float:

@@ -108,3 +108,15 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmd and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def cleanup_cgroups(dirs: set[str]) -> None:
+    """Remove the (now empty) plugin cgroups a test's supervisor left, deepest first."""
+    import contextlib
+
+    for d in sorted(dirs, key=len, reverse=True):
+        path = Path(d)
+        for target in (path, path.parent):
+            with contextlib.suppress(OSError):
+                if target.is_dir() and not (target / "cgroup.procs").read_text().strip():
+                    target.rmdir()

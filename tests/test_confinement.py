@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import ROOT, Up, copy_plugin, pid_alive, processes_mentioning
+from runtime_support import ROOT, Up, cleanup_cgroups, copy_plugin, pid_alive, processes_mentioning
 
 ATTACKS = ROOT / "tests" / "fixtures" / "attacks"
 PLUGINS = ("hog", "spinner", "forkbomb", "prober", "fetcher")
@@ -166,15 +166,6 @@ class Fleet:
         return info
 
 
-def _cleanup_cgroups(dirs: set[str]) -> None:
-    for d in sorted(dirs, key=len, reverse=True):
-        path = Path(d)
-        for target in (path, path.parent):
-            with contextlib.suppress(OSError):
-                if target.is_dir() and not (target / "cgroup.procs").read_text().strip():
-                    target.rmdir()
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     if os.geteuid() != 0:
@@ -196,7 +187,7 @@ def fleet(tmp_path_factory):
         for pid in fleet.service_pids:      # services orphaned by the SIGKILL test
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _cleanup_cgroups(fleet.cgroup_dirs)
+        cleanup_cgroups(fleet.cgroup_dirs)
 
 
 # -- status -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from runtime_support import FIXTURES, ROOT, Up, copy_plugin  # noqa: E402
+from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin  # noqa: E402
 
 ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # thief is rejected (CommandConflict) and never runs; crashloop is armed last.
@@ -111,15 +111,6 @@ class Fleet:
         assert not failed, f"the bystander went unanswered during the attack: {failed}"
 
 
-def _cleanup_cgroups(dirs: set[str]) -> None:
-    for d in sorted(dirs, key=len, reverse=True):
-        path = Path(d)
-        for target in (path, path.parent):
-            with contextlib.suppress(OSError):
-                if target.is_dir() and not (target / "cgroup.procs").read_text().strip():
-                    target.rmdir()
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     if os.geteuid() != 0:
@@ -150,4 +141,4 @@ def fleet(tmp_path_factory):
         for pid in fleet.service_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _cleanup_cgroups(fleet.cgroup_dirs)
+        cleanup_cgroups(fleet.cgroup_dirs)
