@@ -46,6 +46,25 @@ async def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str 
         await asyncio.sleep(0.01)
 
 
+async def settle(nc: Client) -> None:
+    """Return once the server has processed everything `nc` sent so far
+    (typically a SUB another client is about to rely on).
+
+    `flush()` alone does not promise that with nats-py 2.16: it writes its
+    PING straight to the socket, ahead of commands still queued for the
+    client's flusher task, so the PING travels *before* a SUB just made. On
+    a busy machine the server answered the PING, the test's other client
+    sent its request, and the SUB was processed after it: NoRespondersError
+    (tests/test_nats_live.py::test_restart_keeps_identities_and_credentials,
+    server trace in docs/threat-model.md). Writing the queue out first puts
+    the SUB before the PING, and the server handles one connection in order.
+    """
+    flush_pending = getattr(nc, "_flush_pending", None)
+    if flush_pending is not None:
+        await flush_pending(force_flush=True)
+    await nc.flush()
+
+
 @dataclass
 class Conn:
     """A client plus everything the server told it."""
@@ -77,7 +96,7 @@ class Conn:
             box.append(msg)
 
         await self.nc.subscribe(subject, cb=cb)
-        await self.nc.flush()
+        await settle(self.nc)
         return box
 
 

@@ -213,7 +213,7 @@ def test_spec_schema_shapes():
             "type": "object", "description": props[free]["description"], "x-kubernetes-preserve-unknown-fields": True,
         }
     assert props["commands"]["additionalProperties"] == {"type": "string"}
-    assert props["commands"]["maxProperties"] == 256
+    assert props["commands"]["maxProperties"] == 64
     rate = props["resources"]["properties"]["rateLimits"]["properties"]["messagesPerSecond"]
     assert (rate["minimum"], rate["exclusiveMinimum"], rate["maximum"]) == (0, True, 10000)
     assert props["image"]["pattern"].endswith("@sha256:[0-9a-f]{64}$")

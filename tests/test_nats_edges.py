@@ -12,7 +12,7 @@ import json
 
 from nats.aio.msg import Msg
 
-from conftest import NatsEnv, eventually, make_plugins
+from conftest import NatsEnv, eventually, make_plugins, settle
 
 QUIET = 0.3  # how long "nothing arrives" is watched for
 
@@ -27,7 +27,7 @@ async def storage_standin(env: NatsEnv) -> list[Msg]:
         await msg.respond(json.dumps({"success": True, "subject": msg.subject}).encode())
 
     await platform.nc.subscribe("precinct.storage.>", cb=answer)
-    await platform.nc.flush()
+    await settle(platform.nc)
     return seen
 
 
@@ -115,7 +115,7 @@ async def test_command_reaches_owner_and_only_one_reply_returns(nats_env: NatsEn
         await msg.respond(b'{"success":true,"result":{"formatted":"5"}}')   # one too many
 
     await dice.nc.subscribe("rosey.command.dice.roll", cb=roll)
-    await dice.nc.flush()
+    await settle(dice.nc)
     replies = await core.collect("_INBOX.test.roll")
     await core.nc.publish("rosey.command.dice.roll", b'{"args":"1d6"}', reply="_INBOX.test.roll")
     await eventually(lambda: len(replies) == 1, what="the reply in core")
@@ -130,7 +130,7 @@ async def test_command_reaches_owner_and_only_one_reply_returns(nats_env: NatsEn
         await msg.respond(b"pong")
 
     await dice.nc.subscribe("precinct.ping.dice.*", cb=pong)
-    await dice.nc.flush()
+    await settle(dice.nc)
     assert (await platform.nc.request("precinct.ping.dice.a1", b"", timeout=2)).data == b"pong"
 
 

@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from conftest import Conn, NatsEnv, eventually, make_plugin, make_plugins
+from conftest import Conn, NatsEnv, eventually, make_plugin, make_plugins, settle
 from precinct.natsauth import jwt, live
 from precinct.natsauth.identity import Identity
 from precinct.natsauth.server import NatsServer, NatsServerError, find_binary
@@ -25,7 +25,7 @@ async def serve(conn: Conn, subject: str, answer: bytes) -> None:
         await msg.respond(answer)
 
     await conn.nc.subscribe(subject, cb=respond)
-    await conn.nc.flush()
+    await settle(conn.nc)
 
 
 async def test_adding_a_plugin_live_leaves_connected_plugins_alone(nats_env: NatsEnv) -> None:
@@ -213,7 +213,7 @@ async def test_restart_keeps_identities_and_credentials(tmp_path: Path, nats_bin
             await msg.respond(b"still here")
 
         await alpha.subscribe("rosey.command.alpha.ask", cb=ask)
-        await alpha.flush()
+        await settle(alpha)   # flush() alone let the request overtake this SUB under load
         assert (await core.request("rosey.command.alpha.ask", b"", timeout=2)).data == b"still here"
         await core.close()
         await alpha.close()

@@ -57,7 +57,7 @@ class KeyStore:
         return self._plugin_dir(plugin_id_of(role))
 
     def _plugin_dir(self, plugin_id: str) -> Path:
-        if not TOKEN.match(plugin_id):
+        if not TOKEN.fullmatch(plugin_id):
             # Plugin ids are validated DNS labels; refuse anything that could
             # escape the keys directory even if a caller forgot to validate.
             raise KeyStoreError(f"{plugin_id!r} is not a valid plugin id")
@@ -81,7 +81,7 @@ class KeyStore:
         base = self.root / "plugins"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and TOKEN.match(p.name))
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and TOKEN.fullmatch(p.name))
 
     def remove_plugin(self, plugin_id: str) -> None:
         """Forget a plugin's account and user for good."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..spec.load import BotPluginResource, Problem, expand_paths, find_manifest, load_path
 from ..spec.model import Manifest
-from ..spec.ownership import Ownership, Plugin, resolve
+from ..spec.ownership import ID_CONFLICT, Ownership, Plugin, resolve
 from .sandbox import SandboxPlan, compile_plan
 
 
@@ -27,28 +27,35 @@ class FleetReport:
         }
 
 
-def as_plugin(loaded: Manifest | BotPluginResource) -> Plugin:
+def as_plugin(loaded: Manifest | BotPluginResource, source: str = "") -> Plugin:
     if isinstance(loaded, Manifest):
-        return Plugin(loaded.id, loaded.without_name())
-    return Plugin(loaded.id, loaded.spec)
+        return Plugin(loaded.id, loaded.without_name(), source)
+    return Plugin(loaded.id, loaded.spec, source)
 
 
 def check_fleet(paths: list[Path]) -> FleetReport:
+    """Validate each path, then the set: ids and claims in the order given
+    (as `precinct up` grants them in folder-name order), then the fleet
+    ceiling of the shared NATS accounts (natsauth/budget.py)."""
+    from ..natsauth.budget import FLEET_FULL, fit
+
     report = FleetReport()
-    sources: dict[str, str] = {}
     for path in expand_paths(paths):
         loaded, problems = load_path(path)
         report.problems.extend(problems)
         if loaded is not None:
-            plugin = as_plugin(loaded)
-            report.plugins.append(plugin)
             label = (find_manifest(path) or path) if path.is_dir() else path
-            sources.setdefault(plugin.id, str(label))
+            report.plugins.append(as_plugin(loaded, str(label)))
     report.ownership = resolve(report.plugins)
     for rejection in report.ownership.rejected:
-        report.problems.append(
-            Problem(sources.get(rejection.plugin, rejection.plugin), "commands",
-                    f"{rejection.reason}: {rejection.message}")
-        )
-    report.plans = [compile_plan(p) for p in report.ownership.accepted]
+        field = "name" if rejection.reason == ID_CONFLICT else "commands"
+        report.problems.append(Problem(rejection.source or rejection.plugin, field,
+                                       f"{rejection.reason}: {rejection.message}"))
+    plans = [compile_plan(p) for p in report.ownership.accepted]
+    fitted = fit(plans)
+    sources = {p.id: p.source for p in report.ownership.accepted}
+    for refusal in fitted.refused:
+        report.problems.append(Problem(sources[refusal.plan.id] or refusal.plan.id, "(fleet)",
+                                       f"{FLEET_FULL}: {refusal.message}"))
+    report.plans = fitted.admitted
     return report

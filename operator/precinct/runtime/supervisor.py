@@ -8,9 +8,13 @@ crashed plugin, with backoff.
 
 The plugins dir is watched: a folder that appears is validated and started, a
 folder that disappears is stopped and its NATS account revoked, a changed
-manifest restarts the plugin under its new plan. Claims are granted to
-plugins already running first, then in folder-name order, so a newcomer can
-never take a running plugin's commands.
+manifest restarts the plugin under its new plan. Claims (the plugin id
+itself, commands, namespaces) are granted to plugins already running first,
+then to the folder that owned the id before a restart (owners.json), then in
+folder-name order, so a newcomer can never take a running plugin's commands,
+nor its id with the account, uid, credentials and data that come with it.
+One plugin that cannot be compiled, does not fit the fleet ceiling or whose
+account the server refuses is rejected on its own; the rest keep running.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .. import conditions as cond
 from ..plan.fleet import as_plugin
 from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
 from ..spec.load import Problem, find_manifest, load_path
-from ..spec.ownership import Plugin, resolve
+from ..spec.ownership import ID_CONFLICT, Plugin, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
 from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
@@ -45,6 +49,10 @@ RUNNER_MODULE = "precinct_runner"
 WATCH_INTERVAL = 1.0
 MIGRATION_TIMEOUT = 30.0  # seconds storage may take to apply one plugin's migrations
 ENDPOINT_NAME = "endpoint.json"   # where `precinct say/console/creds` find NATS and the core creds
+OWNERS_NAME = "owners.json"       # plugin id -> the folder that owns it, kept across restarts
+RECONCILE_RETRY = 10.0            # seconds before a scan that failed is tried again
+INVALID_PLAN = "InvalidPlan"
+ACCOUNT_REFUSED = "AccountRefused"
 
 
 class SupervisorError(RuntimeError):
@@ -115,7 +123,9 @@ class Supervisor:
         self.nats_port = nats_port
         self.runner_python = runner_python
         self.entries: dict[str, PluginEntry] = {}
-        self.rejected: dict[str, dict] = {}
+        self.rejected: dict[str, dict] = {}     # folder name -> why it does not run
+        self.owners: dict[str, str] = {}        # plugin id -> folder name (owners.json)
+        self._retry_at: float | None = None
         self.services: dict[str, Slot] = {}
         # The kernel sandbox (precinct.confine): HostConfinement as root, else one
         # that reports every protection as MISSING in status.
@@ -155,7 +165,7 @@ class Supervisor:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), WATCH_INTERVAL)
                 if not self._stop.is_set():
-                    await self.reconcile()
+                    await self._reconcile_guarded()
         finally:
             await self._shutdown()
             self._lock.release()
@@ -170,6 +180,7 @@ class Supervisor:
         if self.runner_python is None:
             self.runner_python = str(ensure_runner_env())
         self.identity = Identity(self.state_dir / "nats", port=self.nats_port)
+        self.owners = self._read_owners()
         self._last_fingerprint = self._fingerprint()
         plans = self._scan()
         self.identity.prepare([e.plan for e in plans])
@@ -230,25 +241,64 @@ class Supervisor:
         return sorted(p for p in self.plugins_dir.iterdir() if p.is_dir() and find_manifest(p))
 
     def _scan(self) -> list[PluginEntry]:
-        """Validate every folder; grant claims running-first, then by folder name."""
+        """Validate every folder; grant ids and claims running-first, then to
+        the id's recorded owner folder, then by folder name; then compile each
+        plan and fit the fleet ceiling. Every refusal is kept per folder."""
+        from ..natsauth.budget import FLEET_FULL, fit
+
         loaded: dict[Path, Plugin] = {}
         self.rejected = {}
-        for folder in self._folders():
+        folders = self._folders()
+        for folder in folders:
             manifest, problems = load_path(folder)
             if manifest is None:
-                self.rejected[folder.name] = {"state": REJECTED, "reason": "InvalidManifest",
-                                              "problems": [str(p) for p in problems]}
+                self._reject(folder.name, None, "InvalidManifest", [str(p) for p in problems])
                 continue
-            loaded[folder] = as_plugin(manifest)
-        running = [f for f, p in loaded.items() if p.id in self.entries and self.entries[p.id].folder == f]
-        order = running + [f for f in loaded if f not in running]
-        ownership = resolve([loaded[f] for f in order])
+            loaded[folder] = as_plugin(manifest, folder.name)
+        # An id stays with the folder that owns it (running now, or before a
+        # restart) for as long as that folder exists, even while its manifest
+        # is invalid; only then do other folders compete in folder-name order.
+        names = {f.name for f in folders}
+        owners = {pid: name for pid, name in self.owners.items() if name in names}
+        running = [f for f, p in loaded.items() if p.id in self.entries and self.entries[p.id].plugin.source == f.name]
+        recorded = [f for f, p in loaded.items() if f not in running and owners.get(p.id) == f.name]
+        order = running + recorded + [f for f in loaded if f not in running and f not in recorded]
+        candidates = []
+        for folder in order:
+            plugin = loaded[folder]
+            owner = owners.get(plugin.id)
+            if owner is not None and owner != folder.name and not any(loaded[f].id == plugin.id for f in running):
+                if (self.plugins_dir / owner) not in loaded:   # the owner's manifest is invalid right now
+                    self._reject(folder.name, plugin.id, ID_CONFLICT, [
+                        f"plugin id {plugin.id!r} (from {folder.name}) already belongs to the plugin (from {owner}), "
+                        "whose manifest is invalid right now; names are compared lowercased with '_' as '-', "
+                        "so rename one of them"])
+                    continue
+            candidates.append(plugin)
+        ownership = resolve(candidates)
         for r in ownership.rejected:
-            self.rejected[r.plugin] = {"state": REJECTED, "reason": r.reason, "problems": [r.message]}
-        by_id = {loaded[f].id: f for f in order}
+            self._reject(r.source, r.plugin, r.reason, [r.message])
+        # Compile each accepted plugin on its own: one that cannot be compiled is rejected alone.
+        plans: dict[str, SandboxPlan] = {}
+        for plugin in list(ownership.accepted):
+            existing = self.entries.get(plugin.id)
+            if existing and existing.plugin == plugin:
+                plans[plugin.id] = existing.plan
+                continue
+            try:
+                plans[plugin.id] = compile_plan(plugin)
+            except Exception as exc:  # noqa: BLE001 - any bug or limit in compilation stays with this plugin
+                log.exception("plugin %s: cannot compile its sandbox plan", plugin.id)
+                ownership.withdraw(plugin.id, INVALID_PLAN, f"cannot compile its sandbox plan: {exc}")
+                self._reject(plugin.source, plugin.id, INVALID_PLAN, [f"cannot compile its sandbox plan: {exc}"])
+        fitted = fit([plans[p.id] for p in ownership.accepted])
+        for refusal in fitted.refused:
+            plugin = next(p for p in ownership.accepted if p.id == refusal.plan.id)
+            ownership.withdraw(plugin.id, FLEET_FULL, refusal.message)
+            self._reject(plugin.source, plugin.id, FLEET_FULL, [refusal.message])
         entries = []
         for plugin in ownership.accepted:
-            folder = by_id[plugin.id]
+            folder = self.plugins_dir / plugin.source
             existing = self.entries.get(plugin.id)
             digest = _digest(folder)
             if existing and existing.digest == digest and existing.folder == folder:
@@ -261,16 +311,55 @@ class Supervisor:
             slot = Slot(plugin.id, self._gated_launcher(plugin.id), self._ping_for(plugin.id), self.policy,
                         self.confinement)
             self.rollouts.snapshot(plugin.id, folder, digest)  # the code a failed hot reload falls back to
-            entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
+            entries.append(PluginEntry(folder, plugin, plans[plugin.id], digest, slot))
+        # Record who owns each id: the accepted plugins, and owners whose folder
+        # still exists (an invalid or refused folder keeps its id).
+        kept = {pid: name for pid, name in owners.items()
+                if (self.plugins_dir / name) not in loaded or loaded[self.plugins_dir / name].id == pid}
+        self._write_owners({**kept, **{p.id: p.source for p in ownership.accepted}})
         self.routes = ownership.routes()
         self.route_owner = dict(ownership.words)
         return entries
+
+    def _reject(self, folder: str, plugin_id: str | None, reason: str, problems: list[str]) -> None:
+        self.rejected[folder] = {"state": REJECTED, "reason": reason, "problems": problems,
+                                 "id": plugin_id, "folder": folder}
+
+    def _read_owners(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.state_dir / OWNERS_NAME).read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("%s is damaged; plugin ids are granted in folder-name order", self.state_dir / OWNERS_NAME)
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _write_owners(self, owners: dict[str, str]) -> None:
+        if owners == self.owners and (self.state_dir / OWNERS_NAME).exists():
+            return
+        self.owners = dict(sorted(owners.items()))
+        tmp = self.state_dir / f"{OWNERS_NAME}.tmp"
+        tmp.write_text(json.dumps(self.owners, indent=1))
+        tmp.replace(self.state_dir / OWNERS_NAME)
 
     def _fingerprint(self) -> tuple:
         """Cheap view of the plugins dir (names, and stat of each plugin's
         files, bounded): parsing every manifest each second would be the
         supervisor's main idle cost."""
         return tuple((folder.name, folder_fingerprint(folder)) for folder in self._folders())
+
+    async def _reconcile_guarded(self) -> None:
+        """One watch tick. Nothing a plugin folder holds may stop the
+        supervisor: a failed scan is logged and retried later."""
+        force = self._retry_at is not None and time.monotonic() >= self._retry_at
+        if force:
+            self._retry_at = None
+        try:
+            await self.reconcile(force=force)
+        except Exception:  # noqa: BLE001 - keep the fleet running; the log says what failed
+            log.exception("reconciling the plugins dir failed; retrying in %.0fs", RECONCILE_RETRY)
+            self._retry_at = time.monotonic() + RECONCILE_RETRY
 
     async def reconcile(self, force: bool = False) -> None:
         """Bring running plugins in line with the plugins dir."""
@@ -307,11 +396,39 @@ class Supervisor:
         if any(self.entries[pid] is not wanted[pid] for pid in changed):
             self.rollouts.reroute()  # a rollout was rolled back: routes follow the versions that run
         if added:
-            await self.identity.sync([e.plan for e in self.entries.values()])
+            added = await self._sync_newcomers(added)
         self._publish_fleet()
         for pid in added:
             log.info("starting plugin %s", pid)
             wanted[pid].slot.start()
+
+    async def _sync_newcomers(self, added: list[str]) -> list[str]:
+        """Push the accounts of plugins just added. If the server refuses
+        (or we cannot build) the accounts, find out which newcomer causes it
+        by adding them one at a time: that one is rejected (AccountRefused,
+        with the server's words) and the rest of the fleet is unaffected."""
+        try:
+            await self.identity.sync([e.plan for e in self.entries.values()])
+            return added
+        except Exception as exc:  # noqa: BLE001
+            log.warning("pushing the accounts of %s failed (%s); adding them one at a time", ", ".join(added), exc)
+        newcomers = {pid: self.entries.pop(pid) for pid in added}
+        await self.identity.sync([e.plan for e in self.entries.values()])  # the fleet as it was: must still work
+        kept = []
+        for pid, entry in newcomers.items():
+            self.entries[pid] = entry
+            try:
+                await self.identity.sync([e.plan for e in self.entries.values()])
+                kept.append(pid)
+            except Exception as exc:  # noqa: BLE001 - the server's reason goes into status
+                log.warning("plugin %s rejected: its NATS account was refused: %s", pid, exc)
+                del self.entries[pid]
+                self._reject(entry.plugin.source, pid, ACCOUNT_REFUSED,
+                             [f"its NATS account could not be pushed: {exc}"])
+                self.routes = {w: subj for w, subj in self.routes.items() if self.route_owner.get(w) != pid}
+                self.route_owner = {w: o for w, o in self.route_owner.items() if o != pid}
+                await self.identity.sync([e.plan for e in self.entries.values()])
+        return kept
 
     def _publish_fleet(self) -> None:
         """Tell the trusted services what changed: routes.json (chat word ->
@@ -477,9 +594,17 @@ class Supervisor:
             snap["limits"] = asdict(entry.plan.limits)
             snap["permissions"] = list(entry.plan.permissions)
             plugins[pid] = snap
-        for pid, info in sorted(self.rejected.items()):
+        for folder, info in sorted(self.rejected.items()):
+            # Keyed by plugin id (folder name if the manifest has none); a
+            # folder whose id another plugin owns appears as `<id>@<folder>`.
+            key = info.get("id") or folder
+            if key in plugins:
+                key = f"{key}@{folder}"
+            while key in plugins:
+                key += "+"
             reason = info["reason"]
-            plugins[pid] = {"id": pid, "state": REJECTED, "last_exit": None, "restarts": 0,
+            plugins[key] = {"id": info.get("id"), "folder": folder, "state": REJECTED, "last_exit": None,
+                            "restarts": 0,
                             "conditions": [{"type": cond.READY, "status": "False", "reason": reason,
                                             "message": "; ".join(info["problems"])}],
                             "problems": info["problems"]}

@@ -162,7 +162,7 @@ def _validate_resource(data: dict[str, Any], label: str) -> tuple[BotPluginResou
         from .identity import TOKEN
 
         for field, value in (("metadata.name", name), ("metadata.namespace", namespace)):
-            if not isinstance(value, str) or not TOKEN.match(value) or len(value) > 63:
+            if not isinstance(value, str) or not TOKEN.fullmatch(value) or len(value) > 63:
                 problems.append(Problem(label, field, f"{value!r} must be a DNS-1123 label (lowercase letters, digits, '-')"))
     spec = None
     if not isinstance(data.get("spec"), dict):

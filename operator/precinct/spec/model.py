@@ -12,6 +12,7 @@ follow Rosey's own planning documents where they give one.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from typing import Annotated, Any
 
@@ -28,7 +29,17 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import quantity
-from .identity import ACTION, CHAT_WORD, RESERVED_TOKENS, TOKEN, TOKEN_PATTERN, IdError, canonical_id
+from .identity import (
+    ACTION,
+    CHAT_WORD,
+    MAX_ACTION,
+    MAX_TOKEN,
+    RESERVED_TOKENS,
+    TOKEN,
+    TOKEN_PATTERN,
+    IdError,
+    canonical_id,
+)
 
 API_GROUP = "precinct.dev"
 API_VERSION = "v1alpha1"
@@ -42,6 +53,17 @@ DEFAULT_MESSAGES_PER_SECOND = 10.0
 DEFAULT_DB_QUERIES_PER_SECOND = 10.0
 MIN_MEMORY = 32 * 2**20       # below this the Python runner itself cannot start
 MAX_CPU_MILLICORES = 64_000
+
+# Bounds on what ends up in a NATS JWT, a subject or a file (docs/manifest.md#bounds).
+# Each command and each namespace becomes an export in the plugin's account and
+# an import in the shared core or platform account, so these keep one plugin's
+# share of those JWTs to a few KiB (natsauth/budget.py checks the fleet's sum).
+# Rosey's own plugins use one namespace and a handful of commands.
+MAX_COMMANDS = 64
+MAX_COMMAND_NAMESPACES = 4
+MAX_EVENT_ROOTS = 8
+MAX_CONFIG_BYTES = 64 * 1024          # config.json as written for the runner
+MAX_CONFIG_SCHEMA_BYTES = 64 * 1024
 
 
 class Permission(str, enum.Enum):
@@ -68,7 +90,9 @@ class _Model(BaseModel):
 
 
 def _token(value: str) -> str:
-    if not TOKEN.match(value):
+    if len(value) > MAX_TOKEN:
+        raise ValueError(f"{value[:20]!r}... is {len(value)} characters; a NATS token here may have at most {MAX_TOKEN}")
+    if not TOKEN.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid NATS token: use lowercase letters, digits and '-' "
             f"({TOKEN_PATTERN})"
@@ -79,7 +103,7 @@ def _token(value: str) -> str:
 
 
 # The pattern is repeated into the JSON schema so the API server checks it too.
-Token = Annotated[str, StringConstraints(max_length=63), AfterValidator(_token), Field(json_schema_extra={"pattern": TOKEN_PATTERN})]
+Token = Annotated[str, StringConstraints(max_length=MAX_TOKEN), AfterValidator(_token), Field(json_schema_extra={"pattern": TOKEN_PATTERN})]
 
 
 def _check_quantity(kind: str, parse):
@@ -164,7 +188,20 @@ class Resources(_Model):
         return quantity.to_bytes(self.disk_limit)
 
 
-_COMMAND_TARGET = re.compile(r"^(?P<ns>[^.]+)\.(?P<action>[^.]+)$")
+_COMMAND_TARGET = re.compile(r"(?P<ns>[^.]+)\.(?P<action>[^.]+)")   # used with fullmatch
+
+
+def _check_json_size(field: str, value: Any, limit: int) -> None:
+    """The field as JSON (how it is written to disk and into Kubernetes objects)
+    must fit `limit` bytes."""
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:  # e.g. YAML dates: not JSON
+        raise ValueError(f"{field} must be plain JSON data (strings, numbers, booleans, lists, mappings): {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{field} is nested too deeply") from None
+    if size > limit:
+        raise ValueError(f"{field} is {size:,} bytes as JSON; at most {limit:,} bytes")
 
 
 class PluginSpec(_Model):
@@ -184,10 +221,11 @@ class PluginSpec(_Model):
     commands: dict[str, str] = Field(
         default_factory=dict,
         description="Chat word -> '<namespace>.<action>', served on rosey.command.<namespace>.<action>.",
-        max_length=256,
+        max_length=MAX_COMMANDS,
     )
-    events: list[Token] = Field(default_factory=list, max_length=32, description="Extra event roots.")
-    permissions: list[Permission] = Field(default_factory=list, description="Grants; see docs/permissions.md.")
+    events: list[Token] = Field(default_factory=list, max_length=MAX_EVENT_ROOTS, description="Extra event roots.")
+    permissions: list[Permission] = Field(default_factory=list, max_length=len(Permission),
+                                          description="Grants; see docs/permissions.md.")
     resources: Resources = Field(default_factory=Resources)
     config: dict[str, Any] = Field(default_factory=dict, description="Passed to the plugin's constructor.")
     config_schema: dict[str, Any] | None = Field(None, description="JSON Schema the config must satisfy.")
@@ -196,22 +234,39 @@ class PluginSpec(_Model):
     @classmethod
     def _commands(cls, value: dict[str, str]) -> dict[str, str]:
         problems = []
+        namespaces = set()
         for word, target in value.items():
-            if not CHAT_WORD.match(word):
-                problems.append(f"chat word {word!r} must be 1-32 lowercase letters, digits, '-' or '_'")
+            if not CHAT_WORD.fullmatch(word):
+                problems.append(f"chat word {word[:40]!r} must be 1-32 lowercase letters, digits, '-' or '_'")
                 continue
-            match = _COMMAND_TARGET.match(target) if isinstance(target, str) else None
+            match = _COMMAND_TARGET.fullmatch(target) if isinstance(target, str) else None
             if not match:
-                problems.append(f"{word}: {target!r} must be '<namespace>.<action>', e.g. dice.roll")
+                problems.append(f"{word}: {str(target)[:80]!r} must be '<namespace>.<action>', e.g. dice.roll")
                 continue
             try:
                 _token(match["ns"])
+                namespaces.add(match["ns"])
             except ValueError as exc:
                 problems.append(f"{word}: namespace {exc}")
-            if not ACTION.match(match["action"]):
-                problems.append(f"{word}: action {match['action']!r} must be letters, digits, '-' or '_'")
+            action = match["action"]
+            if len(action) > MAX_ACTION:
+                problems.append(f"{word}: action {action[:20]!r}... is {len(action)} characters; at most {MAX_ACTION}")
+            elif not ACTION.fullmatch(action):
+                problems.append(f"{word}: action {action!r} must be letters, digits, '-' or '_'")
+            if len(problems) >= 10:
+                problems.append("(further commands not checked)")
+                break
+        if len(namespaces) > MAX_COMMAND_NAMESPACES:
+            problems.append(f"commands use {len(namespaces)} namespaces ({', '.join(sorted(namespaces))}); "
+                            f"at most {MAX_COMMAND_NAMESPACES}")
         if problems:
             raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_size("config", value, MAX_CONFIG_BYTES)
         return value
 
     @field_validator("permissions")
@@ -229,6 +284,7 @@ class PluginSpec(_Model):
     def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return value
+        _check_json_size("config_schema", value, MAX_CONFIG_SCHEMA_BYTES)
         validator = jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator)
         try:
             validator.check_schema(value)
@@ -304,7 +360,7 @@ class BundleRef(_Model):
     version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-_DIGEST_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+_DIGEST_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")  # pydantic: whole string
 
 
 class BotPluginSpec(PluginSpec):

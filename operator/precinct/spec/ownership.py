@@ -1,7 +1,7 @@
 """Who owns which subjects.
 
-Each subject namespace, event root, command subject and chat word belongs to
-exactly one plugin. Claims are granted in priority order (single host:
+Each plugin id, subject namespace, event root, command subject and chat word
+belongs to exactly one plugin. Claims are granted in priority order (single host:
 plugins already running, then folder-name order; Kubernetes: older
 creationTimestamp first), so a newcomer can never take over a subject that a
 running plugin serves: it is rejected instead, and the first owner keeps it.
@@ -15,6 +15,7 @@ from .model import PluginSpec
 
 SUBJECT_CONFLICT = "SubjectConflict"
 COMMAND_CONFLICT = "CommandConflict"
+ID_CONFLICT = "IdConflict"   # two manifests whose names fold to the same id (`Vault` beside `vault`)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Plugin:
 
     id: str
     spec: PluginSpec
+    source: str = ""   # where it came from, for messages: its folder (single host) or file
 
     @property
     def namespace(self) -> str:
@@ -38,6 +40,11 @@ class Rejection:
     plugin: str
     reason: str
     message: str
+    source: str = ""
+
+
+def _from(plugin: Plugin) -> str:
+    return f" (from {plugin.source})" if plugin.source else ""
 
 
 @dataclass
@@ -47,6 +54,17 @@ class Ownership:
     namespaces: dict[str, str] = field(default_factory=dict)   # token -> plugin id
     words: dict[str, str] = field(default_factory=dict)        # chat word -> plugin id
     subjects: dict[str, str] = field(default_factory=dict)     # command subject -> plugin id
+
+    def withdraw(self, plugin_id: str, reason: str, message: str) -> None:
+        """Take back everything an accepted plugin was granted and reject it
+        (a later step refused it, e.g. the fleet ceiling); later plugins keep
+        what they were granted and are not promoted into its claims."""
+        plugin = next(p for p in self.accepted if p.id == plugin_id)
+        self.accepted.remove(plugin)
+        for table in (self.namespaces, self.words, self.subjects):
+            for key in [k for k, owner in table.items() if owner == plugin_id]:
+                del table[key]
+        self.rejected.append(Rejection(plugin_id, reason, message, plugin.source))
 
     def routes(self) -> dict[str, str]:
         """Chat word -> command subject, for the dispatcher."""
@@ -61,9 +79,17 @@ def resolve(plugins: list[Plugin]) -> Ownership:
     plugin answering some of its commands but not others).
     """
     result = Ownership()
+    owners: dict[str, Plugin] = {}
     for plugin in plugins:
-        if any(p.id == plugin.id for p in result.accepted):
-            result.rejected.append(Rejection(plugin.id, SUBJECT_CONFLICT, f"plugin id {plugin.id!r} is already in use"))
+        first = owners.get(plugin.id)
+        if first is not None:
+            # The id names its account, uid, credentials, data and status entry:
+            # the first owner keeps all of them, and the newcomer gets nothing.
+            result.rejected.append(Rejection(
+                plugin.id, ID_CONFLICT,
+                f"plugin id {plugin.id!r}{_from(plugin)} already belongs to the plugin{_from(first)}; "
+                "names are compared lowercased with '_' as '-', so rename one of them",
+                plugin.source))
             continue
         conflicts: list[tuple[str, str]] = []
         subjects = plugin.spec.command_subjects()
@@ -82,9 +108,10 @@ def resolve(plugins: list[Plugin]) -> Ownership:
             # Command conflicts are the more specific (and more common) diagnosis.
             reason = COMMAND_CONFLICT if any(r == COMMAND_CONFLICT for r, _ in conflicts) else SUBJECT_CONFLICT
             message = "; ".join(dict.fromkeys(m for _, m in conflicts))
-            result.rejected.append(Rejection(plugin.id, reason, message))
+            result.rejected.append(Rejection(plugin.id, reason, message, plugin.source))
             continue
         result.accepted.append(plugin)
+        owners[plugin.id] = plugin
         for token in plugin.namespace_claims():
             result.namespaces[token] = plugin.id
         for word, subject in subjects.items():

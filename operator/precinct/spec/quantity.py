@@ -40,7 +40,7 @@ def parse_quantity(value: object) -> Decimal:
         raise QuantityError(f"expected {HELP}, got {type(value).__name__}")
     if len(text) > 64:
         raise QuantityError(f"expected {HELP}, got a {len(text)}-character string")
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if not match:
         raise QuantityError(f"expected {HELP}, got {text!r}")
     try:
