@@ -65,6 +65,15 @@ async def settle(nc: Client) -> None:
     await nc.flush()
 
 
+async def serve_once(nc: Client, subject: str, answer: bytes) -> None:
+    """Answer every request on `subject` with `answer`, subscribed for sure."""
+    async def respond(msg: Msg) -> None:
+        await msg.respond(answer)
+
+    await nc.subscribe(subject, cb=respond)
+    await settle(nc)
+
+
 @dataclass
 class Conn:
     """A client plus everything the server told it."""

@@ -212,7 +212,7 @@ def test_spec_schema_shapes():
         assert props[free] == {
             "type": "object", "description": props[free]["description"], "x-kubernetes-preserve-unknown-fields": True,
         }
-    assert props["commands"]["additionalProperties"] == {"type": "string"}
+    assert props["commands"]["additionalProperties"] == {"type": "string", "maxLength": 128}
     assert props["commands"]["maxProperties"] == 64
     rate = props["resources"]["properties"]["rateLimits"]["properties"]["messagesPerSecond"]
     assert (rate["minimum"], rate["exclusiveMinimum"], rate["maximum"]) == (0, True, 10000)

@@ -9,7 +9,7 @@ import pytest
 from precinct.plan import permissions_doc
 from precinct.plan.sandbox import CHAT_IN_SUBJECTS, compile_plan, core_account, platform_account
 from precinct.spec.model import load_manifest
-from precinct.spec.ownership import COMMAND_CONFLICT, SUBJECT_CONFLICT, Plugin, resolve
+from precinct.spec.ownership import COMMAND_CONFLICT, ID_CONFLICT, SUBJECT_CONFLICT, Plugin, resolve
 
 ROOT = Path(__file__).parents[1]
 
@@ -92,3 +92,25 @@ def test_namespaces_are_exclusive_even_when_ids_look_alike(clash):
     owner = plugin("a-b")
     other = plugin("a", **clash)
     assert [p.id for p in resolve([owner, other]).accepted] == ["a-b"]
+
+
+def test_two_names_that_fold_to_one_id_get_one_owner():
+    """`Vault` beside `vault`: the first in claim order keeps the id (and with it
+    the account, uid, creds and data); the other is rejected naming both."""
+    m1, m2 = (load_manifest({"name": n, "version": "1"}) for n in ("vault", "Vault"))
+    owner, intruder = Plugin(m1.id, m1.without_name(), "vault"), Plugin(m2.id, m2.without_name(), "Vault")
+    result = resolve([owner, intruder])
+    assert [p.source for p in result.accepted] == ["vault"]
+    (rejection,) = result.rejected
+    assert (rejection.plugin, rejection.reason, rejection.source) == ("vault", ID_CONFLICT, "Vault")
+    assert "(from Vault)" in rejection.message and "(from vault)" in rejection.message
+    assert [p.source for p in resolve([intruder, owner]).accepted] == ["Vault"]   # order decides
+
+
+def test_a_withdrawn_plugin_gives_back_every_claim():
+    first, second = plugin("first", commands={"roll": "dice.roll"}), plugin("second", commands={"flip": "coin.flip"})
+    result = resolve([first, second])
+    result.withdraw("first", "FleetFull", "no room")
+    assert [p.id for p in result.accepted] == ["second"]
+    assert result.routes() == {"flip": "rosey.command.coin.flip"}
+    assert "dice" not in result.namespaces and result.rejected[-1].reason == "FleetFull"

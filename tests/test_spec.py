@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 from precinct.spec import quantity
-from precinct.spec.identity import canonical_id, kubernetes_id
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from precinct.spec import model
+from precinct.spec.identity import K8S_HASH_DIGITS, canonical_id, kubernetes_id
 from precinct.spec.load import load_path
-from precinct.spec.model import Manifest, Permission, load_botplugin_spec, load_manifest
+from precinct.spec.model import BotPluginSpec, Manifest, Permission, load_botplugin_spec, load_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -65,6 +70,94 @@ def test_ids():
     long = kubernetes_id("n" * 40, "p" * 40)
     assert len(long) <= 63 and long.startswith("n" * 10)
     assert long != kubernetes_id("n" * 40, "p" * 39 + "q")
+
+
+def test_kubernetes_ids_cannot_collide_across_namespaces():
+    # `a-b/c` and `a/b-c` were both `a-b-c`: one account, storage and creds for two plugins.
+    assert kubernetes_id("a-b", "c") != kubernetes_id("a", "b-c")
+    assert kubernetes_id("a", "b-c") == "a-b-c"                      # readable where unambiguous
+    hashed = kubernetes_id("a-b", "c")
+    assert hashed.startswith("a-b-c-") and len(hashed.rsplit("-", 1)[1]) == K8S_HASH_DIGITS
+    # A name made to look like someone's hashed id is hashed itself, so it cannot land on it.
+    lookalike = hashed.split("-", 1)[1]                               # "b-c-<digits>"
+    assert kubernetes_id("a", lookalike) != hashed
+    for ns, name in (("a-b", "c"), ("a", lookalike), ("n" * 63, "p" * 63)):
+        assert canonical_id(kubernetes_id(ns, name)) == kubernetes_id(ns, name)   # still a DNS-1123 label
+
+
+LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+@given(st.lists(st.tuples(LABEL, LABEL), min_size=2, max_size=30, unique=True))
+def test_kubernetes_ids_are_injective(pairs):
+    ids = [kubernetes_id(ns, name) for ns, name in pairs]
+    assert len(set(ids)) == len(ids), list(zip(pairs, ids))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", "vault\n"), ("version", "1.0.0\n"), ("subject_namespace", "vault\n"), ("events", ["trivia\n"]),
+    ("commands", {"roll\n": "dice.roll"}), ("commands", {"roll": "dice\n.roll"}), ("commands", {"roll": "dice.roll\n"}),
+    ("entrypoint", "plugin:Dice\n"),
+])
+def test_patterns_match_whole_strings(field, value):
+    """`re.match` lets `$` match before a trailing newline; every check is whole-string."""
+    with pytest.raises(ValidationError):
+        load_manifest({"name": "x", "version": "1", field: value})
+
+
+def _refusal(**fields) -> str:
+    with pytest.raises(ValidationError) as exc:
+        load_manifest({"name": "x", "version": "1", **fields})
+    return str(exc.value)
+
+
+def test_every_field_that_reaches_a_jwt_subject_or_file_is_bounded():
+    assert "at most 64" in _refusal(commands={f"c{i}": f"x.a{i}" for i in range(model.MAX_COMMANDS + 1)})
+    assert "is 65 characters; at most 64" in _refusal(commands={"go": "x." + "a" * 65})
+    assert "at most 63" in _refusal(commands={"go": "n" * 64 + ".go"})
+    assert "at most 63" in _refusal(subject_namespace="n" * 64)
+    assert "5 namespaces" in _refusal(commands={f"c{i}": f"ns{i}.go" for i in range(5)})
+    assert "at most 8" in _refusal(events=[f"e{i}" for i in range(9)])
+    assert "config is 65,5" in _refusal(config={"blob": "x" * 65_536})
+    assert "config_schema is" in _refusal(config_schema={"description": "x" * 65_536})
+    # At the bounds, everything still validates.
+    load_manifest({"name": "x", "version": "1", "events": [f"e{i}" for i in range(8)], "config": {"b": "x" * 60_000},
+                   "commands": {f"c{i}": f"ns{i % 4}." + "a" * 62 + f"{i:02d}" for i in range(64)}})
+
+
+def _unbounded(schema: dict, defs: dict, path: str) -> list[str]:
+    """Every string needs maxLength (or an enum), every list maxItems, every map maxProperties."""
+    if "$ref" in schema:
+        return _unbounded(defs[schema["$ref"].rsplit("/", 1)[1]], defs, path)
+    found = []
+    for option in schema.get("anyOf", []):
+        found += _unbounded(option, defs, path)
+    kind = schema.get("type")
+    if kind == "string" and "maxLength" not in schema and "enum" not in schema:
+        found.append(path)
+    if kind == "array":
+        found += [path] if "maxItems" not in schema else []
+        found += _unbounded(schema.get("items", {}), defs, path + "[]")
+    if kind == "object":
+        if schema.get("additionalProperties") and "maxProperties" not in schema:
+            found.append(path)
+        for name, sub in schema.get("properties", {}).items():
+            found += _unbounded(sub, defs, f"{path}.{name}")
+        if isinstance(schema.get("additionalProperties"), dict):
+            found += _unbounded(schema["additionalProperties"], defs, path + ".*")
+    return found
+
+
+# Free-form JSON: bounded by their size as JSON (MAX_CONFIG_BYTES, MAX_CONFIG_SCHEMA_BYTES);
+# quantities: int-or-string, the parser refuses strings over 64 characters.
+SIZE_CHECKED = {".config", ".config_schema", ".resources.cpu_limit", ".resources.memory_limit", ".resources.disk_limit"}
+
+
+@pytest.mark.parametrize("cls", [Manifest, BotPluginSpec])
+def test_new_fields_get_bounds_too(cls):
+    schema = cls.model_json_schema(by_alias=False)
+    missing = [p for p in _unbounded(schema, schema.get("$defs", {}), "") if p not in SIZE_CHECKED]
+    assert not missing, f"manifest fields without a bound (docs/manifest.md#bounds): {missing}"
 
 
 def test_write_implies_read():

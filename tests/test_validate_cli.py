@@ -83,6 +83,37 @@ def test_command_conflict_is_rejected_for_the_second_claimant(tmp_path):
     assert "a-dice/plugin.yaml" not in out
 
 
+def test_names_that_fold_to_one_id_are_refused_naming_both_folders(tmp_path):
+    for folder, name in (("vault", "vault"), ("Vault", "Vault"), ("vault-copy", "VAULT")):
+        (tmp_path / folder).mkdir()
+        write(tmp_path / folder, f"name: {name}\nversion: '1'\n")
+    code, out = run(str(tmp_path))   # folder-name order, as `precinct up` on a fresh state dir
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert len(lines) == 2, out
+    assert lines[0].startswith(f"{tmp_path}/vault/plugin.yaml: name: IdConflict: plugin id 'vault'")
+    assert f"already belongs to the plugin (from {tmp_path}/Vault/plugin.yaml)" in lines[0]
+    assert lines[1].startswith(f"{tmp_path}/vault-copy/plugin.yaml: name: IdConflict")
+
+
+def test_fleet_past_the_ceiling_is_refused_per_plugin(tmp_path):
+    """A plugin at the manifest bounds (64 commands, long namespaces and actions)
+    adds about 22 KB to the core account's JWT: the ceiling refuses the ones that
+    do not fit, each on its own line, and admits the rest."""
+    for n in range(40):
+        folder = tmp_path / f"big{n:02d}"
+        folder.mkdir()
+        commands = "".join(f"  w{n}x{i}: b{n:02d}{'n' * 58}{i % 4}.{'a' * 62}{i:02d}\n" for i in range(64))
+        write(folder, f"name: big{n:02d}\nversion: '1'\ncommands:\n{commands}")
+    code, out = run(str(tmp_path))
+    assert code == 1
+    refused = [line for line in out.splitlines() if "FleetFull" in line]
+    assert 0 < len(refused) < 40 and len(refused) == len(out.strip().splitlines()), out[-2000:]
+    assert refused[0].startswith(f"{tmp_path}/big") and "(fleet): FleetFull: the fleet is full" in refused[0]
+    assert "core account's JWT would be" in refused[0] and "over the limit of 786,432" in refused[0]
+    assert refused[-1].startswith(f"{tmp_path}/big39/")
+
+
 def test_json_report(tmp_path):
     path = write(tmp_path, "name: x\nversion: '1'\nresources: {pids_limit: 0}\n")
     result = runner.invoke(app, ["validate", "--json", str(path)])

@@ -32,6 +32,10 @@ HOST = "127.0.0.1"
 BINARY = "nats-server"
 LOG_SIZE_LIMIT = 64 * 2**20   # bytes per log file before the server rotates it
 LOG_MAX_FILES = 3             # rotated files kept
+# A client's CONNECT line carries its user JWT, which lists the plugin's
+# subjects: at the manifest bounds (64 commands, 63-character namespaces,
+# 64-character actions) that is about 18 KiB, past the server's 4 KiB default.
+MAX_CONTROL_LINE = 64 * 1024
 
 
 class NatsServerError(RuntimeError):
@@ -103,6 +107,7 @@ def render_config(
         "resolver_preload: {",
         *(f"  {key}: {_quote(token)}" for key, token in sorted(preload.items())),
         "}",
+        f"max_control_line: {MAX_CONTROL_LINE}",
         f"log_file: {_quote(str(log_file))}",
         "logtime: true",
         f"logfile_size_limit: {LOG_SIZE_LIMIT}",

@@ -218,7 +218,8 @@ class PluginSpec(_Model):
     entrypoint: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=200)] | None = Field(
         None, description="module:Class in the plugin folder; default: the one plugin class in plugin.py."
     )
-    commands: dict[str, str] = Field(
+    # Chat words (the keys) are 1-32 characters, checked by _commands.
+    commands: dict[str, Annotated[str, StringConstraints(max_length=MAX_TOKEN + 1 + MAX_ACTION)]] = Field(
         default_factory=dict,
         description="Chat word -> '<namespace>.<action>', served on rosey.command.<namespace>.<action>.",
         max_length=MAX_COMMANDS,
