@@ -231,6 +231,14 @@ class PluginSpec(_Model):
     config: dict[str, Any] = Field(default_factory=dict, description="Passed to the plugin's constructor.")
     config_schema: dict[str, Any] | None = Field(None, description="JSON Schema the config must satisfy.")
 
+    @field_validator("commands", mode="before")
+    @classmethod
+    def _command_count(cls, value: Any) -> Any:
+        # Counted before anything else, so a huge table gets one line, not one per entry.
+        if isinstance(value, dict) and len(value) > MAX_COMMANDS:
+            raise ValueError(f"{len(value)} commands; a plugin may declare at most {MAX_COMMANDS}")
+        return value
+
     @field_validator("commands")
     @classmethod
     def _commands(cls, value: dict[str, str]) -> dict[str, str]:
