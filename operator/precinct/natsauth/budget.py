@@ -90,8 +90,10 @@ class Fit:
     sizes: dict[str, int]          # role -> estimated JWT bytes with the admitted plans
 
 
-def fit(plans: Sequence[SandboxPlan], limit: int = SHARED_JWT_LIMIT) -> Fit:
-    """Admit plans in the given (claim) order while both shared JWTs stay under `limit`."""
+def fit(plans: Sequence[SandboxPlan], limit: int | None = None) -> Fit:
+    """Admit plans in the given (claim) order while both shared JWTs stay
+    under `limit` (default SHARED_JWT_LIMIT)."""
+    limit = SHARED_JWT_LIMIT if limit is None else limit
     totals = {CORE: _base(CORE), PLATFORM: _base(PLATFORM)}
     admitted: list[SandboxPlan] = []
     refused: list[Refusal] = []

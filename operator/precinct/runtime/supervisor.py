@@ -598,7 +598,7 @@ class Supervisor:
             # Keyed by plugin id (folder name if the manifest has none); a
             # folder whose id another plugin owns appears as `<id>@<folder>`.
             key = info.get("id") or folder
-            if key in plugins:
+            if key in plugins or info["reason"] == ID_CONFLICT:
                 key = f"{key}@{folder}"
             while key in plugins:
                 key += "+"

@@ -1,0 +1,120 @@
+"""The supervisor's scan of the plugins dir, in process and without starting
+anything: who gets each plugin id (running plugin, then the folder recorded
+before a restart, then folder-name order), and that a plugin refused after
+validation (fleet ceiling, a plan that cannot be compiled) is rejected alone.
+End to end with a real `precinct up`: tests/attacks/test_identity.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from precinct.natsauth import budget
+from precinct.runtime import supervisor as sup_module
+from precinct.runtime.slot import Confinement
+from precinct.runtime.supervisor import Supervisor
+
+
+def folder(plugins: Path, name: str, manifest: str) -> None:
+    (plugins / name).mkdir(parents=True, exist_ok=True)
+    (plugins / name / "plugin.yaml").write_text(manifest)
+    (plugins / name / "plugin.py").write_text("class P:\n    pass\n")
+
+
+def supervisor(tmp_path: Path) -> Supervisor:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return Supervisor(tmp_path / "plugins", state, confinement=Confinement())
+
+
+def scan(sup: Supervisor) -> dict:
+    """Scan as the supervisor does, treat the result as running, return status."""
+    sup.entries = {e.plugin.id: e for e in sup._scan()}
+    return asyncio.run(sup._op_status({}))["plugins"]
+
+
+def ready(info: dict) -> dict:
+    return next(c for c in info["conditions"] if c["type"] == "Ready")
+
+
+def test_a_running_plugin_keeps_its_id_live_and_across_restarts(tmp_path):
+    plugins = tmp_path / "plugins"
+    folder(plugins, "vault", "name: vault\nversion: '1'\ncommands: {open: vault.open}\n")
+    first = supervisor(tmp_path)
+    assert set(scan(first)) == {"vault"}
+
+    # Live: `Vault` sorts before `vault` but arrives second; vault keeps the id.
+    folder(plugins, "Vault", "name: Vault\nversion: '6'\ncommands: {peek: vault.peek}\n")
+    status = scan(first)
+    assert status["vault"]["folder"].endswith("/vault") and "state" in status["vault"]
+    intruder = status["vault@Vault"]
+    assert intruder["state"] == "Rejected" and intruder["folder"] == "Vault" and intruder["id"] == "vault"
+    assert ready(intruder)["reason"] == "IdConflict"
+    assert "(from Vault)" in ready(intruder)["message"] and "(from vault)" in ready(intruder)["message"]
+    assert first.routes == {"open": "rosey.command.vault.open"}
+
+    # Restart: nothing runs yet, folder-name order alone would pick `Vault`.
+    second = supervisor(tmp_path)
+    second.owners = second._read_owners()
+    status = scan(second)
+    assert status["vault"]["folder"].endswith("/vault") and ready(status["vault@Vault"])["reason"] == "IdConflict"
+
+    # The owner's manifest broken for a while: the id stays reserved for its folder.
+    third = supervisor(tmp_path)
+    third.owners = third._read_owners()
+    (plugins / "vault" / "plugin.yaml").write_text("name: vault\nversion: [broken\n")
+    status = scan(third)
+    assert "vault" not in third.entries
+    assert ready(status["vault@Vault"])["reason"] == "IdConflict" and "invalid right now" in ready(status["vault@Vault"])["message"]
+    assert status["vault"]["state"] == "Rejected" and ready(status["vault"])["reason"] == "InvalidManifest"
+
+
+def test_without_a_recorded_owner_folder_name_order_decides(tmp_path):
+    plugins = tmp_path / "plugins"
+    folder(plugins, "my_bot", "name: my_bot\nversion: '1'\n")
+    folder(plugins, "my-bot", "name: my-bot\nversion: '1'\n")
+    status = scan(supervisor(tmp_path))
+    assert status["my-bot"]["folder"].endswith("/my-bot")
+    assert ready(status["my-bot@my_bot"])["reason"] == "IdConflict"
+
+
+def test_plugins_past_the_fleet_ceiling_are_rejected_alone(tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    for name in ("a", "b", "c"):
+        folder(plugins, name, f"name: {name}\nversion: '1'\ncommands: {{{name}: {name}.go}}\n"
+                              "permissions: [send_messages]\n")
+    entries = supervisor(tmp_path)._scan()
+    assert [e.plugin.id for e in entries] == ["a", "b", "c"]    # all fit the real ceiling
+    # A ceiling that holds exactly two of them.
+    monkeypatch.setattr(budget, "SHARED_JWT_LIMIT", max(budget.fit([e.plan for e in entries[:2]]).sizes.values()) + 10)
+    status = scan(supervisor(tmp_path))
+    assert {k for k, v in status.items() if v["state"] != "Rejected"} == {"a", "b"}
+    assert ready(status["c"])["reason"] == "FleetFull" and "the fleet is full" in ready(status["c"])["message"]
+
+
+def test_a_plan_that_cannot_be_compiled_rejects_only_that_plugin(tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    folder(plugins, "good", "name: good\nversion: '1'\ncommands: {hi: good.hi}\n")
+    folder(plugins, "odd", "name: odd\nversion: '1'\ncommands: {odd: odd.go}\n")
+    real = sup_module.compile_plan
+
+    def compile_plan(plugin):
+        if plugin.id == "odd":
+            raise ValueError("something this plugin's spec triggers")
+        return real(plugin)
+
+    monkeypatch.setattr(sup_module, "compile_plan", compile_plan)
+    sup = supervisor(tmp_path)
+    status = scan(sup)
+    assert set(sup.entries) == {"good"} and sup.routes == {"hi": "rosey.command.good.hi"}
+    assert ready(status["odd"])["reason"] == "InvalidPlan"
+    assert "something this plugin's spec triggers" in ready(status["odd"])["message"]
+
+
+@pytest.mark.parametrize("damaged", ["", "not json", "[1, 2]"])
+def test_a_damaged_owners_file_falls_back_to_folder_order(tmp_path, damaged):
+    sup = supervisor(tmp_path)
+    (sup.state_dir / sup_module.OWNERS_NAME).write_text(damaged)
+    assert sup._read_owners() == {}
