@@ -385,11 +385,14 @@ class Supervisor:
             await self.entries.pop(pid).slot.stop()
             if pid not in wanted:
                 self.rollouts.forget(pid)
-        plans = [e.plan for e in wanted.values()]
+        # Plugins the server already knows (moved ones keep their account); new
+        # ones are pushed last, by _sync_newcomers, so one refused account
+        # cannot block removals, hot reloads or the rest of the fleet.
+        known = [pid for pid in wanted if pid not in added or pid in moved]
         if not changed:
-            await self.identity.sync(plans)  # revokes removed plugins live
+            await self.identity.sync([wanted[pid].plan for pid in known])  # revokes removed plugins live
         for pid in changed:  # each rollout syncs identity itself, with only its own plugin's new plan
-            current = [wanted[q].plan if q == pid or q not in self.entries else self.entries[q].plan for q in wanted]
+            current = [wanted[q].plan if q == pid or q not in self.entries else self.entries[q].plan for q in known]
             await self.rollouts.replace(self.entries[pid], wanted[pid], current)
         for pid in added:
             self.entries[pid] = wanted[pid]
