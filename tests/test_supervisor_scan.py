@@ -118,3 +118,18 @@ def test_a_damaged_owners_file_falls_back_to_folder_order(tmp_path, damaged):
     sup = supervisor(tmp_path)
     (sup.state_dir / sup_module.OWNERS_NAME).write_text(damaged)
     assert sup._read_owners() == {}
+
+
+def test_an_owner_refused_for_another_reason_keeps_its_id(tmp_path):
+    plugins = tmp_path / "plugins"
+    folder(plugins, "dice", "name: dice\nversion: '1'\ncommands: {roll: dice.roll}\n")
+    folder(plugins, "vault", "name: vault\nversion: '1'\ncommands: {open: vault.open}\n")
+    sup = supervisor(tmp_path)
+    scan(sup)
+    folder(plugins, "Vault", "name: Vault\nversion: '6'\n")
+    # vault's new manifest claims dice's command: vault is refused, and must not lose its id to `Vault`.
+    (plugins / "vault" / "plugin.yaml").write_text("name: vault\nversion: '2'\ncommands: {roll: vault.roll}\n")
+    status = scan(sup)
+    assert set(sup.entries) == {"dice"}
+    assert ready(status["vault"])["reason"] == "CommandConflict"
+    assert ready(status["vault@Vault"])["reason"] == "IdConflict"

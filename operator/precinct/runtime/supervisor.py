@@ -37,7 +37,7 @@ from .. import conditions as cond
 from ..plan.fleet import as_plugin
 from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
 from ..spec.load import Problem, find_manifest, load_path
-from ..spec.ownership import ID_CONFLICT, Plugin, resolve
+from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
 from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
@@ -267,12 +267,13 @@ class Supervisor:
         for folder in order:
             plugin = loaded[folder]
             owner = owners.get(plugin.id)
-            if owner is not None and owner != folder.name and not any(loaded[f].id == plugin.id for f in running):
-                if (self.plugins_dir / owner) not in loaded:   # the owner's manifest is invalid right now
-                    self._reject(folder.name, plugin.id, ID_CONFLICT, [
-                        f"plugin id {plugin.id!r} (from {folder.name}) already belongs to the plugin (from {owner}), "
-                        "whose manifest is invalid right now; names are compared lowercased with '_' as '-', "
-                        "so rename one of them"])
+            if owner is not None and owner != folder.name:
+                # Reserved while the owner's folder claims the id, even if that
+                # plugin is itself refused (a conflict, a broken manifest).
+                mine = loaded.get(self.plugins_dir / owner)
+                if mine is None or mine.id == plugin.id:
+                    why = ", whose manifest is invalid right now" if mine is None else ""
+                    self._reject(folder.name, plugin.id, ID_CONFLICT, [id_conflict(plugin.id, folder.name, owner, why)])
                     continue
             candidates.append(plugin)
         ownership = resolve(candidates)

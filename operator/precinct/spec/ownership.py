@@ -43,8 +43,14 @@ class Rejection:
     source: str = ""
 
 
-def _from(plugin: Plugin) -> str:
-    return f" (from {plugin.source})" if plugin.source else ""
+def _from(source: str) -> str:
+    return f" (from {source})" if source else ""
+
+
+def id_conflict(plugin_id: str, newcomer: str, owner: str, why: str = "") -> str:
+    """The message for a second claimant of a plugin id, naming both sources."""
+    return (f"plugin id {plugin_id!r}{_from(newcomer)} already belongs to the plugin{_from(owner)}{why}; "
+            "names are compared lowercased with '_' as '-', so rename one of them")
 
 
 @dataclass
@@ -85,11 +91,8 @@ def resolve(plugins: list[Plugin]) -> Ownership:
         if first is not None:
             # The id names its account, uid, credentials, data and status entry:
             # the first owner keeps all of them, and the newcomer gets nothing.
-            result.rejected.append(Rejection(
-                plugin.id, ID_CONFLICT,
-                f"plugin id {plugin.id!r}{_from(plugin)} already belongs to the plugin{_from(first)}; "
-                "names are compared lowercased with '_' as '-', so rename one of them",
-                plugin.source))
+            result.rejected.append(Rejection(plugin.id, ID_CONFLICT, id_conflict(plugin.id, plugin.source, first.source),
+                                             plugin.source))
             continue
         conflicts: list[tuple[str, str]] = []
         subjects = plugin.spec.command_subjects()
