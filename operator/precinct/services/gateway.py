@@ -60,19 +60,18 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import nats
 from nats.errors import SlowConsumerError
 
-from ..plan.sandbox import violations_subject
 from .buckets import TokenBucket
 from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .serverlog import LogTail, parse_violation
+from .violationevents import REPORT_INTERVAL, Aggregator, publish_events
 
 log = logging.getLogger("precinct.gateway")
 
@@ -82,21 +81,14 @@ PLUGIN_HEADER = "Precinct-Plugin"
 RATE_LIMIT, PERMISSION, DUPLICATE_REPLY, OVERFLOW = "rate_limit", "permission", "duplicate_reply", "overflow"
 SOURCE_GATEWAY, SOURCE_LOG = "gateway", "nats-server-log"
 
-REPORT_INTERVAL = 2.0         # seconds a violation window lasts
 NONCE_TTL = 600.0             # seconds a payload-reply nonce is remembered
 NONCES_PER_PLUGIN = 10_000    # bound on remembered nonces per plugin (oldest forgotten first)
-MAX_SAMPLE_SUBJECTS = 10      # distinct subjects listed per event
-MAX_SUBJECT_IN_EVENT = 256    # characters
 LOG_POLL = 0.25               # seconds between reads of the server log
 STALE_LOG_LINE = 600.0        # log lines older than this are not reported
 PENDING_MSGS = 8_192          # per-plugin buffer in the gateway before it drops unread...
 PENDING_BYTES = 8 * 2**20     # ...or this many bytes (16 messages of the largest size)
 CUT_SUBJECT = "(connection cut by the server: slow consumer)"
 VERDICT_CACHE = 4096          # remembered subject checks per plugin
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -108,45 +100,6 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(s) or (token != "*" and token != s[i]):  # nosec B105 - a NATS subject wildcard, not a password
             return False
     return len(p) == len(s)
-
-
-# -- violation windows ------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    count: int = 0
-    first: float = 0.0
-    last: float = 0.0
-    subjects: list[str] = field(default_factory=list)
-
-
-class Aggregator:
-    """Counts violations per (plugin, kind, source) until drained."""
-
-    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
-        self.interval = interval
-        self._windows: dict[tuple[str, str, str], _Window] = {}
-
-    def add(self, plugin: str, kind: str, subject: str, source: str, at: float | None = None, count: int = 1) -> None:
-        at = time.time() if at is None else at
-        window = self._windows.get((plugin, kind, source))
-        if window is None:
-            window = self._windows[(plugin, kind, source)] = _Window(first=at, last=at)
-        window.count += count
-        window.first, window.last = min(window.first, at), max(window.last, at)
-        subject = subject[:MAX_SUBJECT_IN_EVENT]
-        if len(window.subjects) < MAX_SAMPLE_SUBJECTS and subject not in window.subjects:
-            window.subjects.append(subject)
-
-    def drain(self) -> list[dict[str, Any]]:
-        windows, self._windows = self._windows, {}
-        return [
-            {"plugin": plugin, "kind": kind, "subject": w.subjects[0] if w.subjects else "",
-             "subjects": w.subjects, "count": w.count, "first": iso(w.first), "last": iso(w.last),
-             "source": source, "window_seconds": self.interval}
-            for (plugin, kind, source), w in windows.items()
-        ]
 
 
 # -- one plugin's state --------------------------------------------------------------
@@ -443,15 +396,7 @@ class Gateway:
     # -- reporting --------------------------------------------------------------------
 
     async def report(self) -> list[dict[str, Any]]:
-        events = self.aggregator.drain()
-        for event in events:
-            log.warning("violation: %s %s x%d (%s) on %s", event["plugin"], event["kind"], event["count"],
-                        event["source"], event["subject"])
-            try:
-                await self.nc.publish(violations_subject(event["plugin"]), json.dumps(event).encode())
-            except Exception:  # noqa: BLE001 - reconnecting; the counters still hold it
-                log.exception("gateway: cannot publish a violation event")
-        return events
+        return await publish_events(self.nc, self.aggregator, log)
 
     async def _report_loop(self) -> None:
         while True:
