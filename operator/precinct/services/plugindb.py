@@ -15,12 +15,14 @@ authorizer, for every statement), ATTACH is refused, and SQLite's own temp
 data (sorts, materialized subqueries) stays in memory (`temp_store=MEMORY`),
 where the heap ceilings below hold it, never in a file beside the quota.
 
-Cost of one statement: SQLite checks the deadline (a progress handler) only
-between VM operations, so one operation must stay cheap. Any string, blob or
-row is at most MAX_VALUE_BYTES (SQLITE_LIMIT_LENGTH, so `randomblob(150e6)`
-fails at once) and a LIKE pattern at most MAX_LIKE_PATTERN characters: the
-worst LIKE over the largest value then takes well under a second, and the
-deadline holds to within that.
+Deadline: a watchdog thread calls `sqlite3_interrupt()` on a connection
+whose statement outlives its deadline. SQLite notices that between VM
+operations, so one operation must stay cheap: any string, blob or row is at
+most MAX_VALUE_BYTES (SQLITE_LIMIT_LENGTH, so `randomblob(150e6)` fails at
+once) and a LIKE pattern at most MAX_LIKE_PATTERN characters, so the worst
+LIKE over the largest value takes a fraction of a second, and the deadline
+holds to within that. (A progress handler alone is not enough: it runs every
+N operations, and a LIKE over 24 large rows is only a few hundred of them.)
 
 Every method here is synchronous and must be called by one thread at a time
 (the service holds a per-plugin lock around each call).
@@ -36,7 +38,10 @@ import math
 import os
 import re
 import sqlite3
+import heapq
+import itertools
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +71,8 @@ UP_MARKER = re.compile(r"^\s*--\s*up\s*$", re.IGNORECASE | re.MULTILINE)
 DOWN_MARKER = re.compile(r"^\s*--\s*down\s*$", re.IGNORECASE | re.MULTILINE)
 INTERNAL_PREFIXES = ("precinct_", "sqlite_")
 
-MAX_VALUE_BYTES = 512 * 1024   # SQLITE_LIMIT_LENGTH: any one string, blob or row (a request is at most 256 KiB)
-MAX_LIKE_PATTERN = 256         # SQLITE_LIMIT_LIKE_PATTERN_LENGTH
+MAX_VALUE_BYTES = 320 * 1024   # SQLITE_LIMIT_LENGTH: any one string, blob or row (a request is at most 256 KiB)
+MAX_LIKE_PATTERN = 100         # SQLITE_LIMIT_LIKE_PATTERN_LENGTH
 MAX_SQL_BYTES = MAX_MIGRATION_FILE
 SQLITE_LIMITS = {
     sqlite3.SQLITE_LIMIT_LENGTH: MAX_VALUE_BYTES,
@@ -254,6 +259,59 @@ def _migration_authorizer(action: int, arg1, arg2, db_name, _trigger) -> int:
     return sqlite3.SQLITE_OK
 
 
+# -- the deadline ------------------------------------------------------------------------
+
+
+class _Watchdog:
+    """One daemon thread that interrupts connections past their deadline.
+    `arm` returns a token; `disarm(token)` before the connection is used
+    again (an interrupt that lands after the statement finished is a no-op:
+    SQLite clears it when the next statement starts)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, sqlite3.Connection] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: sqlite3.Connection, seconds: float) -> int:
+        token = next(self._ids)
+        with self._cond:
+            self._due[token] = conn
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sqlite-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._due.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._due:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                end, token = self._heap[0]
+                wait = end - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                conn = self._due.pop(token)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.interrupt()
+
+
+_WATCHDOG = _Watchdog()
+
+
 # -- the database ------------------------------------------------------------------------
 
 
@@ -336,11 +394,14 @@ class PluginDB:
     def _deadline(self, seconds: float) -> Iterator[None]:
         end = time.monotonic() + seconds
         self._deadline_seconds = seconds
-        self.db.set_progress_handler(lambda: 1 if time.monotonic() > end else 0, 10_000)
+        db = self.db
+        db.set_progress_handler(lambda: 1 if time.monotonic() > end else 0, 10_000)
+        token = _WATCHDOG.arm(db, seconds)
         try:
             yield
         finally:
-            self.db.set_progress_handler(None, 0)
+            _WATCHDOG.disarm(token)
+            db.set_progress_handler(None, 0)
 
     def _translate(self, exc: sqlite3.Error | MemoryError) -> StorageError:
         text = str(exc)

@@ -166,6 +166,7 @@ class Tenant:
     bucket: TokenBucket
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     counters: Counters = field(default_factory=Counters)
+    used_bytes: int | None = None     # as of its last request (stats never wait behind its queue)
 
 
 class StorageService:
@@ -179,6 +180,7 @@ class StorageService:
         self._inflight: set[asyncio.Task] = set()
         self._per_plugin: dict[str, int] = {}
         self._busy_unknown = 0
+        self._stopping = False
         self._subs: list = []
         self.aggregator = Aggregator(report_interval)
         self.report_interval = report_interval
@@ -207,6 +209,7 @@ class StorageService:
             await publish_events(self.nc, self.aggregator, log)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._reporter is not None:
             self._reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -362,6 +365,8 @@ class StorageService:
         try:
             request = parse_request(data)
             async with tenant.lock:
+                if self._stopping:
+                    raise StorageError("UNAVAILABLE", "the storage service is restarting; retry shortly")
                 if operation == STATUS_OPERATION:
                     folder = entry.get("folder")
                     result = await self._run(tenant.db.migration_status, Path(folder) if folder else None)
@@ -466,11 +471,12 @@ class StorageService:
     async def _on_stats(self, msg) -> None:
         stats = {}
         for pid, tenant in sorted(self.tenants.items()):
-            size = None
-            if tenant.db.conn is not None:
+            # A plugin busy with a long queue keeps its last known size: stats
+            # must not wait behind it.
+            if tenant.db.conn is not None and not tenant.lock.locked():
                 async with tenant.lock:
-                    size = await self._run(tenant.db.usage)
-            stats[pid] = {**vars(tenant.counters), "used_bytes": size, "limit_bytes": tenant.db.max_bytes,
+                    tenant.used_bytes = await self._run(tenant.db.usage)
+            stats[pid] = {**vars(tenant.counters), "used_bytes": tenant.used_bytes, "limit_bytes": tenant.db.max_bytes,
                           "in_flight": self._per_plugin.get(pid, 0)}
         await self._respond(msg, {"success": True, "plugins": stats, "busy_unknown": self._busy_unknown,
                                   "in_flight": len(self._inflight),
