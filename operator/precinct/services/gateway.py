@@ -249,9 +249,9 @@ class Gateway:
         results = await asyncio.gather(*(self._open_link(state) for state in new), return_exceptions=True)
         for state, result in zip(new, results):
             if isinstance(result, BaseException):
-                # Not relayed until the next sync; the others go ahead.
+                # Retried by the next sync (the fleet watch asks for one); the others go ahead.
                 log.error("gateway: cannot relay %s: %s", state.id, result)
-                self.plugins.pop(state.id, None)
+                await self._close_link(self.plugins.pop(state.id))
             else:
                 log.info("gateway: relaying %s", state.id)
 
@@ -301,7 +301,7 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                if self.fleet.reload():
+                if self.fleet.reload() or set(self.fleet.plugins) - set(self.plugins):
                     await self.sync()
             except Exception:  # noqa: BLE001 - keep relaying with the fleet we have
                 log.exception("gateway: fleet reload failed")
