@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 
+import nats
 import pytest
 from nats.aio.msg import Msg
 
@@ -113,7 +114,12 @@ async def gateway(nats_env: NatsEnv, tmp_path):
     await nats_env.sync(*plans)
     fleet = write_fleet(tmp_path / "fleet.json", plans, nats_env.identity)
     platform = await nats_env.platform()
-    gw = Gateway(platform.nc, FleetFile(fleet), report_interval=REPORT,
+
+    async def connect_link(name, error_cb, disconnected_cb):   # as serve() does: one connection per plugin
+        return await nats.connect(nats_env.server.url, user_credentials=str(nats_env.identity.platform_creds()),
+                                  name=name, error_cb=error_cb, disconnected_cb=disconnected_cb)
+
+    gw = Gateway(platform.nc, FleetFile(fleet), report_interval=REPORT, connect_link=connect_link,
                  server_log=nats_env.server.config.log_file, offset_file=tmp_path / "offset.json")
     await gw.start()
     violations = await platform.collect("precinct.violations.>")

@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin  # noqa: E402
 
 ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
-# thief is rejected (CommandConflict) and never runs; crashloop is armed last.
+# thief is rejected (CommandConflict) and never runs; crashloop is armed last;
+# tempescape and blobbomb never run either: their migrations are refused.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
-           "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "crashloop")
+           "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "eventflood", "slowquery",
+           "crashloop")
 
 
 class Bystander(threading.Thread):

@@ -302,6 +302,101 @@ def test_signalling_and_ptracing_other_processes_is_refused(fleet):
     fleet.bystander_since(since)
 
 
+# -- shared services (issue 14) ----------------------------------------------------------
+
+
+def _counts(status: dict, plugin: str) -> dict:
+    return (status["plugins"][plugin].get("violations") or {}).get("counts") or {}
+
+
+def test_a_flood_of_large_events_cannot_starve_the_gateway(fleet):
+    since = fleet.mark()
+    assert fleet.ask("!eventflood")["flooding_seconds"] > 0
+    # Refused and reported on the flooder: rate-limited, or dropped unread / its gateway connection cut (overflow).
+    status = fleet.up.wait_for(lambda s: _counts(s, "eventflood").get("rate_limit", 0)
+                               + _counts(s, "eventflood").get("overflow", 0) >= 20,
+                               "the event flood reported on eventflood", 90)
+    counts = _counts(status, "eventflood")
+    # Everyone else kept being relayed: the bystander's answers come back through the gateway.
+    fleet.bystander_since(since, at_least=3)
+    others = fleet.status()["plugins"]
+    assert not _counts({"plugins": others}, "eightball"), others["eightball"]["violations"]
+    # The gateway's shared connection was never cut: only the flooder's own may have been.
+    server_log = (fleet.state / "nats" / "nats-server.log").read_text(errors="replace")
+    cut = [line for line in server_log.splitlines() if "Slow Consumer" in line]
+    assert all("precinct-gateway:eventflood" in line for line in cut), cut[:3]
+    if cut:   # a cut is reported as overflow on the flooder
+        assert counts.get("overflow", 0) >= 1, (counts, cut[:3])
+
+
+async def test_slow_queries_of_one_plugin_cannot_make_storage_busy_for_others(fleet):
+    import asyncio
+    import json
+
+    import nats
+
+    since = fleet.mark()
+    started = await asyncio.to_thread(fleet.ask, "!slowquery")
+    assert started["registered"] and started["searches"] == 48, started
+    # Meanwhile another plugin's storage answers: requests with kvforge's own credentials.
+    endpoint = json.loads((fleet.state / "endpoint.json").read_text())
+    creds = (await asyncio.to_thread(fleet.plugin, "kvforge"))["confinement"]["creds"]
+    other = await nats.connect(endpoint["nats"], user_credentials=creds, name="attack-test-kvforge")
+    try:
+        for i in range(20):
+            body = json.dumps({"key": f"during-{i}", "value": i}).encode()
+            reply = json.loads((await other.request("rosey.db.kv.set", body, timeout=15)).data)
+            assert reply["success"], reply
+            await asyncio.sleep(0.25)
+    finally:
+        await other.close()
+    # The flood is held to slowquery's own in-flight cap and deadline, and reported on it.
+    status = await asyncio.to_thread(
+        fleet.up.wait_for, lambda s: _counts(s, "slowquery").get("storage_busy", 0) >= 1
+        and _counts(s, "slowquery").get("query_timeout", 0) >= 1,
+        "storage_busy and query_timeout reported on slowquery", 120)
+    assert not {"storage_busy", "query_timeout"} & set(_counts(status, "kvforge")), _counts(status, "kvforge")
+    await asyncio.to_thread(fleet.bystander_since, since)
+
+
+def _migration_refused(fleet, plugin: str, fragment: str) -> dict:
+    status = fleet.up.wait_for(lambda s: _counts(s, plugin).get("storage_limit", 0) >= 1,
+                               f"storage_limit reported on {plugin}", 120)
+    info = status["plugins"][plugin]
+    assert info["state"] != "Running" and info.get("pid") is None, info
+    said = " ".join(info.get("stderr_tail") or []) + " " + fleet.condition(plugin, "Ready", status).get("message", "")
+    assert "MigrationFailed" in str(info.get("last_exit")) or "migrations not applied" in said, info
+    assert fragment in said, said
+    return status
+
+
+def test_a_temp_table_in_a_migration_cannot_escape_the_disk_quota(fleet):
+    since = fleet.mark()
+    status = _migration_refused(fleet, "tempescape", "TEMP")
+    db = fleet.state / "storage" / "tempescape.db"
+    assert not db.exists() or db.stat().st_size < 4 * MiB
+    # Nothing of it lives on in a deleted temp file held by the storage service.
+    pid = status["services"]["storage"]["pid"]
+    held = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held.append(str(fd.readlink()))
+        except OSError:
+            pass
+    assert not [h for h in held if "etilqs" in h or ("(deleted)" in h and "/tmp" in h)], held
+    fleet.bystander_since(since)
+
+
+def test_a_randomblob_memory_bomb_in_a_migration_is_refused(fleet):
+    since = fleet.mark()
+    status = _migration_refused(fleet, "blobbomb", "exceed")
+    pid = status["services"]["storage"]["pid"]
+    peak = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    assert peak < 150_000_000, f"the storage service peaked at {peak} bytes"
+    fleet.bystander_since(since)
+
+
 # -- last: it keeps crashing until the fleet stops ----------------------------------------
 
 

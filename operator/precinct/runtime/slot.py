@@ -131,6 +131,7 @@ class Slot:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._quick_crashes = 0
+        self._launching = False
         self._backoff = policy.initial_backoff
         self.conditions.set(cond.READY, False, "Starting", "not started yet")
 
@@ -144,10 +145,15 @@ class Slot:
     async def stop(self, reason: str = STOPPED) -> None:
         self._stopping.set()
         self._wake.set()
+        if self._launching and self._task:
+            # Still in the launcher (e.g. waiting for migrations): nothing runs yet,
+            # and what it would start must not start after this stop.
+            self._task.cancel()
         await self._terminate()
         if self._task:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather: the slot's own cancellation is not an error here, but a
+            # cancellation of whoever called stop() still reaches them.
+            await asyncio.gather(self._task, return_exceptions=True)
         await self.confinement.release(self.id)
         self.status.state = reason
         self.conditions.set(cond.READY, False, reason, "stopped by the supervisor")
@@ -169,11 +175,13 @@ class Slot:
             instance = secrets.token_hex(3)
             started = time.monotonic()
             try:
-                await self._spawn(instance)
+                spawned = await self._spawn(instance)
             except Exception as exc:  # a launch failure is a crash like any other
                 self._stderr.append(f"could not start: {exc}")
                 self._record_exit(getattr(exc, "reason", None) or "LaunchFailed")
             else:
+                if not spawned:
+                    break
                 await self._wait_ready_then_exit(instance)
             if self._stopping.is_set():
                 break
@@ -193,8 +201,15 @@ class Slot:
                 await asyncio.wait_for(self._wake.wait(), self._backoff)
             self._backoff = min(self._backoff * 2, self.policy.max_backoff)
 
-    async def _spawn(self, instance: str) -> None:
-        spec = await self.confinement.wrap(self.id, await self.launcher(instance))
+    async def _spawn(self, instance: str) -> bool:
+        """Start one instance; False if a stop came while the launcher ran."""
+        self._launching = True
+        try:
+            spec = await self.confinement.wrap(self.id, await self.launcher(instance))
+        finally:
+            self._launching = False
+        if self._stopping.is_set():
+            return False
         self.status.state = STARTING
         self.status.instance = instance
         self.conditions.set(cond.READY, False, "Starting", f"instance {instance} starting")
@@ -207,6 +222,7 @@ class Slot:
         self.status.pid = self._proc.pid
         self.status.started_at = time.time()
         self.status.ready_at = None
+        return True
 
     async def _wait_ready_then_exit(self, instance: str) -> None:
         proc = self._proc

@@ -15,7 +15,19 @@ plugin's own `Precinct-*` and `Nats-*` headers are dropped. The platform
 exports the plain subjects to the core, so the core sees only what passed.
 
 The plugin id comes from the subject prefix the server wrote, never from the
-payload. Per plugin, chat and events share a token bucket
+payload.
+
+Isolation. Each plugin is relayed over a NATS connection of its own (named
+`precinct-gateway:<id>`), which also carries what the gateway republishes
+for it. The server buffers up to `max_pending` bytes per connection and cuts
+a connection that falls further behind ("slow consumer"): with one shared
+connection, one plugin flooding large events got the whole gateway cut, and
+every other plugin's messages were lost with it, or arrived late in a bunch
+and cost them rate-limit drops. With one connection per plugin the cut hits
+only the flooder's connection (the gateway reconnects it), and the client
+drops early what does not fit a small per-plugin buffer
+(`PENDING_MSGS`/`PENDING_BYTES`). Both are counted on that plugin (`dropped`,
+`disconnects`) and reported as violations of kind `overflow`. Per plugin, chat and events share a token bucket
 (`messages_per_second`, `burst`); payload replies have a bucket of their own
 with the same numbers, so a chatty plugin still gets its answers through.
 What a bucket refuses is dropped and counted.
@@ -31,7 +43,8 @@ source over `--report-interval` seconds and published as one event each on
    "first": "2026-11-27T22:45:55.355Z", "last": "2026-11-27T22:45:56.901Z",
    "source": "gateway", "window_seconds": 2.0}
 
-`kind` is `rate_limit`, `permission` or `duplicate_reply`; `source` is
+`kind` is `rate_limit`, `permission`, `duplicate_reply` or `overflow` (the
+plugin sent faster than the gateway could even read: dropped unread); `source` is
 `gateway` or `nats-server-log`. A flood therefore yields at most a few events
 per plugin per interval, however many messages it sends.
 
@@ -47,39 +60,35 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+import nats
+from nats.errors import SlowConsumerError
 
-from ..plan.sandbox import violations_subject
 from .buckets import TokenBucket
 from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .serverlog import LogTail, parse_violation
+from .violationevents import REPORT_INTERVAL, Aggregator, publish_events
 
 log = logging.getLogger("precinct.gateway")
 
 STATS_SUBJECT = "precinct.gateway.stats"
 PLUGIN_HEADER = "Precinct-Plugin"
 
-RATE_LIMIT, PERMISSION, DUPLICATE_REPLY = "rate_limit", "permission", "duplicate_reply"
+RATE_LIMIT, PERMISSION, DUPLICATE_REPLY, OVERFLOW = "rate_limit", "permission", "duplicate_reply", "overflow"
 SOURCE_GATEWAY, SOURCE_LOG = "gateway", "nats-server-log"
 
-REPORT_INTERVAL = 2.0         # seconds a violation window lasts
 NONCE_TTL = 600.0             # seconds a payload-reply nonce is remembered
 NONCES_PER_PLUGIN = 10_000    # bound on remembered nonces per plugin (oldest forgotten first)
-MAX_SAMPLE_SUBJECTS = 10      # distinct subjects listed per event
-MAX_SUBJECT_IN_EVENT = 256    # characters
 LOG_POLL = 0.25               # seconds between reads of the server log
 STALE_LOG_LINE = 600.0        # log lines older than this are not reported
-PENDING_MSGS = 65_536         # per-plugin subscription buffer before the client drops
+PENDING_MSGS = 8_192          # per-plugin buffer in the gateway before it drops unread...
+PENDING_BYTES = 8 * 2**20     # ...or this many bytes (16 messages of the largest size)
+CUT_SUBJECT = "(connection cut by the server: slow consumer)"
 VERDICT_CACHE = 4096          # remembered subject checks per plugin
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -93,45 +102,6 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(p) == len(s)
 
 
-# -- violation windows ------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    count: int = 0
-    first: float = 0.0
-    last: float = 0.0
-    subjects: list[str] = field(default_factory=list)
-
-
-class Aggregator:
-    """Counts violations per (plugin, kind, source) until drained."""
-
-    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
-        self.interval = interval
-        self._windows: dict[tuple[str, str, str], _Window] = {}
-
-    def add(self, plugin: str, kind: str, subject: str, source: str, at: float | None = None, count: int = 1) -> None:
-        at = time.time() if at is None else at
-        window = self._windows.get((plugin, kind, source))
-        if window is None:
-            window = self._windows[(plugin, kind, source)] = _Window(first=at, last=at)
-        window.count += count
-        window.first, window.last = min(window.first, at), max(window.last, at)
-        subject = subject[:MAX_SUBJECT_IN_EVENT]
-        if len(window.subjects) < MAX_SAMPLE_SUBJECTS and subject not in window.subjects:
-            window.subjects.append(subject)
-
-    def drain(self) -> list[dict[str, Any]]:
-        windows, self._windows = self._windows, {}
-        return [
-            {"plugin": plugin, "kind": kind, "subject": w.subjects[0] if w.subjects else "",
-             "subjects": w.subjects, "count": w.count, "first": iso(w.first), "last": iso(w.last),
-             "source": source, "window_seconds": self.interval}
-            for (plugin, kind, source), w in windows.items()
-        ]
-
-
 # -- one plugin's state --------------------------------------------------------------
 
 
@@ -143,6 +113,8 @@ class Counters:
     foreign_replies: int = 0
     not_allowed: int = 0
     permission_violations: int = 0
+    dropped: int = 0             # dropped unread: the plugin's buffer in the gateway was full
+    disconnects: int = 0         # the server cut this plugin's gateway connection (slow consumer)
 
 
 class PluginState:
@@ -157,6 +129,7 @@ class PluginState:
         self.nonces: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.counters = Counters()
         self.subscription = None
+        self.nc = None               # this plugin's own connection (None: the gateway's shared one)
         self.configure(plan)
 
     @staticmethod
@@ -201,10 +174,18 @@ class PluginState:
 # -- the gateway ---------------------------------------------------------------------
 
 
+LinkFactory = Callable[[str, Callable[[Exception], Awaitable[None]], Callable[[], Awaitable[None]]], Awaitable[Any]]
+
+
 class Gateway:
+    """`connect_link(name, error_cb, disconnected_cb)` opens one plugin's own
+    connection; without it every plugin shares `nc` (unit tests only)."""
+
     def __init__(self, nc, fleet: FleetFile, *, report_interval: float = REPORT_INTERVAL,
-                 server_log: Path | None = None, offset_file: Path | None = None) -> None:
+                 server_log: Path | None = None, offset_file: Path | None = None,
+                 connect_link: LinkFactory | None = None) -> None:
         self.nc = nc
+        self.connect_link = connect_link
         self.fleet = fleet
         self.aggregator = Aggregator(report_interval)
         self.report_interval = report_interval
@@ -234,6 +215,8 @@ class Gateway:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        for state in self.plugins.values():
+            await self._close_link(state)
         await self.report()   # what was counted still gets reported
         if self.tail:
             self.tail.save_offset()
@@ -244,36 +227,81 @@ class Gateway:
         await self.sync()
 
     async def sync(self) -> None:
-        """One subscription per plugin, `plugin.<id>.>`: a flooding plugin fills
-        only its own buffer and never delays another plugin's messages."""
+        """One connection and subscription per plugin, `plugin.<id>.>`: a
+        flooding plugin fills only its own buffers, and a slow-consumer cut
+        by the server hits only its own connection."""
         async with self._sync_lock:
             await self._sync()
 
     async def _sync(self) -> None:
         wanted = self.fleet.plugins
         for pid in [p for p in self.plugins if p not in wanted]:
-            state = self.plugins.pop(pid)
-            if state.subscription is not None:
-                try:
-                    await state.subscription.unsubscribe()
-                except Exception:  # noqa: BLE001 - the connection may be gone  # nosec B110 - best-effort unsubscribe during teardown
-                    pass
+            await self._close_link(self.plugins.pop(pid))
             log.info("gateway: %s removed", pid)
+        new = []
         for pid, entry in wanted.items():
             state = self.plugins.get(pid)
             if state is None:
                 state = self.plugins[pid] = PluginState(pid, entry["plan"])
-                state.subscription = await self.nc.subscribe(
-                    f"plugin.{pid}.>", cb=self._handler(state), pending_msgs_limit=PENDING_MSGS)
-                log.info("gateway: relaying %s", pid)
+                new.append(state)
             else:
                 state.configure(entry["plan"])
+        results = await asyncio.gather(*(self._open_link(state) for state in new), return_exceptions=True)
+        for state, result in zip(new, results):
+            if isinstance(result, BaseException):
+                # Retried by the next sync (the fleet watch asks for one); the others go ahead.
+                log.error("gateway: cannot relay %s: %s", state.id, result)
+                await self._close_link(self.plugins.pop(state.id))
+            else:
+                log.info("gateway: relaying %s", state.id)
+
+    async def _open_link(self, state: PluginState) -> None:
+        if self.connect_link is not None:
+            state.nc = await self.connect_link(f"precinct-gateway:{state.id}", self._link_error(state),
+                                               self._link_cut(state))
+        nc = state.nc or self.nc
+        state.subscription = await nc.subscribe(f"plugin.{state.id}.>", cb=self._handler(state),
+                                                pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES)
+
+    async def _close_link(self, state: PluginState) -> None:
+        nc, state.nc = state.nc, None
+        try:
+            if nc is not None:
+                await nc.close()
+            elif state.subscription is not None:
+                await state.subscription.unsubscribe()
+        except Exception:  # noqa: BLE001 - the connection may be gone  # nosec B110 - best-effort during teardown
+            pass
+
+    def _link_error(self, state: PluginState):
+        async def on_error(exc: Exception) -> None:
+            if isinstance(exc, SlowConsumerError):
+                self.dropped(state, exc.subject or "")
+            else:
+                log.warning("nats (%s): %s", state.id, exc)
+        return on_error
+
+    def _link_cut(self, state: PluginState):
+        async def on_disconnected() -> None:
+            if state.nc is None or state.nc.is_closed:
+                return   # we closed it
+            state.counters.disconnects += 1
+            self.aggregator.add(state.id, OVERFLOW, CUT_SUBJECT, SOURCE_GATEWAY)
+            log.warning("gateway: %s's connection was cut (slow consumer); reconnecting", state.id)
+        return on_disconnected
+
+    def dropped(self, state: PluginState, subject: str) -> None:
+        """A message from `state` dropped unread (its buffer here was full)."""
+        state.counters.dropped += 1
+        prefix = f"plugin.{state.id}."
+        self.aggregator.add(state.id, OVERFLOW, subject[len(prefix):] if subject.startswith(prefix) else subject,
+                            SOURCE_GATEWAY)
 
     async def _watch_fleet(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
-                if self.fleet.reload():
+                if self.fleet.reload() or set(self.fleet.plugins) - set(self.plugins):
                     await self.sync()
             except Exception:  # noqa: BLE001 - keep relaying with the fleet we have
                 log.exception("gateway: fleet reload failed")
@@ -321,7 +349,7 @@ class Gateway:
             out[PLUGIN_HEADER] = state.id
         else:
             out = state.header          # the common case: nothing to filter, no dict to build
-        await self.nc.publish(subject, data, headers=out)
+        await (state.nc or self.nc).publish(subject, data, headers=out)
         state.counters.forwarded += 1
         return True
 
@@ -368,15 +396,7 @@ class Gateway:
     # -- reporting --------------------------------------------------------------------
 
     async def report(self) -> list[dict[str, Any]]:
-        events = self.aggregator.drain()
-        for event in events:
-            log.warning("violation: %s %s x%d (%s) on %s", event["plugin"], event["kind"], event["count"],
-                        event["source"], event["subject"])
-            try:
-                await self.nc.publish(violations_subject(event["plugin"]), json.dumps(event).encode())
-            except Exception:  # noqa: BLE001 - reconnecting; the counters still hold it
-                log.exception("gateway: cannot publish a violation event")
-        return events
+        return await publish_events(self.nc, self.aggregator, log)
 
     async def _report_loop(self) -> None:
         while True:
@@ -398,8 +418,14 @@ async def serve(args: argparse.Namespace) -> None:
     stop = stop_on_signals()
     loop = asyncio.get_running_loop()
     nc = await connect(args.server, args.creds, "precinct-gateway", log)
+
+    async def connect_link(name, error_cb, disconnected_cb):
+        return await nats.connect(args.server, user_credentials=args.creds, name=name, error_cb=error_cb,
+                                  disconnected_cb=disconnected_cb, max_reconnect_attempts=-1,
+                                  reconnect_time_wait=0.5)
+
     gateway = Gateway(nc, FleetFile(args.fleet), report_interval=args.report_interval,
-                      server_log=args.server_log, offset_file=args.offset_file)
+                      server_log=args.server_log, offset_file=args.offset_file, connect_link=connect_link)
     await gateway.start()
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
     log.info("gateway ready on %s", args.server)

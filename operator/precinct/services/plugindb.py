@@ -9,7 +9,20 @@ the service (and a power cut, as far as the disk keeps its promises).
 
 Quota: `disk_limit` becomes `PRAGMA max_page_count` (a hard cap SQLite itself
 enforces mid-transaction) and a check before each write; both answer
-QUOTA_EXCEEDED. Deleting rows frees pages for reuse.
+QUOTA_EXCEEDED. Deleting rows frees pages for reuse. Nothing lives outside
+that file: TEMP tables, indexes, views and triggers are refused (the
+authorizer, for every statement), ATTACH is refused, and SQLite's own temp
+data (sorts, materialized subqueries) stays in memory (`temp_store=MEMORY`),
+where the heap ceilings below hold it, never in a file beside the quota.
+
+Deadline: a watchdog thread calls `sqlite3_interrupt()` on a connection
+whose statement outlives its deadline. SQLite notices that between VM
+operations, so one operation must stay cheap: any string, blob or row is at
+most MAX_VALUE_BYTES (SQLITE_LIMIT_LENGTH, so `randomblob(150e6)` fails at
+once) and a LIKE pattern at most MAX_LIKE_PATTERN characters, so the worst
+LIKE over the largest value takes a fraction of a second, and the deadline
+holds to within that. (A progress handler alone is not enough: it runs every
+N operations, and a LIKE over 24 large rows is only a few hundred of them.)
 
 Every method here is synchronous and must be called by one thread at a time
 (the service holds a per-plugin lock around each call).
@@ -25,7 +38,10 @@ import math
 import os
 import re
 import sqlite3
+import heapq
+import itertools
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +70,29 @@ MIGRATION_NAME = re.compile(r"^(?P<version>\d{3,6})_(?P<name>[A-Za-z0-9_-]+)\.sq
 UP_MARKER = re.compile(r"^\s*--\s*up\s*$", re.IGNORECASE | re.MULTILINE)
 DOWN_MARKER = re.compile(r"^\s*--\s*down\s*$", re.IGNORECASE | re.MULTILINE)
 INTERNAL_PREFIXES = ("precinct_", "sqlite_")
+
+MAX_VALUE_BYTES = 320 * 1024   # SQLITE_LIMIT_LENGTH: any one string, blob or row (a request is at most 256 KiB)
+MAX_LIKE_PATTERN = 100         # SQLITE_LIMIT_LIKE_PATTERN_LENGTH
+MAX_SQL_BYTES = MAX_MIGRATION_FILE
+SQLITE_LIMITS = {
+    sqlite3.SQLITE_LIMIT_LENGTH: MAX_VALUE_BYTES,
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: MAX_LIKE_PATTERN,
+    sqlite3.SQLITE_LIMIT_SQL_LENGTH: MAX_SQL_BYTES,
+    sqlite3.SQLITE_LIMIT_ATTACHED: 0,
+    sqlite3.SQLITE_LIMIT_WORKER_THREADS: 0,
+}
+PAGE_CACHE_KIB = 2048          # per plugin connection (SQLite's default, made explicit)
+MiB = 2**20
+HEAP_MIN, HEAP_MAX = 16 * MiB, 256 * MiB
+
+
+def heap_budget(memory_limit: int) -> int:
+    """SQLite heap one plugin's migrations may use: a quarter of the plugin's
+    own memory_limit (its runner keeps the rest), at least 16 MiB (room for a
+    sort of a few MiB) and at most 256 MiB. 64Mi -> 16 MiB, 256Mi -> 64 MiB."""
+    if memory_limit <= 0:
+        return HEAP_MIN
+    return max(HEAP_MIN, min(HEAP_MAX, memory_limit // 4))
 
 INTERNAL_TABLES = """
 CREATE TABLE IF NOT EXISTS precinct_kv (
@@ -190,10 +229,26 @@ _TABLE_ARG2 = {sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TEMP_INDEX, sq
                sqlite3.SQLITE_DROP_TEMP_INDEX, sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
                sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_ALTER_TABLE}
 _DENY_FUNCTIONS = {"load_extension"}
+# Anything that would live in the temp database, outside the plugin's file and quota.
+_TEMP_ACTIONS = {sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_INDEX, sqlite3.SQLITE_CREATE_TEMP_VIEW,
+                 sqlite3.SQLITE_CREATE_TEMP_TRIGGER}
+_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_CREATE_TABLE,
+           sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_CREATE_TRIGGER}
 
 
-def _migration_authorizer(action: int, arg1, arg2, _db, _trigger) -> int:
-    if action in _DENY_ALWAYS:
+def _outside_quota(action: int, db_name) -> bool:
+    return action in _TEMP_ACTIONS or (action in _WRITES and db_name == "temp")
+
+
+def _base_authorizer(action: int, _arg1, _arg2, db_name, _trigger) -> int:
+    """Every statement on a plugin's connection: nothing outside its file."""
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) or _outside_quota(action, db_name):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _migration_authorizer(action: int, arg1, arg2, db_name, _trigger) -> int:
+    if action in _DENY_ALWAYS or _outside_quota(action, db_name):
         return sqlite3.SQLITE_DENY
     if action in _TABLE_ARG1 and arg1 and _internal(arg1) and not arg1.lower().startswith("sqlite_"):
         return sqlite3.SQLITE_DENY
@@ -202,6 +257,59 @@ def _migration_authorizer(action: int, arg1, arg2, _db, _trigger) -> int:
     if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in _DENY_FUNCTIONS:
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
+
+
+# -- the deadline ------------------------------------------------------------------------
+
+
+class _Watchdog:
+    """One daemon thread that interrupts connections past their deadline.
+    `arm` returns a token; `disarm(token)` before the connection is used
+    again (an interrupt that lands after the statement finished is a no-op:
+    SQLite clears it when the next statement starts)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, sqlite3.Connection] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: sqlite3.Connection, seconds: float) -> int:
+        token = next(self._ids)
+        with self._cond:
+            self._due[token] = conn
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sqlite-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._due.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._due:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                end, token = self._heap[0]
+                wait = end - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                conn = self._due.pop(token)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.interrupt()
+
+
+_WATCHDOG = _Watchdog()
 
 
 # -- the database ------------------------------------------------------------------------
@@ -215,6 +323,7 @@ class PluginDB:
         self.page_size = 4096
         self._columns: dict[str, dict[str, str]] = {}
         self._sets = 0
+        self._deadline_seconds = QUERY_SECONDS
 
     # -- opening ------------------------------------------------------------------------
 
@@ -230,8 +339,13 @@ class PluginDB:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA trusted_schema=OFF")      # plugin-made views/triggers cannot call risky functions
             conn.execute("PRAGMA journal_size_limit=4194304")
+            conn.execute("PRAGMA temp_store=MEMORY")        # no temp files outside the quota
+            conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+            for limit, value in SQLITE_LIMITS.items():
+                conn.setlimit(limit, value)
             conn.executescript(INTERNAL_TABLES)
             self.page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.set_authorizer(_base_authorizer)
         except Exception:
             conn.close()
             raise
@@ -279,22 +393,36 @@ class PluginDB:
     @contextlib.contextmanager
     def _deadline(self, seconds: float) -> Iterator[None]:
         end = time.monotonic() + seconds
-        self.db.set_progress_handler(lambda: 1 if time.monotonic() > end else 0, 10_000)
+        self._deadline_seconds = seconds
+        db = self.db
+        db.set_progress_handler(lambda: 1 if time.monotonic() > end else 0, 10_000)
+        token = _WATCHDOG.arm(db, seconds)
         try:
             yield
         finally:
-            self.db.set_progress_handler(None, 0)
+            _WATCHDOG.disarm(token)
+            db.set_progress_handler(None, 0)
 
-    def _translate(self, exc: sqlite3.Error) -> StorageError:
+    def _translate(self, exc: sqlite3.Error | MemoryError) -> StorageError:
         text = str(exc)
         if isinstance(exc, sqlite3.IntegrityError):
             return StorageError("CONSTRAINT_VIOLATION", text)
         if "interrupted" in text:
-            return StorageError("QUERY_TIMEOUT", f"the query ran longer than {QUERY_SECONDS:g} s and was stopped")
+            return StorageError("QUERY_TIMEOUT", f"the query ran longer than {self._deadline_seconds:g} s and was stopped")
         if "database or disk is full" in text:
             return self._quota_error()
-        if "not authorized" in text:
-            return StorageError("PERMISSION_DENIED", text)
+        if "not authorized" in text or "too many attached" in text:
+            return StorageError("PERMISSION_DENIED", f"{text} (not allowed: ATTACH, pragmas, transaction control, "
+                                                     "Precinct's own tables, and TEMP tables, indexes, views or "
+                                                     "triggers, which would live outside the plugin's disk_limit)")
+        if "too big" in text:
+            return StorageError("VALUE_TOO_LARGE", f"a string, blob or row would exceed {MAX_VALUE_BYTES} bytes, "
+                                                   "the storage limit for one value")
+        if "LIKE or GLOB pattern too complex" in text:
+            return StorageError("VALIDATION_ERROR", f"a LIKE pattern is longer than {MAX_LIKE_PATTERN} characters")
+        if isinstance(exc, MemoryError) or "out of memory" in text:
+            return StorageError("MEMORY_LIMIT", "the query needed more memory than the storage service allows "
+                                                "this plugin (see docs/gateway-and-storage.md)")
         return StorageError("DATABASE_ERROR", text)
 
     @contextlib.contextmanager
@@ -302,7 +430,7 @@ class PluginDB:
         try:
             with self._deadline(QUERY_SECONDS):
                 yield self.db
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MemoryError) as exc:
             raise self._translate(exc) from None
 
     @contextlib.contextmanager
@@ -321,7 +449,7 @@ class PluginDB:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MemoryError) as exc:
             raise self._translate(exc) from None
 
     # -- schemas --------------------------------------------------------------------------
@@ -643,9 +771,7 @@ class PluginDB:
             result["problem"] = problem
         return result
 
-    def migrate(self, folder: Path | None) -> dict:
-        """Apply every pending migration in order, each in its own transaction.
-        Stops at the first failure (that one rolled back, earlier ones kept)."""
+    def _checked_migrations(self, folder: Path | None) -> tuple[list[Migration], dict[int, dict], int]:
         migrations = read_migrations(folder)
         done = {a["version"]: a for a in self._applied()}
         current = max(done, default=0)
@@ -657,6 +783,24 @@ class PluginDB:
             if m.version not in done and m.version < current:
                 raise StorageError("MIGRATION_INVALID",
                                    f"migrations/{m.filename} is older than the applied version {current}")
+        return migrations, done, current
+
+    def pending(self, folder: Path | None) -> dict | None:
+        """None if migrate() has something to apply; else its answer (nothing
+        applied). Raises what migrate() would raise for a bad folder."""
+        migrations, done, current = self._checked_migrations(folder)
+        if any(m.version not in done for m in migrations):
+            return None
+        return {"applied": [], "current_version": current}
+
+    def forget_schema(self) -> None:
+        """Another connection (the migrator) changed the schema."""
+        self._columns.clear()
+
+    def migrate(self, folder: Path | None) -> dict:
+        """Apply every pending migration in order, each in its own transaction.
+        Stops at the first failure (that one rolled back, earlier ones kept)."""
+        migrations, done, current = self._checked_migrations(folder)
         applied = []
         for m in migrations:
             if m.version in done:
@@ -670,14 +814,14 @@ class PluginDB:
                         for statement in split_statements(m.up):
                             db.execute(statement)
                     finally:
-                        db.set_authorizer(None)
+                        db.set_authorizer(_base_authorizer)
                     elapsed = int((time.monotonic() - started) * 1000)
                     db.execute("INSERT INTO precinct_migrations (version, name, filename, checksum, applied_at, "
                                "execution_time_ms) VALUES (?, ?, ?, ?, ?, ?)",
                                (m.version, m.name, m.filename, m.checksum, utc_now(), elapsed))
             except StorageError as exc:
                 raise StorageError("MIGRATION_FAILED", f"migrations/{m.filename}: {exc.message}",
-                                   applied=applied, current_version=current) from None
+                                   applied=applied, current_version=current, cause=exc.code) from None
             finally:
                 self._columns.clear()
             applied.append({"version": m.version, "name": m.name, "execution_time_ms": elapsed})

@@ -27,6 +27,25 @@ folder before starting the plugin:
   precinct.admin.storage.stats     per-plugin counters and database sizes
 
 Neither is reachable from a plugin account: no plugin imports them.
+
+One plugin cannot starve the others:
+
+* at most PLUGIN_INFLIGHT of its requests are queued or running at once
+  (beyond that: BUSY, counted on it), far below the service-wide
+  MAX_INFLIGHT, so its backlog never makes another plugin BUSY;
+* its requests run one at a time (a per-plugin lock), so it holds at most
+  one of the WORKERS SQLite threads;
+* one request's SQL stops at QUERY_SECONDS (plugindb.py bounds what one
+  SQLite operation can cost, so the deadline holds);
+* its migrations, the only SQL it writes itself, run in a process of their
+  own (services/migrator.py) with a SQLite heap ceiling derived from its
+  memory_limit (plugindb.heap_budget), killed at MIGRATION_SECONDS.
+
+Refusals are counted per plugin in `precinct.admin.storage.stats` (busy,
+timeouts, refused) and published as violation events (violationevents.py):
+kind `storage_busy` (its in-flight cap), `query_timeout` (the deadline),
+`storage_limit` (a value, LIKE pattern or memory limit, or a TEMP/ATTACH
+refusal), source `storage`.
 """
 
 from __future__ import annotations
@@ -34,22 +53,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 
+from . import sqliteheap
 from .buckets import TokenBucket
 from .filters import StorageError
 from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
-from .plugindb import PluginDB
+from .plugindb import MIGRATION_SECONDS, PluginDB, heap_budget
+from .violationevents import REPORT_INTERVAL, Aggregator, publish_events
 
 log = logging.getLogger("precinct.storage")
 
@@ -62,7 +86,14 @@ PLUGIN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_REQUEST = 256 * 1024      # bytes of JSON per request
 MAX_DEPTH = 32                # JSON nesting
 MAX_INFLIGHT = 256            # requests being handled at once, all plugins together
+PLUGIN_INFLIGHT = 32          # ...of which one plugin's (queued behind its lock or running): 1/8 of the total
 WORKERS = 4                   # threads running SQLite
+SERVICE_HEAP = 256 * 2**20    # SQLite heap ceiling of this process, all plugins' queries together
+MIGRATOR_GRACE = 10.0         # seconds past MIGRATION_SECONDS before the migrator is killed
+SOURCE = "storage"
+STORAGE_BUSY, QUERY_TIMEOUT, STORAGE_LIMIT = "storage_busy", "query_timeout", "storage_limit"
+# Error codes that are a plugin running into a limit (reported as violations, counted as `refused`).
+LIMIT_CODES = {"VALUE_TOO_LARGE", "MEMORY_LIMIT", "PERMISSION_DENIED"}
 
 OPERATIONS: dict[str, Callable[[PluginDB, dict], dict]] = {
     "row.schema.register": PluginDB.register,
@@ -123,6 +154,9 @@ class Counters:
     errors: int = 0
     rate_limited: int = 0
     denied: int = 0
+    busy: int = 0          # refused: its own in-flight cap, or the service-wide one
+    timeouts: int = 0      # stopped at the query deadline (or a migration killed at its deadline)
+    refused: int = 0       # a value/pattern/memory limit, or a TEMP/ATTACH refusal
 
 
 @dataclass
@@ -132,17 +166,28 @@ class Tenant:
     bucket: TokenBucket
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     counters: Counters = field(default_factory=Counters)
+    used_bytes: int | None = None     # as of its last request (stats never wait behind its queue)
 
 
 class StorageService:
-    def __init__(self, nc, fleet: FleetFile, data_dir: Path) -> None:
+    def __init__(self, nc, fleet: FleetFile, data_dir: Path, *, report_interval: float = REPORT_INTERVAL,
+                 heap_limit: int = SERVICE_HEAP) -> None:
         self.nc = nc
         self.fleet = fleet
         self.data_dir = Path(data_dir)
         self.tenants: dict[str, Tenant] = {}
         self.executor = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="sqlite")
         self._inflight: set[asyncio.Task] = set()
+        self._per_plugin: dict[str, int] = {}
+        self._busy_unknown = 0
+        self._stopping = False
         self._subs: list = []
+        self.aggregator = Aggregator(report_interval)
+        self.report_interval = report_interval
+        self._reporter: asyncio.Task | None = None
+        # One ceiling for this process (the last line of defence for the host);
+        # each plugin's own ceiling applies to its migrations (migrator.py).
+        self.heap_limit = heap_limit if sqliteheap.set_limits(heap_limit) else None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -156,8 +201,19 @@ class StorageService:
                                                   pending_msgs_limit=65_536))
         self._subs.append(await self.nc.subscribe(ADMIN_MIGRATE, queue=QUEUE, cb=self._on_admin_migrate))
         self._subs.append(await self.nc.subscribe(ADMIN_STATS, cb=self._on_stats))
+        self._reporter = asyncio.create_task(self._report_loop(), name="storage-report")
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.report_interval)
+            await publish_events(self.nc, self.aggregator, log)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reporter
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -169,6 +225,8 @@ class StorageService:
             async with tenant.lock:
                 await self._run(tenant.db.close)
         self.executor.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            await publish_events(self.nc, self.aggregator, log)   # what was counted still gets reported
 
     def reload(self) -> None:
         self.fleet.reload(force=True)
@@ -210,12 +268,52 @@ class StorageService:
     # -- requests -------------------------------------------------------------------
 
     async def _on_request(self, msg) -> None:
+        parts = msg.subject.split(".", 3)
+        plugin_id = parts[2] if len(parts) > 3 and self.fleet.get(parts[2]) is not None else None
+        mine = self._per_plugin.get(plugin_id, 0) if plugin_id else 0
+        if plugin_id and mine >= PLUGIN_INFLIGHT:
+            self._busy(plugin_id, msg.subject)
+            await self._respond(msg, error("BUSY", f"plugin {plugin_id} already has {mine} storage requests in "
+                                                   f"flight (at most {PLUGIN_INFLIGHT}); wait for their answers",
+                                           retry_after=1.0))
+            return
         if len(self._inflight) >= MAX_INFLIGHT:
-            await self._respond(msg, error("BUSY", "the storage service is overloaded; retry shortly"))
+            if plugin_id:
+                self._busy(plugin_id, msg.subject)
+            else:
+                self._busy_unknown += 1
+            await self._respond(msg, error("BUSY", "the storage service is overloaded; retry shortly",
+                                           retry_after=1.0))
             return
         task = asyncio.create_task(self._handle(msg))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+        if plugin_id:
+            self._per_plugin[plugin_id] = mine + 1
+            task.add_done_callback(lambda _t, pid=plugin_id: self._done(pid))
+
+    def _done(self, plugin_id: str) -> None:
+        left = self._per_plugin.get(plugin_id, 1) - 1
+        if left > 0:
+            self._per_plugin[plugin_id] = left
+        else:
+            self._per_plugin.pop(plugin_id, None)
+
+    def _busy(self, plugin_id: str, subject: str) -> None:
+        tenant = self.tenants.get(plugin_id)
+        if tenant is not None:
+            tenant.counters.busy += 1
+        self.aggregator.add(plugin_id, STORAGE_BUSY, subject, SOURCE)
+
+    def _refusal(self, tenant: Tenant, subject: str, exc: StorageError) -> None:
+        """Count a limit the plugin ran into, and report it."""
+        cause = exc.extra.get("cause", exc.code)
+        if cause == "QUERY_TIMEOUT":
+            tenant.counters.timeouts += 1
+            self.aggregator.add(tenant.id, QUERY_TIMEOUT, subject, SOURCE)
+        elif cause in LIMIT_CODES:
+            tenant.counters.refused += 1
+            self.aggregator.add(tenant.id, STORAGE_LIMIT, subject, SOURCE)
 
     async def _handle(self, msg) -> None:
         try:
@@ -267,13 +365,16 @@ class StorageService:
         try:
             request = parse_request(data)
             async with tenant.lock:
+                if self._stopping:
+                    raise StorageError("UNAVAILABLE", "the storage service is restarting; retry shortly")
                 if operation == STATUS_OPERATION:
                     folder = entry.get("folder")
                     result = await self._run(tenant.db.migration_status, Path(folder) if folder else None)
                 else:
                     result = await self._run(OPERATIONS[operation], tenant.db, request)
-        except StorageError:
+        except StorageError as exc:
             tenant.counters.errors += 1
+            self._refusal(tenant, subject, exc)
             raise
         tenant.counters.ok += 1
         return {"success": True, **result}
@@ -314,7 +415,15 @@ class StorageService:
             plan = entry.get("plan") or {"limits": {"disk_bytes": request.get("disk_bytes", 0)}}
             tenant = await self._tenant(plugin_id, plan)
             async with tenant.lock:
-                result = await self._run(tenant.db.migrate, Path(folder))
+                result = await self._run(tenant.db.pending, Path(folder))
+                if result is None:
+                    try:
+                        result = await self._migrate_in_worker(tenant, Path(folder), plan)
+                    except StorageError as exc:
+                        self._refusal(tenant, f"migrations of {plugin_id}", exc)
+                        raise
+                    finally:
+                        tenant.db.forget_schema()
             if result["applied"]:
                 log.info("storage: %s migrated to version %d (%s)", plugin_id, result["current_version"],
                          ", ".join(str(a["version"]) for a in result["applied"]))
@@ -327,15 +436,51 @@ class StorageService:
             reply = error("INTERNAL_ERROR", "unexpected error while migrating")
         await self._respond(msg, reply)
 
+    async def _migrate_in_worker(self, tenant: Tenant, folder: Path, plan: dict) -> dict:
+        """Run PluginDB.migrate in services/migrator.py, held to this plugin's
+        heap budget and killed at the deadline (see that module)."""
+        memory = int((plan.get("limits") or {}).get("memory_bytes") or 0)
+        request = {"db": str(tenant.db.path), "folder": str(folder), "max_bytes": tenant.db.max_bytes,
+                   "heap_bytes": heap_budget(memory)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "precinct.services.migrator", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        started = time.monotonic()
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()),
+                                              MIGRATION_SECONDS + MIGRATOR_GRACE)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise StorageError("MIGRATION_FAILED", f"the migrations ran longer than {MIGRATION_SECONDS:g} s and "
+                                                   "were stopped (the unfinished one was rolled back)",
+                               cause="QUERY_TIMEOUT") from None
+        try:
+            reply = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise StorageError("MIGRATION_FAILED", f"the migrator died after {time.monotonic() - started:.1f} s: "
+                                                   f"{tail[0][:300]}") from None
+        if not reply.pop("success", False):
+            err_body = reply.get("error") or {}
+            raise StorageError(err_body.get("code", "MIGRATION_FAILED"), err_body.get("message", "migration failed"),
+                               **{k: v for k, v in err_body.items() if k not in ("code", "message")})
+        reply.pop("heap_limited", None)
+        return reply
+
     async def _on_stats(self, msg) -> None:
         stats = {}
         for pid, tenant in sorted(self.tenants.items()):
-            size = None
-            if tenant.db.conn is not None:
+            # A plugin busy with a long queue keeps its last known size: stats
+            # must not wait behind it.
+            if tenant.db.conn is not None and not tenant.lock.locked():
                 async with tenant.lock:
-                    size = await self._run(tenant.db.usage)
-            stats[pid] = {**vars(tenant.counters), "used_bytes": size, "limit_bytes": tenant.db.max_bytes}
-        await self._respond(msg, {"success": True, "plugins": stats})
+                    tenant.used_bytes = await self._run(tenant.db.usage)
+            stats[pid] = {**vars(tenant.counters), "used_bytes": tenant.used_bytes, "limit_bytes": tenant.db.max_bytes,
+                          "in_flight": self._per_plugin.get(pid, 0)}
+        await self._respond(msg, {"success": True, "plugins": stats, "busy_unknown": self._busy_unknown,
+                                  "in_flight": len(self._inflight),
+                                  "heap_limit": self.heap_limit or "unavailable"})
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -1,0 +1,3 @@
+-- UP
+CREATE TABLE b (x BLOB);
+INSERT INTO b VALUES (randomblob(150000000));
