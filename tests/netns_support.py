@@ -158,3 +158,73 @@ def can_own_networks() -> str | None:
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
         return "needs the `ip` command (iproute2)"
     return None
+
+
+class LoopbackHTTP:
+    """A tiny HTTP server on 127.0.0.1 that records request paths: a local
+    stand-in for a public service (the egress proxy lets plugins reach it only
+    through PRECINCT_EGRESS_TEST_ALLOW)."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                body = b"stand-in\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.address = f"127.0.0.1:{self.port}"
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class UnixListener:
+    """A world-writable pathname unix socket that counts connections (what a
+    careless host service leaves in /tmp or /run)."""
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self.path, self.accepted = path, 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o777)
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
