@@ -319,7 +319,9 @@ def test_ipv6_spellings_of_private_addresses_are_refused_by_the_egress_proxy(fle
                 "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::1]/", "http://2130706433/"]
     urls = loopback + list(owned.urls().values())
     since = fleet.mark()
-    result = fleet.ask("!egress6 " + " ".join(urls), timeout=60)
+    result: dict[str, str] = {}
+    for batch in (urls[i:i + 4] for i in range(0, len(urls), 4)):         # answers are cut past ~2000 characters
+        result.update(fleet.ask("!egress6 " + " ".join(batch), timeout=60))
     for url in urls:
         assert result[url].startswith("http:403:precinct egress proxy"), (url, result[url])
     for name, url in owned.urls().items():
