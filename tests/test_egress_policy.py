@@ -104,3 +104,16 @@ def test_allow_list_parsing_names_the_bad_entry():
     for bad in ("localhost:80", "127.0.0.1", "127.0.0.1:0", "[::1]"):
         with pytest.raises(ValueError, match="ADDRESS:PORT|port"):
             parse_allow(bad)
+
+
+def test_up_names_a_bad_test_allow_list_before_starting(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "plugins").mkdir()
+    done = subprocess.run([sys.executable, "-m", "precinct.cli", "up", str(tmp_path / "plugins"), "--state-dir",
+                           str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PRECINCT_EGRESS_TEST_ALLOW": "localhost:80"})
+    assert done.returncode != 0
+    assert "PRECINCT_EGRESS_TEST_ALLOW: 'localhost:80'" in done.stderr and "Traceback" not in done.stderr, done.stderr

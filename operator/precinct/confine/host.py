@@ -120,6 +120,18 @@ class _Plugin:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def environment_problem() -> str | None:
+    """What is wrong with the PRECINCT_* settings this module reads, for `precinct up` to say before starting."""
+    unknown = _disabled_from_env() - set(LAYERS)
+    if unknown:
+        return f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}"
+    try:
+        parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
+    except ValueError as exc:
+        return f"{EGRESS_ALLOW_ENV}: {exc}"
+    return None
+
+
 def _disabled_from_env() -> set[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return {x.strip() for x in raw.split(",") if x.strip()}
