@@ -71,8 +71,10 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 # where host pathname unix sockets live (Landlock does not cover connecting to
 # them). /run is rebuilt holding only the sandbox view; a symlink (Debian's
 # /var/run -> /run) is left alone; a directory the runner needs is never hidden.
-HIDDEN_DIRS = ("/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm", "/var/lib", "/var/spool", "/home", "/root",
-               "/srv", "/mnt", "/media", "/opt")
+# Hidden, not used: the plugin gets its own empty tmpfs there (Landlock still refuses writing it).
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # nosec B108 - covered by an empty private tmpfs, never written by us
+HIDDEN_DIRS = ("/run", "/var/run", *SCRATCH_DIRS, "/var/lib", "/var/spool", "/home", "/root", "/srv", "/mnt",
+               "/media", "/opt")
 
 MISSING = "MISSING"
 
@@ -471,7 +473,7 @@ class HostConfinement(Confinement):
             "plugin_id": plugin_id, "instance": spec.instance, "supervisor_pid": os.getpid(),
             "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
             "rlimits": rlimits, "handshake": handshake, "handshake_in_view": handshake != str(hs_path),
-            "hide": hide, "sandbox": str(SANDBOX), "binds": binds,
+            "hide": hide, "scratch": list(SCRATCH_DIRS), "sandbox": str(SANDBOX), "binds": binds,
             "pidns": pidns, "netns": netns, "listeners": listeners, "landlock": landlock_spec,
             "seccomp": use_seccomp, "argv": argv, "env": env,
             "cwd": str(IN_CODE),

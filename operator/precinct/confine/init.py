@@ -225,7 +225,7 @@ def _hide_host_dirs(cfg: dict) -> None:
     for d in hide:
         if d == holder:
             continue
-        scratch = d in ("/tmp", "/var/tmp", "/dev/shm")
+        scratch = d in cfg.get("scratch", ())
         mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "size=1m,mode=1777" if scratch else "size=16k,mode=0755")
         if not scratch:
