@@ -16,6 +16,8 @@ Sections (in this order):
                    supervisor CPU while idle, memory of every process class
   operator         benchmarks/operator_scale.py: the operator reconciling N BotPlugins
                    (default 500) against the API stand-in; time to all Ready, operator RSS
+  log_flood        benchmarks/log_flood.py: a plugin flooding its output, the supervisor's
+                   CPU before and after issue 14's reader
 
 Each section starts what it measures from scratch, says how each figure was
 taken, and prints progress. Run as root for the sandboxed figures (as any
@@ -606,6 +608,21 @@ def bench_gateway_storage_section(messages: int, queries: int) -> str:
     ])
 
 
+def bench_log_flood_section(seconds: float) -> str:
+    import log_flood
+
+    measured, load = now_utc(), load_average()
+    say(f"log_flood: {len(log_flood.CASES)} cases × 2 readers × {seconds:g} s")
+    r = log_flood.measure(seconds)
+    worst = max(c["after"]["cpu"] for c in r["cases"].values())
+    worst_before = max(c["before"]["cpu"] for c in r["cases"].values())
+    return "\n".join([
+        _stamp(log_flood.render(r).rstrip(), measured, load), "",
+        headline("plugin flooding its output: supervisor CPU before / after (worst case)",
+                 f"{worst_before * 100:.1f} % / **{worst * 100:.2f} %** of a core", "< 2 %"),
+    ])
+
+
 def bench_hot_reload_section(reloads: int) -> str:
     import hot_reload
 
@@ -734,6 +751,7 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, help="hot_reload: reloads (default 30; quick 3; issue 8 used 200)")
     parser.add_argument("--plugins", type=int, help="scale: plugins (default 100; quick 10)")
     parser.add_argument("--idle", type=float, help="scale: idle seconds measured (default 30; quick 5)")
+    parser.add_argument("--flood-seconds", type=float, help="log_flood: seconds per case and reader (default 10; quick 2)")
     parser.add_argument("--botplugins", type=int, help="operator: BotPlugins (default 500; quick 20)")
     parser.add_argument("--operator-timeout", type=float, default=600,
                         help="operator: give up waiting for all Ready after this many s (default 600)")
@@ -752,6 +770,7 @@ def main() -> None:
         "hot_reload": lambda: bench_hot_reload_section(pick(args.reloads, 30, 3)),
         "scale": lambda: bench_scale(pick(args.plugins, 100, 10), pick(args.idle, 30.0, 5.0)),
         "operator": lambda: bench_operator_section(pick(args.botplugins, 500, 20), args.operator_timeout),
+        "log_flood": lambda: bench_log_flood_section(pick(args.flood_seconds, 10.0, 2.0)),
     }
     chosen = [n for n in SECTION_NAMES if n in (args.only or SECTION_NAMES)]
     out_path = args.out if args.out is not None else (None if args.quick else DOC)
@@ -786,7 +805,7 @@ def main() -> None:
         sys.exit(1)
 
 
-SECTION_NAMES = ["runtime", "gateway_storage", "hot_reload", "scale", "operator"]
+SECTION_NAMES = ["runtime", "gateway_storage", "hot_reload", "scale", "operator", "log_flood"]
 
 
 if __name__ == "__main__":

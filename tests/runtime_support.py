@@ -30,13 +30,14 @@ def precinct(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 class Up:
     """`precinct up DIR --state-dir S` in the background."""
 
-    def __init__(self, plugins_dir: Path, state_dir: Path, *extra: str) -> None:
+    def __init__(self, plugins_dir: Path, state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.plugins_dir, self.state_dir = plugins_dir, state_dir
         self.log = open(state_dir.parent / f"up-{state_dir.name}.log", "w")
         self.proc = subprocess.Popen(
             [*PRECINCT, "up", str(plugins_dir), "--state-dir", str(state_dir), "--grace", "3",
              "--initial-backoff", "0.2", "--max-backoff", "1", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
 
     def output(self) -> str:

@@ -145,6 +145,11 @@ def up(
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not plugins_dir.is_dir():
         _fail(f"{plugins_dir} is not a folder of plugins")
+    from .confine.host import environment_problem
+
+    problem = environment_problem()
+    if problem:
+        _fail(problem)
     policy = RestartPolicy(initial_backoff=initial_backoff, max_backoff=max_backoff,
                            reset_after=reset_after, grace_period=grace)
     supervisor = Supervisor(plugins_dir, _state(state_dir), policy=policy, nats_port=nats_port)

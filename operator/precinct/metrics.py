@@ -18,6 +18,7 @@ below. There is never a user, channel or subject label.
 | precinct_plugin_memory_limit_bytes | gauge | plugin | the plan's memory limit |
 | precinct_plugin_restarts_total | counter | plugin | restarts by the supervisor (crashes, violation restarts) |
 | precinct_plugin_oom_kills_total | counter | plugin | instances that ended OOMKilled |
+| precinct_plugin_log_dropped_bytes_total | counter | plugin | stdout/stderr bytes discarded over the per-plugin log cap |
 | precinct_plugin_messages_in_total | counter | plugin | commands delivered to the plugin by the dispatcher |
 | precinct_plugin_messages_out_total | counter | plugin | messages the gateway relayed from the plugin |
 | precinct_plugin_replies_total | counter | plugin | commands the plugin answered (success or error) |
@@ -78,6 +79,7 @@ MEMORY = _m("precinct_plugin_memory_bytes", GAUGE, "Memory the plugin uses now")
 MEMORY_LIMIT = _m("precinct_plugin_memory_limit_bytes", GAUGE, "Memory limit of the plugin")
 RESTARTS = _m("precinct_plugin_restarts_total", COUNTER, "Restarts of the plugin")
 OOM_KILLS = _m("precinct_plugin_oom_kills_total", COUNTER, "Plugin instances killed for exceeding memory")
+LOG_DROPPED = _m("precinct_plugin_log_dropped_bytes_total", COUNTER, "Plugin output bytes discarded over the log cap")
 MESSAGES_IN = _m("precinct_plugin_messages_in_total", COUNTER, "Commands delivered to the plugin")
 MESSAGES_OUT = _m("precinct_plugin_messages_out_total", COUNTER, "Messages relayed from the plugin by the gateway")
 REPLIES = _m("precinct_plugin_replies_total", COUNTER, "Commands the plugin answered")
@@ -92,7 +94,7 @@ STORAGE_BYTES = _m("precinct_plugin_storage_bytes", GAUGE, "Size of the plugin's
 STORAGE_LIMIT = _m("precinct_plugin_storage_limit_bytes", GAUGE, "Quota of the plugin's database")
 RECONCILES = _m("precinct_operator_reconciles_total", COUNTER, "Operator reconciles by outcome", ("outcome",))
 
-ALL: tuple[Metric, ...] = (CPU_SECONDS, CPU_LIMIT, MEMORY, MEMORY_LIMIT, RESTARTS, OOM_KILLS, MESSAGES_IN,
+ALL: tuple[Metric, ...] = (CPU_SECONDS, CPU_LIMIT, MEMORY, MEMORY_LIMIT, RESTARTS, OOM_KILLS, LOG_DROPPED, MESSAGES_IN,
                            MESSAGES_OUT, REPLIES, ERRORS, RATE_LIMITED, VIOLATIONS, RELOADS, STATE,
                            STORAGE_REQUESTS, STORAGE_ERRORS, STORAGE_BYTES, STORAGE_LIMIT, RECONCILES)
 BY_NAME = {m.name: m for m in ALL}
@@ -118,7 +120,7 @@ def families(view: dict[str, Any]) -> list:
     """Metric families from one monitor view (runtime/dashboard.py `Monitor.view()`):
 
     {"plugins": {id: {"state", "cpu_seconds", "memory_bytes", "limits": {...},
-                      "restarts", "oom_kills", "traffic": {...}, "violations_by_kind": {...},
+                      "restarts", "oom_kills", "log_dropped_bytes", "traffic": {...}, "violations_by_kind": {...},
                       "reloads": {outcome: n}, "storage": {...}}}}
     Missing fields are simply not exported for that plugin.
     """
@@ -141,6 +143,7 @@ def families(view: dict[str, Any]) -> list:
         put(MEMORY_LIMIT, limits.get("memory_bytes"))
         put(RESTARTS, p.get("restarts", 0))
         put(OOM_KILLS, p.get("oom_kills", 0))
+        put(LOG_DROPPED, p.get("log_dropped_bytes", 0))
         for metric, key in ((MESSAGES_IN, "messages_in"), (MESSAGES_OUT, "messages_out"), (REPLIES, "replies"),
                             (ERRORS, "errors"), (RATE_LIMITED, "rate_limited")):
             put(metric, traffic.get(key, 0))

@@ -27,7 +27,7 @@ ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # tempescape and blobbomb never run either: their migrations are refused.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
            "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "eventflood", "slowquery",
-           "crashloop")
+           "logflood", "egress6", "hostsock", "crashloop")
 
 
 class Bystander(threading.Thread):
@@ -111,6 +111,19 @@ class Fleet:
         assert len([o for o in window if o[0] >= since]) >= at_least, "the bystander thread asked nothing"
         failed = [o for o in window if not o[2]]
         assert not failed, f"the bystander went unanswered during the attack: {failed}"
+
+
+@pytest.fixture(scope="module")
+def owned(tmp_path_factory):
+    """A network namespace the suite creates (tests/netns_support.py): the only
+    non-loopback addresses an attack is aimed at."""
+    from netns_support import OwnedNetwork, can_own_networks
+
+    why = can_own_networks()
+    if why:
+        pytest.skip(f"end-to-end network attacks {why}")
+    with OwnedNetwork(tmp_path_factory.mktemp("owned")) as net:
+        yield net
 
 
 @pytest.fixture(scope="module")

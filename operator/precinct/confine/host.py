@@ -7,7 +7,7 @@ that starts the trusted init (init.py) instead of the runner. See
 docs/confinement.md for what each layer stops and what it does not.
 
 `PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
-landlock, seccomp, disk) switches layers off for debugging and for proving that
+landlock, seccomp, disk, view) switches layers off for debugging and for proving that
 the attack tests fail without them; status then reports each as
 "MISSING: disabled by PRECINCT_CONFINE_DISABLE". Never silent.
 """
@@ -36,7 +36,7 @@ from ..runtime.procstats import sample as proc_sample
 from ..runtime.slot import Confinement, LaunchSpec
 from . import disk, landlock, seccomp
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
-from .egress import PROXY_PORT, EgressProxy
+from .egress import PROXY_PORT, EgressProxy, parse_allow
 from .relay import ListenerServer, nats_relay
 from .uids import UID_BASE, UID_COUNT, UidError, allocate
 
@@ -51,8 +51,12 @@ IN_CREDS = SANDBOX / "nats.creds"
 IN_CONFIG = SANDBOX / "config.json"
 IN_DATA = SANDBOX / "data"
 
-LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk")
+LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view")
 DISABLE_ENV = "PRECINCT_CONFINE_DISABLE"
+# TEST-ONLY: ADDR:PORT pairs the egress proxy lets plugins reach although the
+# policy refuses them (a local stand-in for a public service). The operator's
+# environment, never a manifest; status names every entry.
+EGRESS_ALLOW_ENV = "PRECINCT_EGRESS_TEST_ALLOW"
 HANDSHAKE_TIMEOUT = 60.0
 
 # Read and execute: the Python runtime and shared libraries.
@@ -63,6 +67,14 @@ SYSTEM_READ = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc
                "/etc/gai.conf", "/etc/mime.types", "/etc/python3", "/etc/python3.11", "/etc/python3.12",
                "/etc/python3.13", "/proc")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# Covered with an empty tmpfs in the plugin's mount namespace (the view layer):
+# where host pathname unix sockets live (Landlock does not cover connecting to
+# them). /run is rebuilt holding only the sandbox view; a symlink (Debian's
+# /var/run -> /run) is left alone; a directory the runner needs is never hidden.
+# Hidden, not used: the plugin gets its own empty tmpfs there (Landlock still refuses writing it).
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # nosec B108 - covered by an empty private tmpfs, never written by us
+HIDDEN_DIRS = ("/run", "/var/run", *SCRATCH_DIRS, "/var/lib", "/var/spool", "/home", "/root", "/srv", "/mnt",
+               "/media", "/opt")
 
 MISSING = "MISSING"
 
@@ -108,6 +120,18 @@ class _Plugin:
     membership: str = "pending"
     enforcement: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def environment_problem() -> str | None:
+    """What is wrong with the PRECINCT_* settings this module reads, for `precinct up` to say before starting."""
+    unknown = _disabled_from_env() - set(LAYERS)
+    if unknown:
+        return f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}"
+    try:
+        parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
+    except ValueError as exc:
+        return f"{EGRESS_ALLOW_ENV}: {exc}"
+    return None
 
 
 def _disabled_from_env() -> set[str]:
@@ -195,6 +219,10 @@ class HostConfinement(Confinement):
             raise ValueError(f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}")
         self._caps: Capabilities | None = None
         self._plugins: dict[str, _Plugin] = {}
+        try:
+            self.egress_allow = parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
+        except ValueError as exc:
+            raise ValueError(f"{EGRESS_ALLOW_ENV}: {exc}") from None
 
     # -- what this host can do ----------------------------------------------------
 
@@ -377,6 +405,9 @@ class HostConfinement(Confinement):
                 env.update(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
                 env["NO_PROXY"] = env["no_proxy"] = ""
                 enf["egress"] = "proxy (public addresses only, ports 80/443)"
+                if self.egress_allow:
+                    enf["egress"] += (f"; {EGRESS_ALLOW_ENV} also allows "
+                                      + ", ".join(f"{a}:{port}" for a, port in sorted(self.egress_allow)))
         else:
             why = f"disabled by {DISABLE_ENV}" if not self._layer("netns") else caps.namespaces_problem
             enf["network"] = missing(f"{why}: the host network is reachable (Landlock limits TCP ports only)")
@@ -411,6 +442,17 @@ class HostConfinement(Confinement):
             enf["seccomp"] = missing(f"{why}: io_uring, UDP, raw and netlink sockets, ptrace are allowed")
         enf["cgroup-membership"] = "pending" if p.cgroup is not None else "n/a"
 
+        # Host directories covered in its mount namespace (init._hide_host_dirs).
+        hide: list[str] = []
+        if self._layer("view"):
+            needed = [*SYSTEM_READ_EXEC, *SYSTEM_READ, *DEVICES, *(landlock_spec or {}).get("read_exec", [])]
+            hide = [d for d in HIDDEN_DIRS if os.path.isdir(d) and not os.path.islink(d)
+                    and not any(n == d or n.startswith(d + "/") for n in needed if not n.startswith(str(RUN_DIR)))]
+            enf["host_dirs"] = "hidden (empty tmpfs): " + " ".join(hide)
+        else:
+            enf["host_dirs"] = missing(f"disabled by {DISABLE_ENV}: host /tmp and /run are visible, and their "
+                                       "unix sockets reachable (Landlock does not cover connect)")
+
         # The handshake socket: only root can reach it (0700 dir).
         hs_path = HANDSHAKE_DIR / f"{secrets.token_hex(8)}.sock"
         hs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -420,11 +462,18 @@ class HostConfinement(Confinement):
         p.handshake_sock = hs
         p.handshake = asyncio.create_task(self._handshake(p, hs, hs_path, spec.instance, pidns, netns, http),
                                           name=f"confine-handshake:{plugin_id}")
+        handshake = str(hs_path)
+        if any(str(HANDSHAKE_DIR).startswith(d + "/") for d in hide):
+            # /run is hidden before the runner connects: it reaches the socket
+            # through the view, and unmounts it there right after.
+            binds.append({"src": str(hs_path), "dst": ".handshake", "kind": "file"})
+            handshake = str(SANDBOX / ".handshake")
 
         cfg = {
             "plugin_id": plugin_id, "instance": spec.instance, "supervisor_pid": os.getpid(),
             "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
-            "rlimits": rlimits, "handshake": str(hs_path), "sandbox": str(SANDBOX), "binds": binds,
+            "rlimits": rlimits, "handshake": handshake, "handshake_in_view": handshake != str(hs_path),
+            "hide": hide, "scratch": list(SCRATCH_DIRS), "sandbox": str(SANDBOX), "binds": binds,
             "pidns": pidns, "netns": netns, "listeners": listeners, "landlock": landlock_spec,
             "seccomp": use_seccomp, "argv": argv, "env": env,
             "cwd": str(IN_CODE),
@@ -471,7 +520,7 @@ class HostConfinement(Confinement):
                 if name == "nats":
                     server = nats_relay(f"{p.id}/nats", listener, *p.nats)
                 elif name == "egress" and http:
-                    server = EgressProxy().server(f"{p.id}/egress", listener)
+                    server = EgressProxy(allow=self.egress_allow).server(f"{p.id}/egress", listener)
                 else:
                     listener.close()
                     continue
@@ -592,6 +641,7 @@ class UnprivilegedConfinement(Confinement):
             "proc": missing(f"{why}: other processes are visible"),
             "landlock": missing(why), "seccomp": missing(why),
             "network": missing(f"{why}: the host network is reachable"),
+            "host_dirs": missing(f"{why}: host /tmp and /run are visible"),
         }
 
     def details(self, plugin_id: str) -> dict[str, Any]:

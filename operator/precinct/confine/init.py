@@ -48,7 +48,8 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
+MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -200,6 +201,37 @@ def _build_view(cfg: dict) -> None:
     mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def _hide_host_dirs(cfg: dict) -> None:
+    """Cover the host directories in cfg["hide"] with empty tmpfs mounts, so that
+    no host pathname unix socket (/tmp, /run, ...) exists for the plugin:
+    Landlock does not cover connect() to those. The sandbox view is already
+    bound by now, so hiding where its sources live does not matter. The one
+    directory that holds the view itself (/run) gets a fresh tmpfs containing
+    only the view: built at a staging point, the view moved into it, the whole
+    moved over /run."""
+    hide = [d for d in cfg.get("hide") or [] if os.path.isdir(d) and not os.path.islink(d)]
+    sandbox = cfg["sandbox"]
+    holder = next((d for d in hide if sandbox.startswith(d.rstrip("/") + "/")), None)
+    if holder is not None:
+        stage = next((d for d in hide if d != holder and not sandbox.startswith(d.rstrip("/") + "/")), None)
+        if stage is None:
+            raise SetupError(f"no staging directory to rebuild {holder} in")
+        mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+        inner = os.path.join(stage, os.path.relpath(sandbox, holder))
+        os.makedirs(inner, mode=0o755)
+        mount(sandbox, inner, None, MS_MOVE)
+        mount(stage, holder, None, MS_MOVE)
+        mount(None, holder, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for d in hide:
+        if d == holder:
+            continue
+        scratch = d in cfg.get("scratch", ())
+        mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=1m,mode=1777" if scratch else "size=16k,mode=0755")
+        if not scratch:
+            mount(None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 def _mount_proc() -> None:
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid")
@@ -229,6 +261,7 @@ def ns_init(cfg: dict, status_w: int, alive_r: int) -> None:
     if cfg.get("pidns"):
         _mount_proc()
     _build_view(cfg)
+    _hide_host_dirs(cfg)
     child = os.fork()
     if child == 0:
         try:
@@ -308,6 +341,8 @@ def _handshake(cfg: dict, listeners: list[socket.socket]) -> None:
             reply += chunk
     for x in listeners:
         x.close()
+    if cfg.get("handshake_in_view"):        # bound into the view only for this: gone before plugin code runs
+        _ok(_libc.umount2(cfg["handshake"].encode(), ctypes.c_int(MNT_DETACH)), "umount2(handshake)")
     text = reply.decode(errors="replace").strip()
     if text != "go":
         raise SetupError(f"the supervisor refused to start this instance: {text or 'no answer'}")

@@ -214,6 +214,7 @@ class Monitor:
             "id": pid, "state": snap.get("state"), "ready": ready.get("status", "Unknown"),
             "reason": ready.get("reason", ""), "message": (ready.get("message") or "")[:300],
             "pid": snap.get("pid"), "restarts": snap.get("restarts", 0), "oom_kills": snap.get("oom_kills", 0),
+            "log_dropped_bytes": snap.get("log_dropped_bytes", 0),
             "last_exit": snap.get("last_exit"), "cpu_seconds": round(cpu_total, 3),
             "cpu_percent": round(cpu_percent, 2), "memory_bytes": int(snap.get("memory_bytes") or 0),
             "limits": limits, "traffic": traffic, "storage": storage,

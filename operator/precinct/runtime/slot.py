@@ -4,8 +4,9 @@ A slot owns at most one running instance of a plugin. When the instance
 exits on its own it is restarted with exponential backoff (Rosey's numbers:
 1 s doubling to 60 s, reset after 300 s healthy); three quick crashes in a row
 put it in CrashLoopBackOff. The slot remembers why it last exited
-(`ExitCode<N>`) and the last lines of its stderr, because that is what a
-person debugging a plugin needs first.
+(`ExitCode<N>`) and the last lines of its output (stdout and stderr share
+one pipe, read by plugin_log.py so that no output can blind the supervisor),
+because that is what a person debugging a plugin needs first.
 
 Nothing here trusts the plugin: readiness is a NATS ping answered through the
 plugin's own account, and stopping escalates SIGTERM to SIGKILL of the whole
@@ -15,7 +16,6 @@ process group after the grace period.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import secrets
@@ -26,6 +26,7 @@ from typing import Awaitable, Callable
 
 from .. import conditions as cond
 from ..conditions import Conditions
+from .plugin_log import PluginLog
 from .procstats import ProcessStats, sample
 
 STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REJECTED, SUSPENDED = (
@@ -60,7 +61,9 @@ class SlotStatus:
     restarts: int = 0
     last_exit: str | None = None
     last_exit_at: float | None = None
-    stderr_tail: list[str] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)   # stdout and stderr, last lines, sanitised
+    log_bytes: int = 0              # output read (stdout + stderr), all instances
+    log_dropped_bytes: int = 0      # output discarded over the per-plugin cap (plugin_log.py)
     started_at: float | None = None
     ready_at: float | None = None
     cpu_seconds: float = 0.0
@@ -126,7 +129,8 @@ class Slot:
         self.status = SlotStatus(id=plugin_id)
         self.conditions = Conditions()
         self._proc: asyncio.subprocess.Process | None = None
-        self._stderr = collections.deque(maxlen=20)
+        self._output = -1                # read end of the instance's stdout+stderr pipe
+        self.log = PluginLog()
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -163,10 +167,16 @@ class Slot:
         if proc and proc.returncode is None:
             stats: ProcessStats = self.confinement.sample(self.id, proc.pid)
             self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
-        self.status.stderr_tail = list(self._stderr)
+        self.status.stderr_tail = list(self.log.tail)
+        self.status.log_bytes, self.status.log_dropped_bytes = self.log.kept_bytes, self.log.dropped_bytes
         self.status.enforcement = self.confinement.enforcement(self.id)
         self.status.conditions = self.conditions.to_list()
         return self.status
+
+    @property
+    def _stderr(self):
+        """The output tail (rollout.py reads the last line of it)."""
+        return self.log.tail
 
     # -- the loop -------------------------------------------------------------
 
@@ -177,7 +187,7 @@ class Slot:
             try:
                 spawned = await self._spawn(instance)
             except Exception as exc:  # a launch failure is a crash like any other
-                self._stderr.append(f"could not start: {exc}")
+                self.log.note(f"could not start: {exc}")
                 self._record_exit(getattr(exc, "reason", None) or "LaunchFailed")
             else:
                 if not spawned:
@@ -193,7 +203,7 @@ class Slot:
             crash_loop = self._quick_crashes >= self.policy.crash_loop_after
             self.status.state = CRASH_LOOP if crash_loop else BACKOFF
             reason = cond.CRASH_LOOP if crash_loop else (self.status.last_exit or "Exited")
-            tail = self._stderr[-1] if self._stderr else ""
+            tail = self.log.tail[-1] if self.log.tail else ""
             self.conditions.set(cond.READY, False, reason,
                                 f"{self.status.last_exit}; restarting in {self._backoff:g} s. {tail}".strip())
             self._wake.clear()
@@ -213,12 +223,21 @@ class Slot:
         self.status.state = STARTING
         self.status.instance = instance
         self.conditions.set(cond.READY, False, "Starting", f"instance {instance} starting")
-        self._proc = await asyncio.create_subprocess_exec(
-            *spec.argv, env=spec.env, cwd=spec.cwd,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: we can signal everything it started
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
+        # stdout and stderr share one pipe; plugin_log.PluginLog reads it.
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *spec.argv, env=spec.env, cwd=spec.cwd,
+                stdin=asyncio.subprocess.DEVNULL, stdout=write_end, stderr=write_end,
+                start_new_session=True,  # its own process group: we can signal everything it started
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._output = read_end
         self.status.pid = self._proc.pid
         self.status.started_at = time.time()
         self.status.ready_at = None
@@ -227,7 +246,7 @@ class Slot:
     async def _wait_ready_then_exit(self, instance: str) -> None:
         proc = self._proc
         assert proc is not None
-        reader = asyncio.create_task(self._read_stderr(proc))
+        reader = asyncio.create_task(self.log.follow(self._output))
         exited = asyncio.create_task(proc.wait())
         ready = asyncio.create_task(self.pinger(instance, self.policy.ready_timeout))
         done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -236,7 +255,7 @@ class Slot:
             self.status.ready_at = time.time()
             self.conditions.set(cond.READY, True, "Running", f"instance {instance} answers its health ping")
         elif ready in done and proc.returncode is None:
-            self._stderr.append(f"no answer to the health ping within {self.policy.ready_timeout:g} s")
+            self.log.note(f"no answer to the health ping within {self.policy.ready_timeout:g} s")
             await self._terminate()
         else:
             ready.cancel()
@@ -253,14 +272,6 @@ class Slot:
         if reason == cond.OOM_KILLED:
             self.status.oom_kills += 1
         self.status.last_exit_at = time.time()
-
-    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while True:
-            line = await proc.stderr.readline()
-            if not line:
-                return
-            self._stderr.append(line.decode(errors="replace").rstrip()[:500])
 
     async def _terminate(self) -> None:
         proc = self._proc

@@ -41,6 +41,8 @@ def render_status(status: dict, console: Console | None = None) -> None:
     for pid, p in status.get("plugins", {}).items():
         for problem in p.get("problems") or []:
             console.print(f"[red]{pid}[/red]: {problem}")
+        if p.get("log_dropped_bytes"):
+            console.print(f"[yellow]{pid}[/yellow]: {p['log_dropped_bytes']} bytes of output dropped over its log cap")
         if p.get("state") in ("BackOff", "CrashLoopBackOff") and p.get("stderr_tail"):
             console.print(f"[yellow]{pid} stderr (last lines):[/yellow]")
             for line in p["stderr_tail"][-5:]:
