@@ -25,7 +25,7 @@ from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin  # 
 ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # thief is rejected (CommandConflict) and never runs; crashloop is armed last.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
-           "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "crashloop")
+           "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "refuser", "crashloop")
 
 
 class Bystander(threading.Thread):

@@ -14,7 +14,8 @@ globally routable (plan.sandbox.DENIED_DESTINATIONS plus Python's
 `is_global`), and then connects to exactly the address it checked, so a name
 that changes its answer between check and use (DNS rebinding) gains nothing.
 Only ports 80 and 443 are allowed. Refusals are answered `403` with the
-reason in the body.
+reason in the body, and each one is reported to `on_refused` (the supervisor
+counts it against the plugin whose namespace this proxy serves).
 
 It does not inspect what is sent to an allowed address (TLS stays end to
 end), and it cannot stop a plugin from talking to a public service an
@@ -92,8 +93,10 @@ def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
 
 class EgressProxy:
     def __init__(self, resolver: Resolver = system_resolver, allowed_ports: Iterable[int] = ALLOWED_PORTS,
-                 check: Callable[[str], str | None] = denied_reason) -> None:
+                 check: Callable[[str], str | None] = denied_reason,
+                 on_refused: Callable[[str], object] | None = None) -> None:
         self.resolver = resolver
+        self.on_refused = on_refused
         self.allowed_ports = tuple(allowed_ports)
         self.check = check
         self.refused: list[str] = []          # the last few refusals, for status/debugging
@@ -148,6 +151,8 @@ class EgressProxy:
         except Refused as exc:
             self.refused = (self.refused + [str(exc)])[-20:]
             log.info("egress refused: %s", exc)
+            if exc.status == 403 and self.on_refused is not None:
+                self.on_refused(str(exc))
             _answer(writer, exc.status, str(exc))
             return
         except ValueError:
