@@ -14,13 +14,17 @@ proxy refuses. So the policy has two classes:
 
   at once   a strike for each refusal: seccomp refusals of what no chat plugin
             needs (io_uring, ptrace and process_vm_*, bpf, perf, keyrings,
-            mounts, new namespaces, modules, kexec, raw and packet sockets,
-            foreign syscall ABIs ...) and Landlock scope refusals (signalling
-            or reaching an abstract socket outside the sandbox);
+            mounts, new namespaces, modules, kexec, foreign syscall ABIs ...)
+            and Landlock scope refusals (signalling or reaching an abstract
+            socket outside the sandbox);
   budget    a strike only when more than `budget[mechanism]` such refusals
             happen within `window` seconds: Landlock file and TCP-port
-            refusals, seccomp refusals of socket() for netlink and other
-            families (EAFNOSUPPORT) or UDP (EPERM), and egress proxy 403s.
+            refusals, egress proxy 403s, and seccomp refusals of socket().
+            The kernel's seccomp record names the syscall and the action, not
+            its arguments or errno, so a UDP or netlink probe (what getaddrinfo
+            and DNS lookups do) cannot be told from a raw or packet socket
+            attempt; all socket() refusals share the seccomp budget. (A raw or
+            packet socket also needs CAP_NET_RAW, which no plugin has.)
 
 A strike goes to the warn -> restart -> suspend ladder (runtime/violations.py)
 with kind = the mechanism. Attribution never comes from the plugin: the
@@ -31,7 +35,6 @@ the process is already gone, the kernel-reported uid (one uid per plugin).
 from __future__ import annotations
 
 import collections
-import errno
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -44,10 +47,9 @@ MECHANISMS = (SECCOMP, LANDLOCK, EGRESS)
 RET_ACTION_MASK = 0xFFFF0000
 RET_ERRNO = 0x00050000
 
-# socket() refusals that libraries make in normal use (budget class); every
-# other seccomp refusal is a strike at once.
-SOCKET_PROBES = {errno.EAFNOSUPPORT: "socket-family", errno.EPERM: "socket-udp"}
-SOCKET_DANGEROUS = {errno.EACCES: "socket-raw-or-packet"}
+# socket() refusals are what libraries make in normal use (budget class);
+# every other seccomp refusal is a strike at once.
+SECCOMP_PROBES = ("socket",)
 LANDLOCK_AT_ONCE = ("scope.",)          # scope.signal, scope.abstract_unix_socket
 
 MAX_KINDS = 32            # distinct `what` keys kept per plugin (the rest count as "other")
@@ -57,11 +59,11 @@ RECENT = 10
 @dataclass
 class RefusalPolicy:
     window: float = 60.0
-    budget: dict[str, int] = field(default_factory=lambda: {SECCOMP: 50, LANDLOCK: 200, EGRESS: 30})
+    budget: dict[str, int] = field(default_factory=lambda: {SECCOMP: 20, LANDLOCK: 200, EGRESS: 30})
 
     def describe(self) -> dict[str, Any]:
         return {"window_seconds": self.window, "budget": dict(self.budget),
-                "at_once": "seccomp refusals other than socket() probes; Landlock scope refusals"}
+                "at_once": "seccomp refusals of any syscall but socket(); Landlock scope refusals"}
 
 
 def _syscall_names(arch: str) -> dict[int, str]:
@@ -73,19 +75,15 @@ _AUDIT_ARCH = {"c000003e": "x86_64", "c00000b7": "aarch64"}
 
 
 def classify_seccomp(syscall: int, code: int, arch_hex: str) -> tuple[str, bool]:
-    """(what, at_once) for one seccomp record: `code` is the filter's return
-    value (action | errno), `arch_hex` the record's arch field."""
+    """(what, at_once) for one seccomp record: `code` is the action the filter
+    took (the kernel logs the action without its errno), `arch_hex` the
+    record's arch field."""
     if (code & RET_ACTION_MASK) != RET_ERRNO:
         return f"killed (syscall {syscall}, arch {arch_hex})", True    # a foreign ABI: the process is killed
-    err = code & 0xFFFF
     name = _NAMES.get(_AUDIT_ARCH.get(arch_hex.lower(), ""), {}).get(syscall, f"syscall {syscall}")
-    if name == "socket":
-        if err in SOCKET_PROBES:
-            return SOCKET_PROBES[err], False
-        return SOCKET_DANGEROUS.get(err, f"socket ({errno.errorcode.get(err, err)})"), True
     if name == "clone":
         return "clone-new-namespace", True
-    return name, True
+    return name, name not in SECCOMP_PROBES
 
 
 def classify_landlock(blockers: str) -> tuple[str, bool]:

@@ -6,10 +6,8 @@ Denied (EPERM unless noted):
   * io_uring_setup/enter/register: io_uring creates sockets (IORING_OP_SOCKET)
     without the socket() syscall this filter sees;
   * socket() of any family but AF_UNIX, AF_INET and AF_INET6, and for the
-    inet families any type but SOCK_STREAM: no UDP (EPERM), raw (EACCES),
-    packet (EACCES) or netlink and other families (EAFNOSUPPORT) sockets.
-    The errno tells the refusal report which one it was (confine/refusals.py:
-    netlink and UDP are what libraries probe; raw and packet sockets are not);
+    inet families any type but SOCK_STREAM: no UDP, raw, packet or netlink
+    sockets (EAFNOSUPPORT / EPERM);
   * new namespaces: unshare, setns, and clone with any CLONE_NEW* flag;
     clone3 answers ENOSYS so the C library falls back to clone, whose flags
     this filter can read (clone3 passes them in memory);
@@ -27,7 +25,8 @@ Every refusal is reported: the filter is installed with
 SECCOMP_FILTER_FLAG_LOG, so the kernel writes an audit record (type 1326:
 pid, uid, syscall, the errno returned) for each call it refuses, which the
 supervisor reads (confine/audit.py). `RET_LOG` is not used: it would let the
-call through. The clone3 -> ENOSYS answer is not a refusal (it steers the C
+call through. The record names the syscall and the action, not the errno or
+the arguments. The clone3 -> ENOSYS answer is not a refusal (it steers the C
 library to clone, which every thread start does), so it lives in a second,
 unlogged filter.
 """
@@ -63,8 +62,8 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_AARCH64 = 0xC00000B7
 X32_SYSCALL_BIT = 0x40000000
 
-AF_UNIX, AF_INET, AF_INET6, AF_PACKET = 1, 2, 10, 17
-SOCK_STREAM, SOCK_DGRAM = 1, 2
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM = 1
 SOCK_TYPE_MASK = 0xF
 CLONE_NEW_MASK = 0x7E020000   # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 
@@ -183,13 +182,11 @@ def build(arch: str | None = None) -> bytes:
     a.op(LD_W_ABS, OFF_ARG(0))
     a.op(JEQ_K, AF_UNIX, "allow", 0)
     a.op(JEQ_K, AF_INET, "inet", 0)
-    a.op(JEQ_K, AF_INET6, "inet", 0)
-    a.op(JEQ_K, AF_PACKET, "eacces", "eafnosupport")
+    a.op(JEQ_K, AF_INET6, "inet", "eafnosupport")
     a.label("inet")
     a.op(LD_W_ABS, OFF_ARG(1))
     a.op(AND_K, SOCK_TYPE_MASK)
-    a.op(JEQ_K, SOCK_STREAM, "allow", 0)
-    a.op(JEQ_K, SOCK_DGRAM, "eperm", "eacces")
+    a.op(JEQ_K, SOCK_STREAM, "allow", "eperm")
 
     a.label("clone")
     a.op(LD_W_ABS, OFF_ARG(0))
@@ -199,8 +196,6 @@ def build(arch: str | None = None) -> bytes:
     a.op(RET_K, RET_ALLOW)
     a.label("eperm")
     a.op(RET_K, RET_ERRNO | errno.EPERM)
-    a.label("eacces")
-    a.op(RET_K, RET_ERRNO | errno.EACCES)
     a.label("eafnosupport")
     a.op(RET_K, RET_ERRNO | errno.EAFNOSUPPORT)
     a.label("kill")
