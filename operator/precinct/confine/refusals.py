@@ -35,6 +35,7 @@ the process is already gone, the kernel-reported uid (one uid per plugin).
 from __future__ import annotations
 
 import collections
+import datetime
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -147,6 +148,7 @@ class Ledger:
                      "subject": f"more than {budget} {mechanism} refusals within {self.policy.window:g} s "
                                 f"(last: {what} {detail})"[:256],
                      "source": "kernel audit" if mechanism != EGRESS else "egress proxy"}
+        event["last"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         entry.strikes += 1
         if self.on_strike is not None:
             self.on_strike(plugin_id, event)
