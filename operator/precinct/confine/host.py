@@ -26,6 +26,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -204,6 +205,7 @@ class HostConfinement(Confinement):
         self._audit_reader = None
         self._reporting: dict[str, str] = {}
         self._audit_lost_at_start: int | None = None
+        self._owners: dict[tuple[int, int], tuple[str | None, float]] = {}
 
     # -- what this host can do ----------------------------------------------------
 
@@ -572,7 +574,19 @@ class HostConfinement(Confinement):
     def _owner(self, pid: int, uid: int) -> str | None:
         """The plugin a kernel-reported pid/uid belongs to: by the process's
         cgroups while it lives, else by its uid (one per plugin). Never by
-        anything the plugin says."""
+        anything the plugin says. Answers are kept for a second: a flood of
+        records from one process costs one lookup."""
+        now = time.monotonic()
+        cached = self._owners.get((pid, uid))
+        if cached is not None and now - cached[1] < 1.0:
+            return cached[0]
+        if len(self._owners) > 4096:
+            self._owners.clear()
+        owner = self._lookup_owner(pid, uid)
+        self._owners[(pid, uid)] = (owner, now)
+        return owner
+
+    def _lookup_owner(self, pid: int, uid: int) -> str | None:
         try:
             text = Path(f"/proc/{pid}/cgroup").read_text() if pid > 0 else None
         except OSError:

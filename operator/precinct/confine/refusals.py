@@ -53,6 +53,8 @@ RET_ERRNO = 0x00050000
 SECCOMP_PROBES = ("socket",)
 LANDLOCK_AT_ONCE = ("scope.",)          # scope.signal, scope.abstract_unix_socket
 
+STRIKE_EVERY = 1.0        # at most one strike event per plugin and mechanism per second (the ladder's
+                          # cooldown merges them anyway; a flood then costs one ladder call a second)
 MAX_KINDS = 32            # distinct `what` keys kept per plugin (the rest count as "other")
 RECENT = 10
 
@@ -101,6 +103,7 @@ class PluginRefusals:
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
     window: dict[str, collections.deque] = field(default_factory=dict)   # mechanism -> budget-class times
     strikes: int = 0
+    last_event: dict[str, float] = field(default_factory=dict)        # mechanism -> last strike event
     recovered: int = 0          # Landlock denials whose records were lost, known from the domain's end
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +134,8 @@ class Ledger:
         entry.kinds[key] = entry.kinds.get(key, 0) + count
         entry.recent.append((now, mechanism, what, detail[:200]))
         if at_once:
+            if now - entry.last_event.get(mechanism, -STRIKE_EVERY) < STRIKE_EVERY:
+                return None
             event = {"kind": mechanism, "subject": f"{what} {detail}".strip()[:256], "count": count,
                      "source": "kernel audit" if mechanism != EGRESS else "egress proxy"}
         else:
@@ -148,6 +153,7 @@ class Ledger:
                      "subject": f"more than {budget} {mechanism} refusals within {self.policy.window:g} s "
                                 f"(last: {what} {detail})"[:256],
                      "source": "kernel audit" if mechanism != EGRESS else "egress proxy"}
+        entry.last_event[mechanism] = now
         event["last"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         entry.strikes += 1
         if self.on_strike is not None:
