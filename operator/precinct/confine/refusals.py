@@ -62,7 +62,7 @@ RECENT = 10
 @dataclass
 class RefusalPolicy:
     window: float = 60.0
-    budget: dict[str, int] = field(default_factory=lambda: {SECCOMP: 20, LANDLOCK: 200, EGRESS: 30})
+    budget: dict[str, int] = field(default_factory=lambda: {SECCOMP: 20, LANDLOCK: 200, EGRESS: 60})
 
     def describe(self) -> dict[str, Any]:
         return {"window_seconds": self.window, "budget": dict(self.budget),
