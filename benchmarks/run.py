@@ -18,6 +18,8 @@ Sections (in this order):
                    (default 500) against the API stand-in; time to all Ready, operator RSS
   log_flood        benchmarks/log_flood.py: a plugin flooding its output, the supervisor's
                    CPU before and after issue 14's reader
+  refusals         one plugin flooding refused syscalls (seccomp) and refused file opens
+                   (Landlock) for N s each (default 10): supervisor CPU, refusals counted, records lost
 
 Each section starts what it measures from scratch, says how each figure was
 taken, and prints progress. Run as root for the sandboxed figures (as any
@@ -583,6 +585,112 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
     ])
 
 
+# -- refusals: what a flood of refused calls costs the supervisor -----------------------------------
+
+FLOODER_YAML = """name: flooder
+version: 0.0.1
+author: precinct-benchmarks
+commands: {flood: flooder.go}
+resources: {memory_limit: 96Mi, cpu_limit: 500m}
+"""
+FLOODER_PY = """import ctypes, json, os, threading, time
+
+
+def flood(kind, seconds):
+    libc = ctypes.CDLL(None, use_errno=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if kind == "landlock":
+            try:
+                os.close(os.open("/etc/passwd", os.O_RDONLY))   # outside its view: Landlock refuses
+            except OSError:
+                pass
+        else:
+            libc.syscall(425, 1, None)                          # io_uring_setup: seccomp refuses
+
+
+class Flooder:
+    def __init__(self, nats_client, config=None):
+        self.nats = nats_client
+
+    async def initialize(self):
+        await self.nats.subscribe("rosey.command.flooder.go", cb=self._go)
+
+    async def shutdown(self):
+        pass
+
+    async def _go(self, msg):
+        kind, seconds = str(json.loads(msg.data or b"{}").get("args") or "").split()
+        threading.Thread(target=flood, args=(kind, float(seconds)), daemon=True).start()
+        await msg.respond(json.dumps({"success": True, "result": {"flooding": kind}}).encode())
+"""
+
+
+def bench_refusals(seconds: float = 10.0) -> str:
+    measured, load = now_utc(), load_average()
+    src = Path(tempfile.mkdtemp(prefix="precinct-flooder-")) / "flooder"
+    src.mkdir()
+    (src / "plugin.yaml").write_text(FLOODER_YAML)
+    (src / "plugin.py").write_text(FLOODER_PY)
+    say(f"refusals: one plugin floods refused syscalls, then refused file opens, {seconds:g} s each")
+    # One long strike: the ladder must not restart the flooder mid-measurement.
+    fleet = Fleet([(src, "flooder")], "--violation-cooldown", "3600", "--suspend-after", "0")
+    rows = []
+    try:
+        fleet.wait_all_running(1, timeout=300)
+        sup = fleet.proc.pid
+        idle0 = cpu_seconds(sup)
+        time.sleep(seconds)
+        idle = (cpu_seconds(sup) - idle0) / seconds * 100
+        before = fleet.status()
+        for kind in ("seccomp", "landlock"):
+            counts0 = before["plugins"]["flooder"]["refusals"]["counts"][kind]
+            lost0 = dict(before["refusals"]["lost"])
+            c0 = cpu_seconds(sup)
+            said = subprocess.run([*PRECINCT, "say", f"!flood {kind} {seconds:g}", "--state-dir", str(fleet.state)],
+                                  capture_output=True, text=True, timeout=120)
+            if said.returncode != 0:
+                raise RuntimeError(f"!flood {kind}: {said.stdout} {said.stderr}")
+            time.sleep(seconds + 3)                 # the flood, then the reader's backlog
+            used = cpu_seconds(sup) - c0
+            after = fleet.status()
+            counted = after["plugins"]["flooder"]["refusals"]["counts"][kind] - counts0
+            lost = {k: v - lost0.get(k, 0) for k, v in after["refusals"]["lost"].items()}
+            rows.append((kind, used / (seconds + 3) * 100, counted, lost,
+                         after["plugins"]["flooder"]["refusals"]["recovered_from_domain_totals"]))
+            before = after
+        violations = before["plugins"]["flooder"]["violations"]
+    finally:
+        fleet.close()
+        shutil.rmtree(src.parent, ignore_errors=True)
+    lines = [
+        "## Refusals: a plugin flooding refused calls",
+        "",
+        f"_Measured {measured}; load average before: {load}._",
+        "",
+        f"One plugin (cpu_limit 500m) loops on a refused call for {seconds:g} s: `io_uring_setup` (seccomp), "
+        "then opening `/etc/passwd` (Landlock, outside its view). The supervisor reads the kernel's audit "
+        "records (at most 500 per 0.1 s), attributes and counts them. CPU: utime+stime of the supervisor "
+        f"process over the flood plus 3 s, as % of one core; idle for comparison: {idle:.2f} %. `lost`: the "
+        "host-wide counters of `precinct status` (kernel backlog drops, socket overflows, reader ticks over "
+        "budget). `recovered`: Landlock denials known only from the domain's total when it ended "
+        "(the flooder's domain ends only when it stops).",
+        "",
+        "| flood | supervisor CPU | refusals counted | lost | recovered |",
+        "|---|---|---|---|---|",
+        *[f"| {kind} | {cpu:.2f} % | {counted:,} | {', '.join(f'{k} {v:,}' for k, v in lost.items())} | {rec:,} |"
+          for kind, cpu, counted, lost, rec in rows],
+        "",
+        f"Ladder: {violations.get('strikes')} strike(s) with `--violation-cooldown 3600` (one long offence), "
+        f"kinds {violations.get('counts')}.",
+        "",
+    ]
+    for kind, cpu, counted, _lost, _rec in rows:
+        lines.append(headline(f"refusal flood ({kind}, {seconds:g} s): supervisor CPU, refusals counted",
+                              f"{cpu:.1f} % of a core, {counted:,}", "CPU < 10 %"))
+    return "\n".join(lines)
+
+
 # -- the other scripts -----------------------------------------------------------------------------
 
 
@@ -753,6 +861,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, help="scale: idle seconds measured (default 30; quick 5)")
     parser.add_argument("--flood-seconds", type=float, help="log_flood: seconds per case and reader (default 10; quick 2)")
     parser.add_argument("--botplugins", type=int, help="operator: BotPlugins (default 500; quick 20)")
+    parser.add_argument("--flood", type=float, help="refusals: seconds of each flood (default 10; quick 3)")
     parser.add_argument("--operator-timeout", type=float, default=600,
                         help="operator: give up waiting for all Ready after this many s (default 600)")
     args = parser.parse_args()
@@ -771,6 +880,7 @@ def main() -> None:
         "scale": lambda: bench_scale(pick(args.plugins, 100, 10), pick(args.idle, 30.0, 5.0)),
         "operator": lambda: bench_operator_section(pick(args.botplugins, 500, 20), args.operator_timeout),
         "log_flood": lambda: bench_log_flood_section(pick(args.flood_seconds, 10.0, 2.0)),
+        "refusals": lambda: bench_refusals(pick(args.flood, 10.0, 3.0)),
     }
     chosen = [n for n in SECTION_NAMES if n in (args.only or SECTION_NAMES)]
     out_path = args.out if args.out is not None else (None if args.quick else DOC)
@@ -805,7 +915,7 @@ def main() -> None:
         sys.exit(1)
 
 
-SECTION_NAMES = ["runtime", "gateway_storage", "hot_reload", "scale", "operator", "log_flood"]
+SECTION_NAMES = ["runtime", "gateway_storage", "hot_reload", "scale", "operator", "log_flood", "refusals"]
 
 
 if __name__ == "__main__":

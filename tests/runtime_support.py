@@ -44,8 +44,14 @@ class Up:
         self.log.flush()
         return Path(self.log.name).read_text()
 
-    def status(self) -> dict | None:
-        result = precinct("status", "--json", "--state-dir", str(self.state_dir), timeout=20)
+    def status(self, timeout: float = 90) -> dict | None:
+        """The fleet's status, or None if the supervisor does not answer. The
+        CLI alone takes seconds to start on a loaded machine (about 5 s at load
+        average 18 on 2 cores), so the deadline is generous."""
+        try:
+            result = precinct("status", "--json", "--state-dir", str(self.state_dir), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
         if result.returncode != 0:
             return None
         return json.loads(result.stdout)
@@ -69,7 +75,8 @@ class Up:
             f"{', '.join(plugin_ids)} running", timeout)
 
     def say(self, text: str, *extra: str) -> subprocess.CompletedProcess:
-        return precinct("say", text, "--state-dir", str(self.state_dir), *extra)
+        # The subprocess deadline covers the CLI's start on a loaded machine on top of `--timeout`.
+        return precinct("say", text, "--state-dir", str(self.state_dir), *extra, timeout=150)
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:

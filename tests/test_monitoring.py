@@ -43,9 +43,10 @@ def _view(**overrides) -> dict:
          "limits": {"memory_bytes": 64 * 2**20, "cpu_millicores": 250},
          "traffic": {"messages_in": 5, "messages_out": 7, "replies": 4, "errors": 1, "rate_limited": 3},
          "violations_by_kind": {"rate_limit": 3}, "reloads": {"succeeded": 1},
+         "refusals": {"landlock": 12, "seccomp": 1},
          "storage": {"requests": 9, "errors": 0, "used_bytes": 4096, "limit_bytes": 8192}}
     p.update(overrides)
-    return {"plugins": {"dice": p}}
+    return {"plugins": {"dice": p}, "refusals_lost": {"kernel_backlog": 4, "socket_overflows": 0}}
 
 
 def _parse(text: str) -> dict[tuple[str, tuple], float]:
@@ -76,6 +77,9 @@ def test_exposition_uses_only_the_documented_names_and_labels():
     assert samples[("precinct_plugin_state", (("plugin", "dice"), ("state", "CrashLoopBackOff")))] == 0
     assert samples[("precinct_plugin_cpu_limit_cores", (("plugin", "dice"),))] == 0.25
     assert samples[("precinct_plugin_reloads_total", (("outcome", "succeeded"), ("plugin", "dice")))] == 1
+    assert samples[("precinct_plugin_refusals_total", (("mechanism", "landlock"), ("plugin", "dice")))] == 12
+    assert samples[("precinct_plugin_refusals_total", (("mechanism", "egress"), ("plugin", "dice")))] == 0
+    assert samples[("precinct_refusal_records_lost_total", (("source", "kernel_backlog"),))] == 4
 
 
 def test_monotonic_counters_survive_a_source_restart():
@@ -364,7 +368,7 @@ def test_alerts_reference_only_precinct_metrics():
             "precinct_plugin_reloads_total", "precinct_plugin_state"} <= used
     assert 'outcome=~"failed|rolled_back"' in text
     kinds = set(metrics.VIOLATION_KINDS)
-    assert kinds == {"rate_limit", "permission", "duplicate_reply"}
+    assert kinds == {"rate_limit", "permission", "duplicate_reply", "seccomp", "landlock", "egress"}
 
 
 def test_grafana_dashboard_is_valid_and_uses_the_same_names():

@@ -7,8 +7,8 @@ these names; the Helm chart's alerts and Grafana dashboard use only these
 names (tests/test_monitoring.py checks that).
 
 Labels are low-cardinality by construction: `plugin` (the plugin id) and,
-for three metrics, `kind`, `outcome` or `state` from the small fixed sets
-below. There is never a user, channel or subject label.
+for a few metrics, `kind`, `mechanism`, `outcome`, `state` or `source` from
+the small fixed sets below. There is never a user, channel or subject label.
 
 | metric | type | labels | meaning |
 |---|---|---|---|
@@ -24,7 +24,9 @@ below. There is never a user, channel or subject label.
 | precinct_plugin_replies_total | counter | plugin | commands the plugin answered (success or error) |
 | precinct_plugin_errors_total | counter | plugin | commands answered with an error or not answered in time |
 | precinct_plugin_rate_limited_total | counter | plugin | messages the gateway dropped for the plugin's rate |
-| precinct_plugin_violations_total | counter | plugin, kind | violations: kind = rate_limit, permission, duplicate_reply |
+| precinct_plugin_violations_total | counter | plugin, kind | violations (strikes' events): kind = rate_limit, permission, duplicate_reply, seccomp, landlock, egress |
+| precinct_plugin_refusals_total | counter | plugin, mechanism | every refusal by the sandbox: mechanism = seccomp, landlock, egress |
+| precinct_refusal_records_lost_total | counter | source | refusal records lost host-wide: source = kernel_backlog, socket_overflows, reader_over_budget |
 | precinct_plugin_reloads_total | counter | plugin, outcome | reloads/rollouts: outcome = succeeded, failed, rolled_back |
 | precinct_plugin_state | gauge | plugin, state | 1 for the plugin's current state, 0 for the others |
 | precinct_plugin_storage_requests_total | counter | plugin | storage API requests |
@@ -48,7 +50,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 COUNTER, GAUGE = "counter", "gauge"
 
-VIOLATION_KINDS = ("rate_limit", "permission", "duplicate_reply")
+VIOLATION_KINDS = ("rate_limit", "permission", "duplicate_reply", "seccomp", "landlock", "egress")
+REFUSAL_MECHANISMS = ("seccomp", "landlock", "egress")
+LOST_SOURCES = ("kernel_backlog", "socket_overflows", "reader_over_budget")
 RELOAD_OUTCOMES = ("succeeded", "failed", "rolled_back")
 RECONCILE_OUTCOMES = ("ok", "retry", "error")
 # Single-host slot states (runtime/slot.py) and the operator's (k8s/metrics.py).
@@ -86,6 +90,8 @@ REPLIES = _m("precinct_plugin_replies_total", COUNTER, "Commands the plugin answ
 ERRORS = _m("precinct_plugin_errors_total", COUNTER, "Commands answered with an error or not answered in time")
 RATE_LIMITED = _m("precinct_plugin_rate_limited_total", COUNTER, "Messages dropped by the plugin's rate limit")
 VIOLATIONS = _m("precinct_plugin_violations_total", COUNTER, "Violations by kind", ("plugin", "kind"))
+REFUSALS = _m("precinct_plugin_refusals_total", COUNTER, "Refusals by the sandbox, by mechanism", ("plugin", "mechanism"))
+REFUSALS_LOST = _m("precinct_refusal_records_lost_total", COUNTER, "Refusal records lost, by source", ("source",))
 RELOADS = _m("precinct_plugin_reloads_total", COUNTER, "Reloads or rollouts by outcome", ("plugin", "outcome"))
 STATE = _m("precinct_plugin_state", GAUGE, "1 for the plugin's current state", ("plugin", "state"))
 STORAGE_REQUESTS = _m("precinct_plugin_storage_requests_total", COUNTER, "Storage API requests")
@@ -95,8 +101,9 @@ STORAGE_LIMIT = _m("precinct_plugin_storage_limit_bytes", GAUGE, "Quota of the p
 RECONCILES = _m("precinct_operator_reconciles_total", COUNTER, "Operator reconciles by outcome", ("outcome",))
 
 ALL: tuple[Metric, ...] = (CPU_SECONDS, CPU_LIMIT, MEMORY, MEMORY_LIMIT, RESTARTS, OOM_KILLS, LOG_DROPPED, MESSAGES_IN,
-                           MESSAGES_OUT, REPLIES, ERRORS, RATE_LIMITED, VIOLATIONS, RELOADS, STATE,
-                           STORAGE_REQUESTS, STORAGE_ERRORS, STORAGE_BYTES, STORAGE_LIMIT, RECONCILES)
+                           MESSAGES_OUT, REPLIES, ERRORS, RATE_LIMITED, VIOLATIONS, REFUSALS, RELOADS, STATE,
+                           STORAGE_REQUESTS, STORAGE_ERRORS, STORAGE_BYTES, STORAGE_LIMIT, REFUSALS_LOST,
+                           RECONCILES)
 BY_NAME = {m.name: m for m in ALL}
 
 
@@ -121,10 +128,17 @@ def families(view: dict[str, Any]) -> list:
 
     {"plugins": {id: {"state", "cpu_seconds", "memory_bytes", "limits": {...},
                       "restarts", "oom_kills", "log_dropped_bytes", "traffic": {...}, "violations_by_kind": {...},
-                      "reloads": {outcome: n}, "storage": {...}}}}
+                      "refusals": {mechanism: n}, "reloads": {outcome: n}, "storage": {...}}},
+     "refusals_lost": {source: n}}
     Missing fields are simply not exported for that plugin.
     """
     fams = {m.name: new_family(m) for m in ALL if m is not RECONCILES}
+    lost = view.get("refusals_lost") or {}
+    for source in sorted(set(LOST_SOURCES) & set(lost)):
+        try:
+            fams[REFUSALS_LOST.name].add_metric([source], float(lost[source]))
+        except (TypeError, ValueError):
+            pass
     for pid, p in plugin_rows(view):
         def put(metric: Metric, value: Any, *extra: str) -> None:
             if value is None:
@@ -150,6 +164,10 @@ def families(view: dict[str, Any]) -> list:
         by_kind = p.get("violations_by_kind") or {}
         for kind in sorted(set(VIOLATION_KINDS) | set(by_kind)):
             put(VIOLATIONS, by_kind.get(kind, 0), kind)
+        refusals = p.get("refusals")
+        if refusals is not None:
+            for mechanism in sorted(set(REFUSAL_MECHANISMS) | set(refusals)):
+                put(REFUSALS, refusals.get(mechanism, 0), mechanism)
         reloads = p.get("reloads") or {}
         for outcome in sorted(set(RELOAD_OUTCOMES) | set(reloads)):
             put(RELOADS, reloads.get(outcome, 0), outcome)

@@ -27,7 +27,7 @@ ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # tempescape and blobbomb never run either: their migrations are refused.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
            "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "eventflood", "slowquery",
-           "logflood", "egress6", "hostsock", "crashloop")
+           "logflood", "egress6", "hostsock", "refuser", "crashloop")
 
 
 class Bystander(threading.Thread):
@@ -43,7 +43,7 @@ class Bystander(threading.Thread):
         while not self._stop_event.is_set():
             start = time.monotonic()
             try:
-                said = self.up.say("!8ball are we safe?", "--timeout", "15")
+                said = self.up.say("!8ball are we safe?", "--timeout", "30")
                 ok, out = said.returncode == 0 and "🎱" in said.stdout, said.stdout + said.stderr
             except Exception as exc:  # noqa: BLE001 - a hung CLI counts as unanswered
                 ok, out = False, repr(exc)
@@ -99,7 +99,7 @@ class Fleet:
     def bystander_since(self, since: float, at_least: int = 1, timeout: float = 40) -> None:
         """Every question asked since `since` was answered, and at least
         `at_least` questions asked after it have finished (wait for them)."""
-        direct = self.up.say("!8ball still there?", "--timeout", "15")
+        direct = self.up.say("!8ball still there?", "--timeout", "30")
         assert direct.returncode == 0 and "🎱" in direct.stdout, (direct.stdout, direct.stderr)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,8 +6,9 @@ with the gateway and storage (conftest.py). Each test asserts that
 * it is **reported** — a condition or counter in `precinct status --json`
   (which the metrics endpoint exports as `precinct_plugin_*`), or a violation
   event; where the kernel refuses an attempt silently, the report is the
-  `enforcement` entry naming the layer in force (docs/threat-model.md lists
-  this as a known gap: refused syscalls are not counted),
+  `enforcement` entry naming the layer in force, and the refusal itself is
+  counted per plugin with its mechanism (`refusals` in status,
+  `precinct_plugin_refusals_total`; the refuser plugin proves each one),
 * the bystander (8ball) keeps answering throughout (conftest.Bystander).
 
 The attacks proven in depth by tests/test_confinement.py (the same layers,
@@ -17,9 +18,12 @@ were run with which layer removed, and that they then failed.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -274,6 +278,9 @@ def test_udp_exfiltration_is_refused(fleet):
         assert _nothing_arrived(sink)
     finally:
         sink.close()
+    # Counted as a seccomp refusal of socket(): a probe class, no strike by itself.
+    fleet.up.wait_for(lambda s: s["plugins"]["udpexfil"]["refusals"]["kinds"].get("seccomp:socket", 0) >= 1,
+                      "the UDP socket refusal counted", timeout=30)
     fleet.bystander_since(since)
 
 
@@ -492,4 +499,79 @@ def test_crash_loop_backs_off_and_is_reported(fleet):
     assert info["restarts"] >= 3 and info["last_exit"] == "ExitCode17", info
     others = fleet.status()["plugins"]
     assert all(others[p]["state"] == "Running" for p in ("eightball", "writer", "netout")), others
+    fleet.bystander_since(since)
+
+
+# -- refusals are counted and reported ------------------------------------------------
+
+
+def _metrics(fleet) -> dict[tuple[str, tuple], float]:
+    info = json.loads((fleet.state / "dashboard.json").read_text())
+    request = urllib.request.Request(f"http://127.0.0.1:{info['port']}/metrics",
+                                     headers={"Authorization": f"Bearer {info['token']}"})
+    with urllib.request.urlopen(request, timeout=30) as response:   # loopback: the supervisor's own endpoint
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_:]+)\{(.*)\} (\S+)$", line)
+        if m:
+            out[(m.group(1), tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(2)))))] = float(m.group(3))
+    return out
+
+
+def test_refusals_by_seccomp_landlock_and_the_proxy_are_counted_with_their_mechanism(fleet):
+    from precinct.confine import landlock
+
+    status = fleet.status()
+    reporting = status["refusals"]["reporting"]
+    assert reporting["seccomp"].startswith("kernel audit"), reporting
+    assert reporting["egress"].startswith("counted"), reporting
+    landlock_reported = landlock.abi() >= landlock.AUDIT_ABI
+    if not landlock_reported:
+        assert reporting["landlock"].startswith("MISSING"), reporting
+        print(f"NOTE: Landlock ABI {landlock.abi()} writes no audit records; its refusals are not counted here")
+    before = status["plugins"]["refuser"]["refusals"]["counts"]
+    bystander_before = status["plugins"]["eightball"]["refusals"]["counts"]
+    since = fleet.mark()
+
+    # seccomp: io_uring is refused (EPERM), counted, and a strike at once.
+    assert fleet.ask("!refuse iouring") == {"iouring": "EPERM"}
+    after = fleet.up.wait_for(lambda s: s["plugins"]["refuser"]["refusals"]["counts"]["seccomp"] > before["seccomp"],
+                              "the io_uring refusal counted", timeout=30)["plugins"]["refuser"]
+    assert after["refusals"]["kinds"].get("seccomp:io_uring_setup", 0) >= 1, after["refusals"]
+    fleet.up.wait_for(lambda s: s["plugins"]["refuser"]["violations"].get("counts", {}).get("seccomp", 0) >= 1,
+                      "a seccomp strike", timeout=30)
+
+    # Landlock: world-readable files outside its view (file modes allow them; Landlock does not).
+    paths = ["/etc/passwd", "/etc/group", "/etc/hostname"]
+    result = fleet.ask("!refuse read " + " ".join(paths))
+    assert result == {p: "EACCES" for p in paths}, result
+    if landlock_reported:
+        after = fleet.up.wait_for(
+            lambda s: s["plugins"]["refuser"]["refusals"]["counts"]["landlock"] >= before["landlock"] + 3,
+            "the three Landlock refusals counted", timeout=30)["plugins"]["refuser"]
+        details = " ".join(r["detail"] for r in after["refusals"]["recent"])
+        assert "path=/etc/hostname" in details, after["refusals"]
+
+    # The egress proxy: loopback addresses are refused with 403 (never connected to).
+    urls = ["http://127.0.0.1/", "http://[::1]/"]
+    result = fleet.ask("!refuse fetch " + " ".join(urls), timeout=40)
+    assert result == {u: "HTTP 403" for u in urls}, result
+    after = fleet.up.wait_for(lambda s: s["plugins"]["refuser"]["refusals"]["counts"]["egress"] >= before["egress"] + 2,
+                              "the two proxy refusals counted", timeout=30)
+    refuser = after["plugins"]["refuser"]
+
+    # File and proxy refusals this few are below their budget: counted, no strike of their own.
+    assert refuser["violations"]["counts"].get("landlock", 0) == 0, refuser["violations"]
+    assert refuser["violations"]["counts"].get("egress", 0) == 0, refuser["violations"]
+    assert refuser["state"] == "Running", refuser["state"]
+    # Attribution came from outside: the bystander was not charged with any of it.
+    assert after["plugins"]["eightball"]["refusals"]["counts"] == bystander_before
+
+    samples = _metrics(fleet)
+    for mechanism in ("seccomp", "egress") + (("landlock",) if landlock_reported else ()):
+        key = ("precinct_plugin_refusals_total", (("mechanism", mechanism), ("plugin", "refuser")))
+        assert samples.get(key, 0) >= 1, (key, {k: v for k, v in samples.items() if "refus" in k[0]})
+    assert samples[("precinct_plugin_violations_total", (("kind", "seccomp"), ("plugin", "refuser")))] >= 1
+    assert ("precinct_refusal_records_lost_total", (("source", "socket_overflows"),)) in samples
     fleet.bystander_since(since)

@@ -11,7 +11,9 @@ It resolves the name itself (the plugin has no DNS), refuses the request if
 ANY address the name resolves to is refused by `denied_reason`, and then
 connects to exactly the address it checked, so a name that changes its answer
 between check and use (DNS rebinding) gains nothing. Only ports 80 and 443
-are allowed. Refusals are answered `403` with the reason in the body.
+are allowed. Refusals are answered `403` with the reason in the body, and
+each one is reported to `on_refused` (the supervisor counts it against the
+plugin whose namespace this proxy serves).
 
 `denied_reason` is a pure function that judges what an address means, not how
 it is spelt: loopback, private, link-local (cloud metadata 169.254.169.254
@@ -208,8 +210,10 @@ class EgressProxy:
 
     def __init__(self, resolver: Resolver = system_resolver, allowed_ports: Iterable[int] = ALLOWED_PORTS,
                  check: Callable[[str], str | None] = denied_reason,
-                 allow: Iterable[tuple[str, int]] = ()) -> None:
+                 allow: Iterable[tuple[str, int]] = (),
+                 on_refused: Callable[[str], object] | None = None) -> None:
         self.resolver = resolver
+        self.on_refused = on_refused
         self.allowed_ports = tuple(allowed_ports)
         self.check = check
         self.allow = frozenset((str(ipaddress.ip_address(a)), int(p)) for a, p in allow)
@@ -268,6 +272,8 @@ class EgressProxy:
         except Refused as exc:
             self.refused = (self.refused + [str(exc)])[-20:]
             log.info("egress refused: %s", exc)
+            if exc.status == 403 and self.on_refused is not None:
+                self.on_refused(str(exc))
             _answer(writer, exc.status, str(exc))
             return
         except ValueError:

@@ -26,6 +26,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +38,7 @@ from ..runtime.slot import Confinement, LaunchSpec
 from . import disk, landlock, seccomp
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
+from .refusals import EGRESS, KernelRecords, Ledger
 from .relay import ListenerServer, nats_relay
 from .uids import UID_BASE, UID_COUNT, UidError, allocate
 
@@ -223,6 +225,15 @@ class HostConfinement(Confinement):
             self.egress_allow = parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
         except ValueError as exc:
             raise ValueError(f"{EGRESS_ALLOW_ENV}: {exc}") from None
+        # Refusals (refusals.py): counted per plugin; strikes go to `on_refusal_strike`
+        # (the supervisor's violation ladder) when it is set.
+        self.on_refusal_strike = None
+        self.ledger = Ledger(on_strike=lambda plugin_id, event: self.on_refusal_strike
+                             and self.on_refusal_strike(plugin_id, event))
+        self._audit_reader = None
+        self._reporting: dict[str, str] = {}
+        self._audit_lost_at_start: int | None = None
+        self._owners: dict[tuple[int, int], tuple[str | None, float]] = {}
 
     # -- what this host can do ----------------------------------------------------
 
@@ -280,6 +291,7 @@ class HostConfinement(Confinement):
         caps = self.capabilities()
         if not caps.root:
             raise RuntimeError("HostConfinement needs root")
+        self._start_reporting()
         plan = p.plan
         enf: dict[str, str] = {}
         p.instance = spec.instance
@@ -520,7 +532,10 @@ class HostConfinement(Confinement):
                 if name == "nats":
                     server = nats_relay(f"{p.id}/nats", listener, *p.nats)
                 elif name == "egress" and http:
-                    server = EgressProxy(allow=self.egress_allow).server(f"{p.id}/egress", listener)
+                    # This proxy serves this plugin's namespace only: its refusals are this plugin's.
+                    proxy = EgressProxy(allow=self.egress_allow, on_refused=lambda reason, plugin_id=p.id:
+                                        self.ledger.add(plugin_id, EGRESS, "403", reason, at_once=False))
+                    server = proxy.server(f"{p.id}/egress", listener)
                 else:
                     listener.close()
                     continue
@@ -565,6 +580,100 @@ class HostConfinement(Confinement):
         if p.handshake is not None and not p.handshake.done():
             p.handshake.cancel()
         p.handshake = None
+
+    # -- refusals -----------------------------------------------------------------
+
+    def _start_reporting(self) -> None:
+        """Once: read the kernel's refusal records (audit.py), turning audit on
+        if Landlock needs it, and say honestly what is and is not reported."""
+        if self._reporting:
+            return
+        from . import audit
+
+        caps = self.capabilities()
+        problem = None
+        try:
+            state = audit.status()
+            self._audit_lost_at_start = state["lost"]
+            if state["enabled"] == 0 and caps.landlock_abi >= landlock.AUDIT_ABI and self._layer("landlock"):
+                audit.enable()
+                log.info("kernel audit turned on: Landlock reports its refusals only while it is on")
+                state = audit.status()
+            self._audit_reader = audit.AuditReader(KernelRecords(self.ledger, self._owner))
+            self._audit_reader.start()
+        except OSError as exc:
+            problem, state = f"cannot read kernel audit records: {exc}", {"enabled": 0}
+            self._audit_reader = None
+        if not self._layer("seccomp") or caps.seccomp_problem:
+            self._reporting["seccomp"] = "n/a: no seccomp filter"
+        else:
+            why = problem or seccomp.logging_problem()
+            self._reporting["seccomp"] = missing(why) if why else "kernel audit records (SECCOMP_FILTER_FLAG_LOG)"
+        if not self._layer("landlock") or caps.landlock_abi < 1:
+            self._reporting["landlock"] = "n/a: no Landlock"
+        elif caps.landlock_abi < landlock.AUDIT_ABI:
+            self._reporting["landlock"] = missing(f"Landlock ABI {caps.landlock_abi} writes no audit records "
+                                                  "(ABI 7, Linux 6.15, does): refusals are enforced, not counted")
+        elif problem or not state.get("enabled"):
+            self._reporting["landlock"] = missing(problem or "kernel audit is off and could not be turned on")
+        else:
+            self._reporting["landlock"] = "kernel audit records (Landlock ABI 7)"
+        self._reporting["egress"] = "counted by the egress proxy"
+
+    def _owner(self, pid: int, uid: int) -> str | None:
+        """The plugin a kernel-reported pid/uid belongs to: by the process's
+        cgroups while it lives, else by its uid (one per plugin). Never by
+        anything the plugin says. Answers are kept for a second: a flood of
+        records from one process costs one lookup."""
+        now = time.monotonic()
+        cached = self._owners.get((pid, uid))
+        if cached is not None and now - cached[1] < 1.0:
+            return cached[0]
+        if len(self._owners) > 4096:
+            self._owners.clear()
+        owner = self._lookup_owner(pid, uid)
+        self._owners[(pid, uid)] = (owner, now)
+        return owner
+
+    def _lookup_owner(self, pid: int, uid: int) -> str | None:
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text() if pid > 0 else None
+        except OSError:
+            text = None
+        shown = {}
+        for line in (text or "").splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                shown[parts[1]] = parts[2]
+        for p in list(self._plugins.values()):
+            if p.cgroup is not None and shown:
+                expected = p.cgroup.expected_paths()
+                if expected and all(shown.get(k) == v for k, v in expected.items()):
+                    return p.id
+        for p in list(self._plugins.values()):
+            # By uid only when the cgroups could not say: the process is gone, or the plugin has none.
+            if p.uid and p.uid == uid and (text is None or p.cgroup is None):
+                return p.id
+        return None
+
+    def refusals(self, plugin_id: str) -> dict[str, Any]:
+        """What was refused this plugin, by mechanism (status `refusals`)."""
+        return self.ledger.summary(plugin_id)
+
+    def refusal_reporting(self) -> dict[str, Any]:
+        """Host-wide: how each mechanism reports, the policy, and what was lost."""
+        from . import audit
+
+        lost: dict[str, Any] = {}
+        if self._audit_lost_at_start is not None:
+            try:
+                lost["kernel_backlog"] = audit.status()["lost"] - self._audit_lost_at_start
+            except OSError:
+                pass
+        if self._audit_reader is not None:
+            lost["socket_overflows"] = self._audit_reader.overflows
+            lost["reader_over_budget"] = self._audit_reader.over_budget
+        return {"reporting": dict(self._reporting), "policy": self.ledger.policy.describe(), "lost": lost}
 
     # -- reports ------------------------------------------------------------------
 

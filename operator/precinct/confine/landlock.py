@@ -14,6 +14,11 @@ TCP connection (only its port: the network namespace stops that).
 Every right this kernel's ABI knows is "handled" (denied unless a rule grants
 it), so a newer kernel never silently widens the sandbox; rights a newer ABI
 adds are simply not handled by an older kernel, and `abi()` says which.
+
+Refusals are reported from ABI 7 on (Linux 6.15): `restrict_self` asks the
+kernel to write an audit record for every access the ruleset denies after the
+runner's exec (not the init's own steps before it), which the supervisor
+reads (confine/audit.py). Older kernels enforce the same rules silently.
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ NET_CONNECT_TCP = 1 << 1
 
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1
+
+# landlock_restrict_self flags (ABI 7): audit records for denials.
+LOG_SAME_EXEC_OFF = 1 << 0   # nothing before the next exec (the trusted init's own steps)
+LOG_NEW_EXEC_ON = 1 << 1     # everything after it (the runner and what it starts)
+AUDIT_ABI = 7
 
 # Rights that only make sense on files (a rule on a file may carry only these).
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
@@ -152,9 +162,11 @@ class Ruleset:
 
     def restrict_self(self) -> None:
         """Needs no_new_privs (or CAP_SYS_ADMIN); irrevocable for this process
-        and everything it starts."""
+        and everything it starts. From ABI 7, denials after the next exec are
+        audited (see the module docstring)."""
+        flags = (LOG_SAME_EXEC_OFF | LOG_NEW_EXEC_ON) if self.abi >= AUDIT_ABI else 0
         try:
-            _check(_syscall(ctypes.c_long(SYS_RESTRICT_SELF), ctypes.c_int(self.fd), ctypes.c_uint32(0)),
+            _check(_syscall(ctypes.c_long(SYS_RESTRICT_SELF), ctypes.c_int(self.fd), ctypes.c_uint32(flags)),
                    "landlock_restrict_self")
         finally:
             os.close(self.fd)

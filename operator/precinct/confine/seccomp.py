@@ -20,6 +20,15 @@ Denied (EPERM unless noted):
 
 It does not stop what a namespace, Landlock or the cgroup stops, and it
 cannot see syscall arguments held in memory (the address of connect()).
+
+Every refusal is reported: the filter is installed with
+SECCOMP_FILTER_FLAG_LOG, so the kernel writes an audit record (type 1326:
+pid, uid, syscall, the errno returned) for each call it refuses, which the
+supervisor reads (confine/audit.py). `RET_LOG` is not used: it would let the
+call through. The record names the syscall and the action, not the errno or
+the arguments. The clone3 -> ENOSYS answer is not a refusal (it steers the C
+library to clone, which every thread start does), so it lives in a second,
+unlogged filter.
 """
 
 from __future__ import annotations
@@ -75,7 +84,7 @@ DENIED = (
 
 SYSCALLS = {
     "x86_64": dict(
-        socket=41, clone=56, clone3=435,
+        socket=41, clone=56, clone3=435, seccomp=317,
         io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
         ptrace=101, process_vm_readv=310, process_vm_writev=311, pidfd_getfd=438, kcmp=312,
         unshare=272, setns=308,
@@ -89,7 +98,7 @@ SYSCALLS = {
         iopl=172, ioperm=173, modify_ldt=154, uselib=134,
     ),
     "aarch64": dict(
-        socket=198, clone=220, clone3=435,
+        socket=198, clone=220, clone3=435, seccomp=277,
         io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
         ptrace=117, process_vm_readv=270, process_vm_writev=271, pidfd_getfd=438, kcmp=272,
         unshare=97, setns=268,
@@ -151,7 +160,8 @@ class _Asm:
 
 
 def build(arch: str | None = None) -> bytes:
-    """The filter program (struct sock_filter[]) for `arch`."""
+    """The filter program (struct sock_filter[]) for `arch`: every refusal
+    but clone3's (see build_clone3)."""
     arch = arch or machine()
     table = SYSCALLS[arch]
     a = _Asm()
@@ -162,7 +172,6 @@ def build(arch: str | None = None) -> bytes:
         a.op(JGE_K, X32_SYSCALL_BIT, "kill", 0)
     a.op(JEQ_K, table["socket"], "socket", 0)
     a.op(JEQ_K, table["clone"], "clone", 0)
-    a.op(JEQ_K, table["clone3"], "enosys", 0)
     for name in DENIED:
         nr = table[name]
         if nr is not None:
@@ -189,32 +198,67 @@ def build(arch: str | None = None) -> bytes:
     a.op(RET_K, RET_ERRNO | errno.EPERM)
     a.label("eafnosupport")
     a.op(RET_K, RET_ERRNO | errno.EAFNOSUPPORT)
-    a.label("enosys")
-    a.op(RET_K, RET_ERRNO | errno.ENOSYS)
     a.label("kill")
     a.op(RET_K, RET_KILL_PROCESS)
     return a.assemble()
 
 
+def build_clone3(arch: str | None = None) -> bytes:
+    """clone3 answers ENOSYS so the C library falls back to clone, whose flags
+    the main filter can read (clone3 passes them in memory). Not logged: it
+    happens at every thread start and refuses nothing."""
+    arch = arch or machine()
+    a = _Asm()
+    a.op(LD_W_ABS, OFF_NR)
+    a.op(JEQ_K, SYSCALLS[arch]["clone3"], 0, 1)
+    a.op(RET_K, RET_ERRNO | errno.ENOSYS)
+    a.op(RET_K, RET_ALLOW)
+    return a.assemble()
+
+
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
 
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 1 << 1
+
+
+def logging_problem() -> str | None:
+    """None when the kernel logs this filter's refusals (SECCOMP_FILTER_FLAG_LOG
+    and "errno" in actions_logged), else why not."""
+    try:
+        logged = open("/proc/sys/kernel/seccomp/actions_logged").read().split()
+    except OSError as exc:
+        return f"/proc/sys/kernel/seccomp/actions_logged: {exc.strerror}"
+    if "errno" not in logged:
+        return "the kernel does not log refused (errno) calls: add errno to /proc/sys/kernel/seccomp/actions_logged"
+    return None
+
+
+def _load(libc, program: bytes, flags: int) -> None:
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    nr = SYSCALLS[machine()]["seccomp"]
+    if libc.syscall(ctypes.c_long(nr), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags),
+                    ctypes.byref(prog)) == 0:
+        return
+    err = ctypes.get_errno()
+    if flags and err == errno.EINVAL:      # a kernel without FILTER_FLAG_LOG: enforce, unreported
+        return _load(libc, program, 0)
+    raise SeccompError(err, f"seccomp(SET_MODE_FILTER): {errno.errorcode.get(err, err)}")
+
+
 def install(program: bytes | None = None) -> None:
-    """Load the filter into this (single-threaded) process. Needs
+    """Load the filters into this (single-threaded) process. Needs
     no_new_privs, which the init sets before Landlock anyway."""
     program = program if program is not None else build()
     libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise SeccompError(err, f"prctl(NO_NEW_PRIVS): {errno.errorcode.get(err, err)}")
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise SeccompError(err, f"prctl(SECCOMP_MODE_FILTER): {errno.errorcode.get(err, err)}")
+    _load(libc, build_clone3(), 0)
+    _load(libc, program, SECCOMP_FILTER_FLAG_LOG)

@@ -165,6 +165,8 @@ class Monitor:
             "services": {n: {"state": s.get("state"), "restarts": s.get("restarts", 0)}
                          for n, s in (status.get("services") or {}).items()},
             "plugins": plugins,
+            "refusals_lost": {k: int(v) for k, v in ((status.get("refusals") or {}).get("lost") or {}).items()},
+            "refusal_reporting": (status.get("refusals") or {}).get("reporting") or {},
         }
         return self._view
 
@@ -219,6 +221,8 @@ class Monitor:
             "cpu_percent": round(cpu_percent, 2), "memory_bytes": int(snap.get("memory_bytes") or 0),
             "limits": limits, "traffic": traffic, "storage": storage,
             "violations_by_kind": by_kind,
+            "refusals": {m: int(mono((pid, "refusals", m), n))
+                         for m, n in ((snap.get("refusals") or {}).get("counts") or {}).items()},
             "violations": {"strikes": violations.get("strikes", 0), "last_kind": violations.get("last_kind"),
                            "last_action": violations.get("last_action"),
                            "last_event_age_seconds": violations.get("last_event_age_seconds"),
@@ -428,10 +432,10 @@ svg.spark{vertical-align:middle}
 </style></head>
 <body>
 <h1>precinct — plugin health</h1>
-<div id="meta">sample <span id="samples">–</span> · up <span id="uptime">–</span> s · <span id="services"></span> <span id="error"></span></div>
+<div id="meta">sample <span id="samples">–</span> · up <span id="uptime">–</span> s · <span id="services"></span><span id="refusal-note" class="bad"></span> <span id="error"></span></div>
 <table id="plugins"><thead><tr>
 <th>plugin</th><th>state</th><th>CPU</th><th>memory / limit</th><th>in</th><th>out</th>
-<th>replies</th><th>errors</th><th>rate-limited</th><th>violations</th><th>restarts</th><th>OOM</th><th>last exit</th>
+<th>replies</th><th>errors</th><th>rate-limited</th><th>violations</th><th>refused</th><th>restarts</th><th>OOM</th><th>last exit</th>
 <th>memory (3 min)</th><th>CPU (3 min)</th></tr></thead><tbody></tbody></table>
 <script nonce="{{NONCE}}">
 "use strict";
@@ -467,6 +471,10 @@ function render(view){
   document.getElementById("samples").textContent = view.samples;
   document.getElementById("uptime").textContent = Math.round(view.uptime_seconds || 0);
   document.getElementById("services").textContent = Object.entries(view.services || {}).map(([n, s]) => n + " " + s.state).join(", ");
+  const lost = Object.values(view.refusals_lost || {}).reduce((a, b) => a + b, 0);
+  const unreported = Object.entries(view.refusal_reporting || {}).filter(([m, how]) => how.startsWith("MISSING")).map(([m]) => m);
+  document.getElementById("refusal-note").textContent = (lost ? " · refusal records lost: " + lost : "") +
+    (unreported.length ? " · refusals not reported: " + unreported.join(", ") : "");
   const body = document.querySelector("#plugins tbody"); const rows = [];
   for (const [id, p] of Object.entries(view.plugins || {})) {
     const tr = document.createElement("tr"); tr.dataset.plugin = id; const t = p.traffic || {}, v = p.violations || {};
@@ -484,6 +492,8 @@ function render(view){
     tr.appendChild(td(String(t.rate_limited ?? 0), "num ratelimited" + (t.rate_limited ? " bad" : "")));
     const kinds = Object.entries(p.violations_by_kind || {}).filter(([k, n]) => n > 0).map(([k, n]) => k + " " + n);
     tr.appendChild(td((kinds.join(", ") || "none") + (v.strikes ? ` (${v.strikes} strike${v.strikes > 1 ? "s" : ""}${v.last_action ? ", " + v.last_action : ""})` : ""), "violations" + (kinds.length ? " bad" : "")));
+    const refused = Object.entries(p.refusals || {}).filter(([m, n]) => n > 0).map(([m, n]) => m + " " + n);
+    tr.appendChild(td(refused.join(", ") || "none", "violations refused"));
     tr.appendChild(td(String(p.restarts), "num restarts"));
     tr.appendChild(td(String(p.oom_kills), "num oom" + (p.oom_kills ? " bad" : "")));
     tr.appendChild(td(p.last_exit || "–"));

@@ -39,6 +39,19 @@ def render_status(status: dict, console: Console | None = None) -> None:
         if enforcement:
             console.print(f"{pid} enforced by: " + ", ".join(f"{k}={v}" for k, v in enforcement.items()))
     for pid, p in status.get("plugins", {}).items():
+        counts = {m: n for m, n in ((p.get("refusals") or {}).get("counts") or {}).items() if n}
+        if counts:
+            strikes = (p.get("refusals") or {}).get("strikes", 0)
+            console.print(f"{pid} refused: " + ", ".join(f"{m} {n}" for m, n in counts.items())
+                          + (f" ({strikes} strike{'s' if strikes != 1 else ''})" if strikes else " (no strikes)"))
+    reporting = (status.get("refusals") or {}).get("reporting") or {}
+    unreported = [f"{m}: {how}" for m, how in reporting.items() if how.startswith("MISSING")]
+    if unreported:
+        console.print("[yellow]refusals not reported[/yellow]: " + "; ".join(unreported), markup=True)
+    lost = {k: v for k, v in ((status.get("refusals") or {}).get("lost") or {}).items() if v}
+    if lost:
+        console.print("refusal records lost: " + ", ".join(f"{k} {v}" for k, v in lost.items()))
+    for pid, p in status.get("plugins", {}).items():
         for problem in p.get("problems") or []:
             console.print(f"[red]{pid}[/red]: {problem}")
         if p.get("log_dropped_bytes"):

@@ -136,6 +136,8 @@ class Supervisor:
                                   "gateway": self._launch_gateway}
         # Repeat offenders: warn -> restart -> suspend (runtime/violations.py).
         self.violations = Ladder(LadderPolicy(), self.state_dir, self._slot_of)
+        if hasattr(self.confinement, "on_refusal_strike"):  # the sandbox's refusals climb the same ladder
+            self.confinement.on_refusal_strike = self.violations.report
         self._stop = asyncio.Event()
         self._lock = StateLock(self.state_dir)
         self._nc = None
@@ -593,6 +595,8 @@ class Supervisor:
             snap["confinement"] = details(pid) if details is not None else {}
             snap["uid"] = snap["confinement"].get("uid", snap["uid"])
             snap["violations"] = self.violations.summary(pid)
+            refusals = getattr(self.confinement, "refusals", None)
+            snap["refusals"] = refusals(pid) if refusals is not None else {}
             snap["reloads"] = dict(self.rollouts.outcomes.get(pid, {}))
             snap["folder"] = str(entry.folder)
             snap["limits"] = asdict(entry.plan.limits)
@@ -613,7 +617,9 @@ class Supervisor:
                                             "message": "; ".join(info["problems"])}],
                             "problems": info["problems"]}
         services = {name: asdict(slot.snapshot()) for name, slot in self.services.items()}
+        reporting = getattr(self.confinement, "refusal_reporting", None)
         return {"plugins": plugins, "services": services, "nats": self.server_url,
+                "refusals": reporting() if reporting is not None else {},
                 "state_dir": str(self.state_dir), "uptime_seconds": round(time.time() - self.started_at, 1)}
 
     async def _op_resume(self, request: dict) -> dict:

@@ -13,6 +13,11 @@ plugin:
     seconds of the last strike belong to that strike (a flood reported over
     several windows is one offence, and a restart has time to take effect).
 
+The sandbox's refusals (confine/refusals.py) arrive through `report()`
+with kind seccomp, landlock or egress: only the refusals that policy makes a
+strike (dangerous syscalls at once; file probes, socket probes and proxy 403s
+above a budget per minute) get here; all of them are counted in status.
+
 A suspended plugin is stopped with state and reason `Suspended` and stays
 stopped, across manifest changes and supervisor restarts (suspended.json in
 the state dir), until a person runs `precinct plugin resume NAME`.
@@ -40,7 +45,8 @@ log = logging.getLogger("precinct.violations")
 SUBJECT = "precinct.violations.*"
 WARN, RESTART, SUSPEND, NONE = "warn", "restart", "suspend", "none"
 REASONS = {"rate_limit": cond.RATE_LIMITED, "permission": cond.PERMISSION_VIOLATION,
-           "duplicate_reply": cond.PERMISSION_VIOLATION}
+           "duplicate_reply": cond.PERMISSION_VIOLATION, "seccomp": cond.PERMISSION_VIOLATION,
+           "landlock": cond.PERMISSION_VIOLATION, "egress": cond.PERMISSION_VIOLATION}
 COMPLIANT = "NoViolations"
 
 
@@ -130,6 +136,11 @@ class Ladder:
         if event.get("plugin") not in (None, plugin_id):
             log.warning("violation event on %s names %r; ignored", msg.subject, event.get("plugin"))
             return
+        self.report(plugin_id, event)
+
+    def report(self, plugin_id: str, event: dict) -> None:
+        """One violation event from a trusted source (the gateway over NATS, or
+        the sandbox's refusal ledger in this process): climb the ladder."""
         action = self.observe(plugin_id, event)
         if action == SUSPEND:
             self._mark_suspended(plugin_id)   # at once: no start may slip in before the stop
