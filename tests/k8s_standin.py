@@ -386,6 +386,12 @@ class StandIn:
             obj["status"] = copy.deepcopy(status)
             return self._store(BY_KIND[kind], (kind, namespace, name), obj)
 
+    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        """DELETE as a client would (finalizers hold it; dependents follow later)."""
+        async with self.changed:
+            if (kind, namespace, name) in self.objects:
+                self._delete((kind, namespace, name))
+
     async def wait_collected(self, timeout: float = 10.0) -> None:
         """Until the garbage collector has nothing left to do."""
         loop = asyncio.get_running_loop()

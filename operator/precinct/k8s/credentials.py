@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -118,6 +119,7 @@ class Credentials:
         while self._started < self._asked:
             self._started = self._asked
             plans = self.plans()
+            began = time.monotonic()
             try:
                 self._result = await self._in_worker(self._sync_now(plans))
             except Exception as exc:  # noqa: BLE001 - never leave callers waiting
@@ -125,6 +127,8 @@ class Credentials:
             if self._result[0]:
                 self.issued = {plan.id: plan for plan in plans}
             self.syncs += 1
+            log.info("NATS accounts synced for %d plugin(s) in %.1f s (%s)", len(plans), time.monotonic() - began,
+                     self._result[1])
             async with self._changed:
                 self._done = self._started
                 self._changed.notify_all()

@@ -168,6 +168,10 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | None = Non
 
 def run(config: OperatorConfig, *, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    if not verbose:
+        # kopf logs every handler run per object at INFO: thousands of lines a
+        # second in a burst, for nothing an admin acts on. Problems stay visible.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         from .metrics import serve as serve_metrics
 
