@@ -18,6 +18,7 @@ while idle afterwards; then all N are deleted in one burst and the time
 until every one is gone through the finalizer (account revoked) and its
 children are collected.
 
+PRECINCT_BENCH_PROFILE=FILE runs the operator under cProfile (stats in FILE).
 Prints a Markdown section; `benchmarks/run.py --only operator` puts it in
 docs/benchmarks.md. Nothing here is a pass/fail test.
 """
@@ -105,7 +106,8 @@ async def _measure(count: int, timeout: float) -> dict[str, Any]:
     await k8s.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {
         "name": NS, "labels": {"kubernetes.io/metadata.name": NS}}})
     log = open(work / "operator.log", "wb")
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", k8s.url, "--state-dir", str(work / "state")],
+    profile = ["-m", "cProfile", "-o", os.environ["PRECINCT_BENCH_PROFILE"]] if os.environ.get("PRECINCT_BENCH_PROFILE") else []
+    proc = subprocess.Popen([sys.executable, *profile, __file__, "--serve", k8s.url, "--state-dir", str(work / "state")],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stop = asyncio.Event()
     controller = asyncio.create_task(_deployment_controller(k8s, stop))

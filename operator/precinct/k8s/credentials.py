@@ -147,7 +147,12 @@ class Credentials:
             return None
 
     def has_account(self, plugin_id: str) -> bool:
-        return plugin_id in self.identity.keys.plugin_ids()
+        """Its user creds exist (one stat; listing every plugin's keys would cost O(fleet))."""
+        try:
+            self.identity.creds_for(plugin_id)
+        except KeyError:
+            return False
+        return True
 
     def account_key(self, role: str) -> str:
         return self.identity.account_key(role)
