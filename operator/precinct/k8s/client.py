@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from typing import Any
 
@@ -77,7 +78,8 @@ async def configuration(server: str | None = None) -> k8s.Configuration:
     try:
         k8s_config.load_incluster_config(client_configuration=cfg, try_refresh_token=True)
     except k8s_config.ConfigException:
-        await k8s_config.load_kube_config(client_configuration=cfg)
+        # $KUBECONFIG as it is now (the library reads it once, at import)
+        await k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
     return cfg
 
 
