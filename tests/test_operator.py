@@ -545,3 +545,28 @@ async def test_operator_restarted_mid_reconcile_converges(h: Harness, k8s: Stand
         await h.roll_out("dice")
         await wait_for(lambda: h.condition("dice", cond.READY)["status"] == "True", what="Ready")
         assert h.body("dice")["status"]["revision"] == 1
+
+
+async def test_a_botplugin_being_deleted_gets_no_new_children(h: Harness) -> None:
+    await h.create(botplugin("dice"))
+    await h.api.patch("BotPlugin", NS, "dice", {"metadata": {"finalizers": ["precinct.dev/revoke-nats-account"]}})
+    await h.delete("dice")
+    assert h.k8s.get("BotPlugin", NS, "dice")["metadata"]["deletionTimestamp"]
+    await h.reconcile("dice")
+    assert await h.observe("dice") == "deleting"
+    for kind in ("ServiceAccount", "Secret", "ConfigMap", "NetworkPolicy", "Deployment"):
+        assert h.k8s.all(kind, NS) == [], kind
+    assert h.credentials.syncs == 0            # and no account was issued for it
+
+
+async def test_a_burst_costs_a_few_credential_syncs_not_one_each(h: Harness) -> None:
+    names = [f"p{i}" for i in range(12)]
+    for name in names:
+        await h.create(botplugin(name, commands={f"c{name}": f"{name}.run"}))
+    h.index()
+    await asyncio.gather(*(rc.reconcile(h.ctx, h.body(n), h.observed(n)) for n in names))
+    assert all(h.condition(n, cond.CREDENTIALS_READY)["status"] == "True" for n in names)
+    assert 1 <= h.credentials.syncs <= 3, h.credentials.syncs
+    before = h.credentials.syncs
+    await h.reconcile("p0")                    # nothing changed: no sync
+    assert h.credentials.syncs == before
