@@ -1,6 +1,7 @@
 """Writing a BotPlugin's status, and an Event per condition transition.
 
-Writes happen only when a field changed. The operator is the only writer of
+Writes happen only when a field changed; an Event only for a transition
+worth one (`_worth_an_event`). The operator is the only writer of
 these fields, so what it wrote last is remembered per BotPlugin
 (`StatusWriter.known`): a handler holding an older body (kopf's create
 handler and an event-driven observe racing for the same new BotPlugin)
@@ -24,6 +25,23 @@ STATUS_FIELDS = ("observedGeneration", "revision", "readyRevision", "failedRollo
                  "violations", "lastViolation")
 _EVENT_TYPES = {cond.READY, cond.LATEST_REVISION_READY, cond.STALLED, cond.CREDENTIALS_READY,
                 cond.LIMITS_ENFORCED, cond.PERMISSIONS_COMPLIANT}
+
+
+def _good(c: dict[str, Any]) -> bool:
+    return c["status"] == "True" if c["type"] != cond.STALLED else c["status"] != "True"
+
+
+def _worth_an_event(prev: dict[str, Any] | None, c: dict[str, Any]) -> bool:
+    """A status flip, or a new reason for something wrong. Not a condition
+    first set to its good state, nor a good state changing its wording: at
+    thousands of BotPlugins those were most of the Events and said nothing."""
+    if c["type"] not in _EVENT_TYPES:
+        return False
+    if prev is None:
+        return not _good(c)
+    if prev["status"] != c["status"]:
+        return True
+    return prev["reason"] != c["reason"] and not _good(c)
 
 
 class StatusWriter:
@@ -56,8 +74,7 @@ class StatusWriter:
         body["status"] = copy.deepcopy(merged)
         before = {c["type"]: c for c in old.get("conditions") or []}
         for c in new.get("conditions") or []:
-            prev = before.get(c["type"])
-            if prev is None or (prev["status"], prev["reason"]) != (c["status"], c["reason"]):
+            if _worth_an_event(before.get(c["type"]), c):
                 await self.event(body, c)
         return True
 
@@ -68,9 +85,7 @@ class StatusWriter:
         self.known[(meta["namespace"], meta["name"])] = (meta.get("uid", ""), merged)
 
     async def event(self, body: dict[str, Any], c: dict[str, Any]) -> None:
-        if c["type"] not in _EVENT_TYPES:
-            return
-        good = c["status"] == "True" if c["type"] != cond.STALLED else c["status"] != "True"
+        good = _good(c)
         meta = body["metadata"]
         stamp = cond.now()
         event = {
