@@ -162,13 +162,13 @@ class Credentials:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
         if self._loop is not None:
+            # A sync under way (seconds of signing at thousands of plugins) is not
+            # waited for: its writes are atomic files, and the thread dies with the process.
             try:
-                await self._in_worker(self.identity.close())
+                await asyncio.wait_for(self._in_worker(self.identity.close()), timeout=3)
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                await asyncio.to_thread(self._thread.join, 5)
             self._loop = None
         else:
             await self.identity.close()

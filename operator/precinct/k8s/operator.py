@@ -64,6 +64,9 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.level = logging.WARNING       # kopf's own per-handler events: only problems
     settings.execution.max_workers = 4
     settings.queueing.error_delays = [1, 5, 15, 60, 120]
+    # SIGTERM: workers get 2 s to finish, then kopf's cleanup; past 30 s kopf kills itself.
+    settings.queueing.exit_timeout = 2.0
+    settings.process.ultimate_exiting_timeout = 30.0
 
 
 async def login(config: OperatorConfig) -> tuple[Api, kopf.ConnectionInfo]:
@@ -118,7 +121,7 @@ def make_registry(config: OperatorConfig, holder: dict[str, Any],
             await runtime.stop()
             if runtime.ctx.fleet is not None and runtime.ctx.fleet.enabled:
                 try:   # what changed in the last second still reaches the gateway and storage
-                    await asyncio.wait_for(runtime.ctx.fleet.flush(), timeout=10)
+                    await asyncio.wait_for(runtime.ctx.fleet.flush(), timeout=5)
                 except Exception as exc:  # noqa: BLE001 - shutting down anyway
                     logging.getLogger("precinct.operator").warning("last fleet flush failed: %s", exc)
             for task in runtime.background:
