@@ -405,7 +405,7 @@ async def test_gateway_violations_reach_the_status(k8s: StandIn, nats_env: Any, 
     finally:
         if nc is not None:
             await nc.close()
-        await h.api.close()
+        await h.close()
 
 
 def test_violations_are_forgotten_after_the_quiet_window() -> None:

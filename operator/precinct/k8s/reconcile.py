@@ -72,10 +72,14 @@ class Context:
             self.status = StatusWriter(self.api)
         if self.fleet is None:
             self.fleet = fleetmap.FleetMap(self.api)
+        self.credentials.plans = self.claims.accepted_plans
+
+    def bundle_verifier(self) -> BundleVerifier:
+        """Built on first use, from the settings as they are then."""
         if self.bundles is None:
             self.bundles = BundleVerifier(self.settings.index_url, self.settings.index_root_json,
                                           Path(self.credentials.identity.state) / "bundles")
-        self.credentials.plans = self.claims.accepted_plans
+        return self.bundles
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
@@ -162,7 +166,7 @@ async def reconcile(ctx: Context, body: dict[str, Any], observed: Observed | Non
 
 
 async def _reconcile(ctx: Context, body: dict[str, Any], observed: Observed, roll_forward: bool) -> dict[str, Any]:
-    assert ctx.status is not None and ctx.fleet is not None and ctx.bundles is not None
+    assert ctx.status is not None and ctx.fleet is not None
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     status = ctx.status.current(body)
@@ -184,7 +188,7 @@ async def _reconcile(ctx: Context, body: dict[str, Any], observed: Observed, rol
     if resource.spec.bundle is not None:
         # Verified before any Pod starts: nothing is applied for a release the
         # index does not hold, signed. A Deployment of an earlier good release stays.
-        ok, message = await ctx.bundles.verify(resource.spec.bundle.name, resource.spec.bundle.version)
+        ok, message = await ctx.bundle_verifier().verify(resource.spec.bundle.name, resource.spec.bundle.version)
         if not ok:
             return await _stalled(ctx, body, status, cond.SIGNATURE_INVALID, message)
 
