@@ -60,8 +60,16 @@ def cluster_problem() -> str | None:
         return f"the cluster in KUBECONFIG is not reachable: {done.stderr.strip()[:300]}"
     if _tool("helm") is None:
         return "helm not found on PATH or in .venv/helm/ (`.ci/helm --install`)"
-    if shutil.which("docker") is None:
+    docker = shutil.which("docker")
+    if docker is None:
         return "docker not found: the e2e tests build the operator, runner and plugin images"
+    try:   # a binary alone is not enough: the daemon must answer
+        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"no Docker daemon answers (`docker info`): {exc}"
+    if info.returncode != 0 or not info.stdout.strip():
+        return f"no Docker daemon answers (`docker info`): {(info.stderr or info.stdout).strip()[:300]}"
     return None
 
 

@@ -133,7 +133,7 @@ async def h(k8s: StandIn, served, tmp_path: Path) -> Any:
     harness = Harness(k8s, tmp_path / "state")
     harness.ctx.settings = r.Settings(index_url=served["url"], index_root_json=served["root"].read_text())
     yield harness
-    await harness.api.close()
+    await harness.close()
 
 
 async def test_signed_release_is_verified_then_rendered_with_the_pinned_root(h: Harness) -> None:

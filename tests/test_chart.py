@@ -255,7 +255,9 @@ def test_chart_nats_config_runs_with_the_minted_identity(minted: dict[str, bytes
         proc.wait(10)
 
 
-def test_operator_fleet_configmap_is_what_the_services_read(tmp_path: Path, monkeypatch):
+def test_operator_fleet_configmaps_are_what_the_services_read(tmp_path: Path, monkeypatch):
+    """The shards the operator applies, projected into one directory as the
+    chart does, are one fleet to FleetFile; an unchanged shard is not written again."""
     from precinct.k8s import fleetmap
     from precinct.plan.sandbox import compile_plan
     from precinct.services.fleetfile import FleetFile
@@ -263,31 +265,57 @@ def test_operator_fleet_configmap_is_what_the_services_read(tmp_path: Path, monk
     from precinct.spec.ownership import Plugin
 
     loaded = load_manifest(yaml.safe_load((ROOT / "plugins" / "dice-roller" / "plugin.yaml").read_text()))
-    plan = compile_plan(Plugin(loaded.id, loaded.without_name()))
+    plans = [compile_plan(Plugin(pid, loaded.without_name())) for pid in (loaded.id, "other-a", "other-b")]
     applied: list[dict[str, Any]] = []
 
     class Api:
-        async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        async def apply(self, obj: dict[str, Any], reply: bool = True) -> dict[str, Any]:
             applied.append(obj)
             return obj
 
-    class Ident:
-        @staticmethod
-        def account_key(role: str) -> str:
-            return "A" + role.upper()
+        async def get(self, kind: str, namespace: str, name: str) -> None:
+            return None
 
-    monkeypatch.setenv(fleetmap.ENV, f"{NAMESPACE}/precinct-fleet")
-    fleetmap._written.clear()
-    assert asyncio.run(fleetmap.publish(Api(), Ident(), [plan])) is True
-    assert asyncio.run(fleetmap.publish(Api(), Ident(), [plan])) is False     # unchanged: not written again
-    (obj,) = applied
-    assert obj["metadata"] == {"namespace": NAMESPACE, "name": "precinct-fleet"}
-    path = tmp_path / "fleet.json"
-    path.write_text(obj["data"]["fleet.json"])
-    fleet = FleetFile(path)
-    assert fleet.reload()
-    assert fleet.plan(plan.id) == json.loads(json.dumps(plan.to_dict()))
-    assert fleet.plugin_for_account(Ident.account_key(f"plugin:{plan.id}")) == plan.id
+    def account_key(role: str) -> str:
+        return "A" + role.upper()
+
+    fleet = fleetmap.FleetMap(Api(), (NAMESPACE, "precinct-fleet"), shards=4)
+    for plan in plans:
+        fleet.set(plan.id, fleetmap.entry(plan, account_key))
+    asyncio.run(fleet.flush())
+    written = len(applied)
+    assert 1 <= written <= 3
+    for plan in plans:
+        fleet.set(plan.id, fleetmap.entry(plan, account_key))
+    asyncio.run(fleet.flush())
+    assert len(applied) == written                     # unchanged: not written again
+    projected = tmp_path / "fleet"
+    projected.mkdir()
+    for obj in applied:
+        assert obj["metadata"]["namespace"] == NAMESPACE and obj["metadata"]["name"].startswith("precinct-fleet-")
+        ((key, text),) = obj["data"].items()
+        (projected / key).write_text(text)
+    reader = FleetFile(projected)
+    assert reader.reload()
+    assert set(reader.plugins) == {p.id for p in plans}
+    assert reader.plan(plans[0].id) == json.loads(json.dumps(plans[0].to_dict()))
+    assert reader.plugin_for_account(account_key(f"plugin:{plans[0].id}")) == plans[0].id
+
+
+def test_fleet_shards_hold_5000_plugins_under_the_object_limit():
+    """5,000 plugins with 9 KB entries (many commands) spread over the chart's
+    shards: no ConfigMap near the API server's 1 MiB."""
+    from precinct.k8s import fleetmap
+
+    shards = int(fleetmap.DEFAULT_SHARDS)
+    sizes = [0] * shards
+    for i in range(5000):
+        pid = f"bots-plugin-{i:05d}"
+        sizes[fleetmap.shard_of(pid, shards)] += 9_000
+    assert max(sizes) < fleetmap.MAX_BYTES, max(sizes)
+    objs = template()
+    names = {c["metadata"]["name"] for c in by_kind(objs, "ConfigMap")}
+    assert {f"precinct-fleet-{k}" for k in range(shards)} <= names
 
 
 # -- helm -------------------------------------------------------------------------------
@@ -393,6 +421,7 @@ def test_operator_settings_match_the_nats_and_dns_peers():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PRECINCT_FLEET_CONFIGMAP"] == f"{NAMESPACE}/precinct-fleet"
+    assert env["PRECINCT_FLEET_SHARDS"] == "64"
     assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
 
 
@@ -458,44 +487,49 @@ def test_values_schema_refuses_bad_values(sets: list[str], field: str):
 
 
 async def test_reconcile_publishes_the_fleet_configmap_the_chart_mounts(tmp_path: Path, monkeypatch):
-    """A real reconcile against the API stand-in writes <release>-fleet, and
-    deleting the plugin writes it again without the plugin."""
+    """A real reconcile against the API stand-in writes the plugin's shard of
+    <release>-fleet, and deleting the plugin writes it again without it."""
     sys.path.insert(0, str(ROOT / "tests"))
     from k8s_standin import StandIn
 
     from precinct.k8s import fleetmap
     from precinct.k8s import reconcile as rc
     from precinct.k8s import render as r
-    from precinct.k8s.api import Api, Connection
+    from precinct.k8s.client import Api, plain_configuration
+    from precinct.k8s.credentials import Credentials
     from precinct.natsauth.identity import Identity
 
     server = await StandIn().start()
-    api = Api(Connection(server=server.url))
+    api = Api(plain_configuration(server.url))
+    credentials = Credentials(Identity(tmp_path / "state"), None)
     try:
         for ns in ("bots", NAMESPACE):
             await server.put({"apiVersion": "v1", "kind": "Namespace",
                               "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})
-        # the chart creates the object (no data); the operator owns only data
+        shard = fleetmap.shard_of("bots-dice", fleetmap.DEFAULT_SHARDS)
+        name = f"precinct-fleet-{shard}"
+        # the chart creates the objects (no data); the operator owns only data
         await server.put({"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": "precinct-fleet", "namespace": NAMESPACE,
+                          "metadata": {"name": name, "namespace": NAMESPACE,
                                        "labels": {"app.kubernetes.io/managed-by": "Helm"}}})
         monkeypatch.setenv(fleetmap.ENV, f"{NAMESPACE}/precinct-fleet")
-        fleetmap._written.clear()
-        identity = Identity(tmp_path / "state")
-        ctx = rc.Context(api=api, settings=r.Settings(), credentials=rc.Credentials(identity, None), retry_delay=0.0)
+        ctx = rc.Context(api=api, settings=r.Settings(), credentials=credentials, retry_delay=0.0)
         body = {"apiVersion": "precinct.dev/v1alpha1", "kind": "BotPlugin",
                 "metadata": {"name": "dice", "namespace": "bots"},
                 "spec": {"version": "1.0.0", "image": "registry.example/dice@sha256:" + "a" * 64,
                          "commands": {"roll": "dice.roll"}}}
         created = await api.create(body)
-        await rc.reconcile(ctx, created, [rc.fleet_entry(created)], rc.Observed())
-        fleet = json.loads(server.get("ConfigMap", NAMESPACE, "precinct-fleet")["data"]["fleet.json"])
+        await rc.reconcile(ctx, created)
+        await ctx.fleet.flush()
+        fleet = json.loads(server.get("ConfigMap", NAMESPACE, name)["data"][fleetmap.key_of(shard)])
         assert list(fleet) == ["bots-dice"]
-        assert fleet["bots-dice"]["account_key"] == identity.account_key("plugin:bots-dice")
-        assert server.get("ConfigMap", NAMESPACE, "precinct-fleet")["metadata"]["labels"] == {
+        assert fleet["bots-dice"]["account_key"] == credentials.identity.account_key("plugin:bots-dice")
+        assert server.get("ConfigMap", NAMESPACE, name)["metadata"]["labels"] == {
             "app.kubernetes.io/managed-by": "Helm"}
-        await rc.finalize(ctx, created, [rc.fleet_entry(created)])
-        assert json.loads(server.get("ConfigMap", NAMESPACE, "precinct-fleet")["data"]["fleet.json"]) == {}
+        await rc.finalize(ctx, created)
+        await ctx.fleet.flush()
+        assert json.loads(server.get("ConfigMap", NAMESPACE, name)["data"][fleetmap.key_of(shard)]) == {}
     finally:
+        await credentials.close()
         await api.close()
         await server.stop()

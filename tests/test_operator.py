@@ -20,7 +20,8 @@ from precinct import conditions as cond
 from precinct.k8s import reconcile as rc
 from precinct.k8s import render as r
 from precinct.k8s import status as st
-from precinct.k8s.api import Api, Connection
+from precinct.k8s.client import Api, plain_configuration
+from precinct.k8s.credentials import Credentials
 from precinct.natsauth.identity import Identity
 
 from k8s_standin import StandIn
@@ -39,18 +40,26 @@ def botplugin(name: str, **spec: Any) -> dict[str, Any]:
 class Harness:
     def __init__(self, api_server: StandIn, state: Path, identity: Identity | None = None) -> None:
         self.k8s = api_server
-        self.api = Api(Connection(server=api_server.url))
+        self.api = Api(plain_configuration(api_server.url), attempts=2, base_delay=0.01)
         self.identity = identity or Identity(state)
-        self.ctx = rc.Context(api=self.api, settings=r.Settings(), credentials=rc.Credentials(self.identity, None),
-                              retry_delay=0.0)
+        # An Identity connected in this loop (nats_env) syncs in this loop.
+        self.credentials = Credentials(self.identity, None, threaded=identity is None)
+        self.ctx = rc.Context(api=self.api, settings=r.Settings(), credentials=self.credentials, retry_delay=0.0)
+
+    def index(self) -> None:
+        """What kopf's BotPlugin index does before handlers run: the claims index sees the fleet."""
+        present = set()
+        for obj in self.k8s.all("BotPlugin"):
+            self.ctx.claims.observe(copy.deepcopy(obj))
+            present.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+        for key in list(self.ctx.claims.entries):
+            if key not in present:
+                self.ctx.claims.remove(*key)
 
     def body(self, name: str) -> dict[str, Any]:
         obj = self.k8s.get("BotPlugin", NS, name)
         assert obj is not None, f"no BotPlugin {name}"
         return copy.deepcopy(obj)
-
-    def fleet(self) -> list[rc.FleetEntry]:
-        return [rc.fleet_entry(o) for o in self.k8s.all("BotPlugin")]
 
     def observed(self, name: str) -> rc.Observed:
         pods = [st.pod_view(p) for p in self.k8s.all("Pod", NS)
@@ -61,10 +70,20 @@ class Harness:
         return await self.api.create(obj)
 
     async def reconcile(self, name: str) -> dict[str, Any]:
-        return await rc.reconcile(self.ctx, self.body(name), self.fleet(), self.observed(name))
+        self.index()
+        return await rc.reconcile(self.ctx, self.body(name), self.observed(name))
 
     async def observe(self, name: str) -> str:
-        return await rc.observe(self.ctx, self.body(name), self.fleet(), self.observed(name))
+        self.index()
+        return await rc.observe(self.ctx, self.body(name), self.observed(name))
+
+    async def finalize(self, name: str) -> None:
+        self.index()
+        await rc.finalize(self.ctx, self.body(name))
+
+    async def close(self) -> None:
+        await self.credentials.close()
+        await self.api.close()
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         for c in (self.body(name).get("status") or {}).get("conditions") or []:
@@ -125,7 +144,7 @@ async def k8s() -> Any:
 async def h(k8s: StandIn, tmp_path: Path) -> Any:
     harness = Harness(k8s, tmp_path / "state")
     yield harness
-    await harness.api.close()
+    await harness.close()
 
 
 async def test_create_applies_every_child_with_owner_references_then_ready(h: Harness) -> None:
@@ -295,7 +314,7 @@ async def test_command_conflict_goes_to_the_older_botplugin(h: Harness) -> None:
     # The older one goes away: the claim moves, the daemon's observe notices.
     await h.api.patch("BotPlugin", NS, "first", {"metadata": {"finalizers": ["precinct.dev/revoke-nats-account"]}})
     await h.delete("first")
-    await rc.finalize(h.ctx, h.body("first"), h.fleet())
+    await h.finalize("first")
     await h.api.patch("BotPlugin", NS, "first", {"metadata": {"finalizers": None}})
     assert await h.observe("second") == "reconciled"
     assert h.deployment("second")["spec"]["replicas"] == 1
@@ -313,13 +332,14 @@ async def test_deletion_revokes_the_account_before_children_go(h: Harness) -> No
     # The finalizer holds the BotPlugin and so its children.
     assert h.k8s.get("BotPlugin", NS, "dice")["metadata"]["deletionTimestamp"]
     assert h.k8s.get("Deployment", NS, "dice") is not None
-    await rc.finalize(h.ctx, h.body("dice"), h.fleet())
+    await h.finalize("dice")
     assert not creds.exists()
     removed = json.loads((Path(h.identity.state) / "removed.json").read_text())
     assert account in removed            # a revoked tombstone awaits the next push
     assert h.k8s.get("Deployment", NS, "dice") is not None   # children still there until released
     await h.api.patch("BotPlugin", NS, "dice", {"metadata": {"finalizers": None}})
     assert h.k8s.get("BotPlugin", NS, "dice") is None
+    await h.k8s.wait_collected()          # the garbage collector runs on its own, as in a cluster
     for kind in ("ServiceAccount", "Secret", "ConfigMap", "NetworkPolicy", "Deployment"):
         assert h.k8s.all(kind, NS) == [], kind
 
@@ -343,13 +363,13 @@ async def test_deletion_revokes_the_account_on_a_live_nats_server(k8s: StandIn, 
         assert plugin.nc.is_connected
 
         await h.delete("dice")
-        await rc.finalize(h.ctx, h.body("dice"), h.fleet())
+        await h.finalize("dice")
         await eventually(lambda: not plugin.nc.is_connected, timeout=10, what="the plugin to be cut off")
         with pytest.raises(Exception):
             await nats.connect(nats_env.server.url, user_credentials=str(creds), allow_reconnect=False,
                                connect_timeout=2)
     finally:
-        await h.api.close()
+        await h.close()
 
 
 async def test_gateway_violations_reach_the_status(k8s: StandIn, nats_env: Any, tmp_path: Path) -> None:
@@ -385,7 +405,7 @@ async def test_gateway_violations_reach_the_status(k8s: StandIn, nats_env: Any, 
     finally:
         if nc is not None:
             await nc.close()
-        await h.api.close()
+        await h.close()
 
 
 def test_violations_are_forgotten_after_the_quiet_window() -> None:
@@ -414,7 +434,7 @@ async def test_restart_mid_reconcile_converges(h: Harness, k8s: StandIn, tmp_pat
     """Killed after the ServiceAccount and Secret were applied: a fresh
     operator (new client, new Identity on the same state dir) converges."""
     await h.create(botplugin("dice", commands={"roll": "dice.roll"}))
-    k8s.fail[("PATCH", "ConfigMap")] = 1
+    k8s.fail[("PATCH", "ConfigMap")] = 2          # more than the harness client's 2 attempts
     with pytest.raises(rc.ApiError):
         await h.reconcile("dice")
     assert k8s.get("Secret", NS, "dice-nats") is not None and k8s.get("Deployment", NS, "dice") is None
@@ -430,7 +450,7 @@ async def test_restart_mid_reconcile_converges(h: Harness, k8s: StandIn, tmp_pat
         assert fresh.condition("dice", cond.READY)["status"] == "True"
         assert fresh.body("dice")["status"]["revision"] == 1
     finally:
-        await fresh.api.close()
+        await fresh.close()
 
 
 # -- the whole kopf operator ------------------------------------------------------------
@@ -484,6 +504,10 @@ async def test_operator_end_to_end(h: Harness, k8s: StandIn, tmp_path: Path) -> 
         assert all(len(v) < 200 for v in bp["metadata"].get("annotations", {}).values())
         await h.roll_out("dice")
         await wait_for(lambda: h.condition("dice", cond.READY)["status"] == "True", what="Ready")
+        # Each transition is one Event, though the create handler and the Deployment's events race.
+        posted = [(e["reason"], e["message"].split(":")[0]) for e in k8s.all("Event", NS)
+                  if e["involvedObject"]["name"] == "dice"]
+        assert posted and len(posted) == len(set(posted)), posted
         first = h.template_hash("dice")
 
         await h.api.patch("BotPlugin", NS, "dice", {"spec": {"config": {"n": 1}}})
@@ -503,7 +527,8 @@ async def test_operator_end_to_end(h: Harness, k8s: StandIn, tmp_path: Path) -> 
         await h.delete("dice")
         await wait_for(lambda: k8s.get("BotPlugin", NS, "dice") is None, what="the BotPlugin to go")
         assert plugin_id not in Identity(tmp_path / "state").keys.plugin_ids()
-        assert k8s.all("Deployment", NS) == [] and k8s.all("Secret", NS) == []
+        await wait_for(lambda: k8s.all("Deployment", NS) == [] and k8s.all("Secret", NS) == [],
+                       what="the garbage collector to take the children")
 
 
 async def test_operator_restarted_mid_reconcile_converges(h: Harness, k8s: StandIn, tmp_path: Path) -> None:
@@ -520,3 +545,28 @@ async def test_operator_restarted_mid_reconcile_converges(h: Harness, k8s: Stand
         await h.roll_out("dice")
         await wait_for(lambda: h.condition("dice", cond.READY)["status"] == "True", what="Ready")
         assert h.body("dice")["status"]["revision"] == 1
+
+
+async def test_a_botplugin_being_deleted_gets_no_new_children(h: Harness) -> None:
+    await h.create(botplugin("dice"))
+    await h.api.patch("BotPlugin", NS, "dice", {"metadata": {"finalizers": ["precinct.dev/revoke-nats-account"]}})
+    await h.delete("dice")
+    assert h.k8s.get("BotPlugin", NS, "dice")["metadata"]["deletionTimestamp"]
+    await h.reconcile("dice")
+    assert await h.observe("dice") == "deleting"
+    for kind in ("ServiceAccount", "Secret", "ConfigMap", "NetworkPolicy", "Deployment"):
+        assert h.k8s.all(kind, NS) == [], kind
+    assert h.credentials.syncs == 0            # and no account was issued for it
+
+
+async def test_a_burst_costs_a_few_credential_syncs_not_one_each(h: Harness) -> None:
+    names = [f"p{i}" for i in range(12)]
+    for name in names:
+        await h.create(botplugin(name, commands={f"c{name}": f"{name}.run"}))
+    h.index()
+    await asyncio.gather(*(rc.reconcile(h.ctx, h.body(n), h.observed(n)) for n in names))
+    assert all(h.condition(n, cond.CREDENTIALS_READY)["status"] == "True" for n in names)
+    assert 1 <= h.credentials.syncs <= 3, h.credentials.syncs
+    before = h.credentials.syncs
+    await h.reconcile("p0")                    # nothing changed: no sync
+    assert h.credentials.syncs == before

@@ -64,7 +64,8 @@ secret = {
 }
 try:
     call("POST", base, secret)
-    print(f"secret {namespace}/{name} created: operator {identity.account_key('system')[:8]}...")
+    print(f"secret {namespace}/{name} created: system account {system_account[:8]}..., "
+          f"operator {json.loads(base64.urlsafe_b64decode(operator_jwt.split('.')[1] + '==='))['sub'][:8]}...")
 except urllib.error.HTTPError as exc:
     if exc.code != 409:          # created meanwhile by a concurrent run: keep that one
         raise

@@ -44,6 +44,20 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "precinct.natsName" -}}{{ include "precinct.fullname" . }}-nats{{- end -}}
 {{- define "precinct.fleetConfigMap" -}}{{ include "precinct.fullname" . }}-fleet{{- end -}}
+{{/* The fleet is sharded over this many ConfigMaps <fleet>-<k> (k8s/fleetmap.py: one object holds at most 1 MiB). */}}
+{{- define "precinct.fleetShards" -}}64{{- end -}}
+
+{{/* The fleet volume of the gateway and storage: every shard projected as fleet-<k>.json. */}}
+{{- define "precinct.fleetVolume" -}}
+projected:
+  sources:
+    {{- range $k := until (int (include "precinct.fleetShards" .)) }}
+    - configMap:
+        name: {{ include "precinct.fleetConfigMap" $ }}-{{ $k }}
+        optional: true
+        items: [{key: fleet-{{ $k }}.json, path: fleet-{{ $k }}.json}]
+    {{- end }}
+{{- end -}}
 
 {{/* Where every client connects: the chart's NATS Service, or nats.external.url. */}}
 {{- define "precinct.natsUrl" -}}

@@ -5,7 +5,8 @@ Modules, one job each:
   render     BotPlugin -> ServiceAccount, Secret, ConfigMap, NetworkPolicy,
              Deployment (pure; shared by `precinct render` and the operator)
   status     Deployment and Pod observations -> kstatus conditions (pure)
-  api        a small async REST client (server-side apply, merge patches)
+  client     API calls through kubernetes_asyncio (server-side apply, merge
+             patches, pagination, retries, token refresh)
   reconcile  the operator's logic without kopf: reconcile, observe, finalize
   handlers   kopf wiring: indexes, create/update/resume, delete, daemons
   operator   `precinct operator`: kopf settings, login, standalone run

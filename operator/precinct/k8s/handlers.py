@@ -1,13 +1,19 @@
 """kopf wiring: which events run which part of reconcile.py.
 
-  index botplugins  -> the fleet (claims go to the older creationTimestamp)
+  index botplugins  -> the claims index (claims.py): claims and compiled plans,
+                       updated per event; kopf fills indexes before any
+                       handler runs, so the first reconcile sees the fleet
   index pods        -> PodViews per BotPlugin, by the precinct.dev/botplugin label
-  index deployments -> DeploymentViews per BotPlugin
-  create/update/resume botplugin -> reconcile (level-based: apply everything)
+  create/update/resume botplugin -> reconcile (level-based for that plugin)
   delete botplugin  -> finalize: revoke the NATS account, then let GC go
-  daemon per botplugin -> observe: wakes on its Pods'/Deployment's events
-                      (not polling the API: it reads the indexes), rolls back
-                      failed rollouts, retries them, keeps conditions current
+  event pods/deployments -> observe that one plugin (rollout, rollback, crashes)
+  claims moved      -> reconcile only the BotPlugins whose decision flipped
+
+No daemon per BotPlugin: thousands of daemons cost memory and wake-ups, and
+kopf stops each one on shutdown. Observation is driven by the children's
+watch events, at most one observe per BotPlugin at a time (a wake during one
+runs it once more), a few at a time overall; timers exist only for a
+rolled-back rollout's retry and the end of a violation's quiet window.
 
 Everything runs in one standalone operator process (peering freezes are a
 known kopf pitfall; a Recreate Deployment of the operator avoids two).
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
@@ -27,21 +34,33 @@ from ..spec.model import API_GROUP, API_VERSION
 from . import reconcile as rc
 from . import render as r
 from . import status as st
+from . import violations
 from .metrics import OPERATOR as METRICS
 
 PLURAL = "botplugins"
-WAKE_TIMEOUT = 120.0     # a safety net (and the violation window's end); wakes come from watch events
+CONCURRENT_OBSERVES = 16
 log = logging.getLogger("precinct.operator")
+
+Key = tuple[str, str]
+
 
 class Runtime:
     """What the handlers share: kept in kopf's memo as `memo.precinct`."""
 
     def __init__(self, ctx: rc.Context) -> None:
         self.ctx = ctx
-        self.wakes: dict[tuple[str, str], asyncio.Event] = {}
-        self.fleet_seen: dict[str, tuple[Any, bool, bool]] = {}
-        self.ids: dict[str, tuple[str, str]] = {}          # plugin id -> (namespace, name)
+        ctx.wake = self.wake_many
+        self.ids: dict[str, Key] = {}                      # plugin id -> (namespace, name)
         self.background: list[asyncio.Task] = []
+        self.pod_index: Any = None                          # kopf's live index, kept from the first handler call
+        self._running: dict[Key, asyncio.Task] = {}
+        self._again: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._retry: set[Key] = set()
+        self._slots = asyncio.Semaphore(CONCURRENT_OBSERVES)
+        self.closing = False
+
+    # -- violations ------------------------------------------------------------------
 
     async def on_violation(self, plugin_id: str, event: dict[str, Any]) -> None:
         where = self.ids.get(plugin_id)
@@ -52,70 +71,167 @@ class Runtime:
         await rc.record_violation(self.ctx, *where, event)
         self.wake(*where)
 
-    def wake(self, namespace: str, name: str) -> None:
-        self.wakes.setdefault((namespace, name), asyncio.Event()).set()
+    # -- wake-ups ------------------------------------------------------------------------
 
-    def wake_all(self) -> None:
-        for event in self.wakes.values():
-            event.set()
+    def wake(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if self.closing:
+            return
+        if key in self._running:
+            self._again.add(key)
+            return
+        self._running[key] = asyncio.create_task(self._observe(key))
+
+    def wake_many(self, keys: set[Key]) -> None:
+        for key in keys:
+            self.wake(*key)
+
+    def later(self, key: Key, delay: float, *, retry: bool = False) -> None:
+        """Wake `key` after `delay` seconds (one timer per plugin: the earliest wins)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, delay)
+        timer = self._timers.get(key)
+        if timer is not None and timer.when() <= when and not retry:
+            return
+        if timer is not None:
+            timer.cancel()
+        if retry:
+            self._retry.add(key)
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.wake(*key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._retry.discard(key)
+        self._again.discard(key)
+
+    async def _observe(self, key: Key) -> None:
+        namespace, name = key
+        ctx = self.ctx
+        try:
+            while not self.closing:
+                self._again.discard(key)
+                async with self._slots:
+                    await self._observe_once(ctx, namespace, name)
+                if key not in self._again:
+                    break
+        finally:
+            self._running.pop(key, None)
+
+    async def _observe_once(self, ctx: rc.Context, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        try:
+            body = await ctx.api.get("BotPlugin", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self.forget(key)
+                return
+            observed = self.observed(namespace, name)
+            if key in self._retry:
+                self._retry.discard(key)
+                assert ctx.status is not None
+                if rc.needs_retry(body, ctx.status.current(body)):
+                    log.info("%s/%s: retrying the rollout that was rolled back", namespace, name)
+                    await rc.reconcile(ctx, body, observed)
+            verdict = await rc.observe(ctx, body, observed)
+        except Exception as exc:   # noqa: BLE001 - one plugin's trouble must not stop the others
+            log.warning("%s/%s: observing failed: %s", namespace, name, exc)
+            self.later(key, 10.0)
+            METRICS.observed(kubernetes_id(namespace, name), "error", [], suspended=False)
+            return
+        METRICS.observed(kubernetes_id(namespace, name), verdict, observed.pods,
+                         suspended=bool((body.get("spec") or {}).get("suspend")))
+        if verdict == "rolled-back":
+            self.later(key, ctx.retry_delay, retry=True)
+        assert ctx.status is not None
+        last = ctx.status.current(body).get("lastViolation")
+        if violations.recent(last):
+            self.later(key, _window_left(last) + 1.0)
+
+    def observed(self, namespace: str, name: str) -> rc.Observed:
+        pods = list(self.pod_index.get((namespace, name), [])) if self.pod_index is not None else []
+        return rc.Observed(pods=pods)
+
+    async def stop(self) -> None:
+        self.closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _window_left(last: dict[str, Any]) -> float:
+    try:
+        at = datetime.fromisoformat(str(last.get("at", "")).replace("Z", "+00:00"))
+    except ValueError:
+        return violations.WINDOW
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return max(0.0, violations.WINDOW - (datetime.now(timezone.utc) - at).total_seconds())
 
 
 def _plain(body: Any) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
-def _fleet(botplugin_index: kopf.Index) -> list[rc.FleetEntry]:
-    return list(botplugin_index.get("all", []))
-
-
-def _observed(pod_index: kopf.Index, namespace: str, name: str) -> rc.Observed:
-    return rc.Observed(pods=list(pod_index.get((namespace, name), [])))
-
-
 # -- indexes ---------------------------------------------------------------------
 
 
-def botplugin_index(body: kopf.Body, **_: Any) -> dict[str, rc.FleetEntry]:
-    return {"all": rc.fleet_entry(body)}
+async def botplugin_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Feeds the claims index (nothing is stored in kopf's own index)."""
+    runtime: Runtime = memo.precinct
+    meta = body.get("metadata", {})
+    runtime.ids[kubernetes_id(meta.get("namespace", ""), meta.get("name", ""))] = (
+        meta.get("namespace", ""), meta.get("name", ""))
+    runtime.ctx.observe_claims(body)
+    return None
 
 
-def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], st.PodView]:
+async def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, st.PodView]:
     return {(namespace, labels[r.BOTPLUGIN_LABEL]): st.pod_view(body)}
 
 
-# -- wake-ups ----------------------------------------------------------------------
+# -- events ----------------------------------------------------------------------------
 
 
-def child_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    memo.precinct.wake(namespace, labels[r.BOTPLUGIN_LABEL])
+async def child_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, pod_index: kopf.Index, **_: Any) -> None:
+    runtime: Runtime = memo.precinct
+    runtime.pod_index = pod_index
+    runtime.wake(namespace, labels[r.BOTPLUGIN_LABEL])
 
 
-def fleet_event(memo: kopf.Memo, body: kopf.Body, type: str | None, **_: Any) -> None:
-    # A new, changed or deleted spec may move a claim: let every daemon
-    # re-check its own. Status writes (ours) do not, so they wake nobody.
+async def fleet_event(memo: kopf.Memo, body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A BotPlugin is gone for good: its claims free up (the finalizer
+    already did this unless the finalizer was removed by hand)."""
+    if type != "DELETED":
+        return
     runtime: Runtime = memo.precinct
     meta = body.get("metadata", {})
-    plugin_id = kubernetes_id(meta.get("namespace", ""), meta.get("name", ""))
-    if type == "DELETED":
-        runtime.ids.pop(plugin_id, None)
-        METRICS.forget(plugin_id)
-    else:
-        runtime.ids[plugin_id] = (meta.get("namespace", ""), meta.get("name", ""))
-    seen = (meta.get("generation"), bool(meta.get("deletionTimestamp")), type == "DELETED")
-    key = meta.get("uid", "")
-    if runtime.fleet_seen.get(key) != seen:
-        runtime.fleet_seen[key] = seen
-        runtime.wake_all()
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    plugin_id = kubernetes_id(*key)
+    runtime.ids.pop(plugin_id, None)
+    METRICS.forget(plugin_id)
+    runtime.forget(key)
+    changed = runtime.ctx.claims.remove(*key)
+    if changed:
+        runtime.wake_many(changed)
 
 
 # -- reconcile -----------------------------------------------------------------------
 
 
-async def reconcile(body: kopf.Body, memo: kopf.Memo, botplugin_index: kopf.Index, pod_index: kopf.Index,
-                    namespace: str, name: str, **_: Any) -> None:
+async def reconcile(body: kopf.Body, memo: kopf.Memo, pod_index: kopf.Index, **_: Any) -> None:
     runtime: Runtime = memo.precinct
+    runtime.pod_index = pod_index
+    meta = body.get("metadata", {})
     try:
-        await rc.reconcile(runtime.ctx, _plain(body), _fleet(botplugin_index), _observed(pod_index, namespace, name))
+        await rc.reconcile(runtime.ctx, _plain(body), runtime.observed(meta["namespace"], meta["name"]))
     except rc.ApiError as exc:
         if 400 <= exc.status < 500 and exc.status not in (404, 409, 429):
             METRICS.reconciled("error")
@@ -128,52 +244,14 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, botplugin_index: kopf.Inde
     METRICS.reconciled("ok")
 
 
-async def finalize(body: kopf.Body, memo: kopf.Memo, botplugin_index: kopf.Index, **_: Any) -> None:
+async def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.precinct
+    meta = body.get("metadata", {})
+    runtime.forget((meta.get("namespace", ""), meta.get("name", "")))
     try:
-        await rc.finalize(memo.precinct.ctx, _plain(body), _fleet(botplugin_index))
+        await rc.finalize(runtime.ctx, _plain(body))
     except Exception as exc:   # noqa: BLE001 - keep the finalizer until revocation works
         raise kopf.TemporaryError(f"revoking the NATS account: {exc}", delay=15) from exc
-
-
-async def watch_rollout(stopped: kopf.DaemonStopped, memo: kopf.Memo, namespace: str, name: str,
-                        botplugin_index: kopf.Index, pod_index: kopf.Index, **_: Any) -> None:
-    runtime: Runtime = memo.precinct
-    ctx = runtime.ctx
-    wake = runtime.wakes.setdefault((namespace, name), asyncio.Event())
-    retry_at: float | None = None
-    loop = asyncio.get_running_loop()
-    try:
-        while not stopped:
-            wake.clear()
-            body = await ctx.api.get("BotPlugin", namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            try:
-                verdict = await rc.observe(ctx, body, _fleet(botplugin_index), _observed(pod_index, namespace, name))
-            except Exception as exc:   # noqa: BLE001 - the daemon must outlive API hiccups
-                log.warning("%s/%s: observing failed: %s", namespace, name, exc)
-                verdict = "error"
-            METRICS.observed(kubernetes_id(namespace, name), verdict, _observed(pod_index, namespace, name).pods,
-                             suspended=bool((body.get("spec") or {}).get("suspend")))
-            if verdict == "rolled-back":
-                retry_at = loop.time() + ctx.retry_delay
-            if retry_at is not None and loop.time() >= retry_at:
-                retry_at = None
-                try:
-                    fresh = await ctx.api.get("BotPlugin", namespace, name)
-                    if fresh is not None and rc.needs_retry(fresh):
-                        log.info("%s/%s: retrying the rollout that was rolled back", namespace, name)
-                        await rc.reconcile(ctx, fresh, _fleet(botplugin_index), _observed(pod_index, namespace, name))
-                except Exception as exc:   # noqa: BLE001 - try again at the next wake
-                    log.warning("%s/%s: retrying the rollout failed: %s", namespace, name, exc)
-                    retry_at = loop.time() + ctx.retry_delay
-            timeout = WAKE_TIMEOUT if retry_at is None else max(0.1, min(WAKE_TIMEOUT, retry_at - loop.time()))
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        runtime.wakes.pop((namespace, name), None)
 
 
 def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
@@ -189,6 +267,4 @@ def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
     kopf.on.create(*bp, registry=registry)(reconcile)
     kopf.on.update(*bp, registry=registry)(reconcile)
     kopf.on.delete(*bp, registry=registry)(finalize)
-    kopf.daemon(*bp, registry=registry, cancellation_timeout=5.0,
-                when=lambda body, **_: not body.get("metadata", {}).get("deletionTimestamp"))(watch_rollout)
     return registry

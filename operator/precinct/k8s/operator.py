@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import kopf
 
 from . import handlers, violations
 from . import reconcile as rc
-from .api import Api, Connection
+from .client import Api, configuration, connection_info
+from .credentials import Credentials
 from .render import Settings, digest
 
 FINALIZER = "precinct.dev/revoke-nats-account"
@@ -39,7 +39,7 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()          # empty: all namespaces
     server: str | None = None                 # API server override (tests); else in-cluster or kubeconfig
     retry_delay: float = 60.0
-    server_timeout: float = 300.0
+    server_timeout: int = 300                 # an integer: the API server parses timeoutSeconds with ParseInt
     client_timeout: float = 330.0
     metrics_port: int | None = None           # Prometheus /metrics (k8s/metrics.py); None = off
 
@@ -54,7 +54,7 @@ class DigestDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
-    settings.watching.server_timeout = config.server_timeout
+    settings.watching.server_timeout = int(config.server_timeout)
     settings.watching.client_timeout = config.client_timeout
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = config.client_timeout + 30
@@ -64,51 +64,37 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.level = logging.WARNING       # kopf's own per-handler events: only problems
     settings.execution.max_workers = 4
     settings.queueing.error_delays = [1, 5, 15, 60, 120]
+    # SIGTERM: workers get 2 s to finish, then kopf's cleanup; past 30 s kopf kills itself.
+    settings.queueing.exit_timeout = 2.0
+    settings.process.ultimate_exiting_timeout = 30.0
 
 
-def _as_file(data: str | bytes | None, suffix: str) -> str | None:
-    if data is None:
-        return None
-    raw = data if isinstance(data, bytes) else data.encode()
-    handle = tempfile.NamedTemporaryFile(prefix="precinct-", suffix=suffix, delete=False)  # noqa: SIM115
-    handle.write(raw)
-    handle.close()
-    return handle.name
+async def login(config: OperatorConfig) -> tuple[Api, kopf.ConnectionInfo]:
+    """Credentials through the official client's loaders (service account with
+    token refresh, else kubeconfig with embedded data decoded), shared with
+    kopf's watches."""
+    try:
+        cfg = await configuration(config.server)
+    except Exception as exc:  # noqa: BLE001 - ConfigException and file errors alike
+        raise kopf.LoginError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
+    return Api(cfg), connection_info(cfg)
 
 
-def connection_from(info: kopf.ConnectionInfo) -> Connection:
-    """kopf's login result -> our client's connection (same credentials)."""
-    ca_data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
-    return Connection(
-        server=info.server, token=info.token, ca_path=str(info.ca_path) if info.ca_path else None,
-        ca_data=ca_data, insecure=bool(info.insecure),
-        cert_path=str(info.certificate_path) if info.certificate_path else _as_file(info.certificate_data, ".crt"),
-        key_path=str(info.private_key_path) if info.private_key_path else _as_file(info.private_key_data, ".key"),
-    )
-
-
-def login(config: OperatorConfig, settings: kopf.OperatorSettings, logger: Any) -> kopf.ConnectionInfo:
-    if config.server:
-        return kopf.ConnectionInfo(server=config.server, insecure=True)
-    info = kopf.login_with_service_account(settings=settings, logger=logger) or \
-        kopf.login_with_kubeconfig(settings=settings, logger=logger)
-    if info is None:
-        raise kopf.LoginError("no in-cluster service account and no kubeconfig: nothing to connect to")
-    return info
-
-
-def build_runtime(config: OperatorConfig, info: kopf.ConnectionInfo,
-                  credentials: rc.Credentials | None = None) -> handlers.Runtime:
+def build_runtime(config: OperatorConfig, api: Api, credentials: Credentials | None = None) -> handlers.Runtime:
     ctx = rc.Context(
-        api=Api(connection_from(info)), settings=config.render,
-        credentials=credentials or rc.Credentials.from_state_dir(config.state_dir, config.nats_url),
+        api=api, settings=config.render,
+        credentials=credentials or Credentials.from_state_dir(config.state_dir, config.nats_url),
         retry_delay=config.retry_delay,
     )
-    return handlers.Runtime(ctx)
+    runtime = handlers.Runtime(ctx)
+    assert ctx.fleet is not None
+    if ctx.fleet.enabled:
+        runtime.background.append(asyncio.create_task(ctx.fleet.run()))
+    return runtime
 
 
 def make_registry(config: OperatorConfig, holder: dict[str, Any],
-                  credentials: rc.Credentials | None = None) -> kopf.OperatorRegistry:
+                  credentials: Credentials | None = None) -> kopf.OperatorRegistry:
     """The handlers' registry plus startup/login/cleanup bound to `config`."""
     registry = handlers.register(kopf.OperatorRegistry())
 
@@ -118,23 +104,31 @@ def make_registry(config: OperatorConfig, holder: dict[str, Any],
 
     @kopf.on.login(registry=registry)
     async def _login(settings: kopf.OperatorSettings, logger: Any, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
-        info = login(config, settings, logger)
+        api, info = await login(config)
         if "runtime" not in holder:
-            runtime = build_runtime(config, info, credentials)
+            runtime = build_runtime(config, api, credentials)
             holder["runtime"] = memo.precinct = runtime
             if config.nats_url:
                 runtime.background.append(asyncio.create_task(_watch_violations(config.nats_url, runtime)))
+        else:   # a re-login (kopf saw a 401): our client re-reads a rotated token by itself
+            await api.close()
         return info
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
         runtime = holder.get("runtime")
         if runtime is not None:
+            await runtime.stop()
+            if runtime.ctx.fleet is not None and runtime.ctx.fleet.enabled:
+                try:   # what changed in the last second still reaches the gateway and storage
+                    await asyncio.wait_for(runtime.ctx.fleet.flush(), timeout=5)
+                except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                    logging.getLogger("precinct.operator").warning("last fleet flush failed: %s", exc)
             for task in runtime.background:
                 task.cancel()
             await asyncio.gather(*runtime.background, return_exceptions=True)
             await runtime.ctx.api.close()
-            await runtime.ctx.credentials.identity.close()
+            await runtime.ctx.credentials.close()
 
     return registry
 
@@ -164,7 +158,7 @@ async def _watch_violations(url: str, runtime: handlers.Runtime) -> None:
 
 
 async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | None = None,
-                credentials: rc.Credentials | None = None, holder: dict[str, Any] | None = None) -> None:
+                credentials: Credentials | None = None, holder: dict[str, Any] | None = None) -> None:
     """Run until `stop_flag` is set (or forever)."""
     holder = holder if holder is not None else {}
     registry = make_registry(config, holder, credentials)
@@ -177,6 +171,10 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | None = Non
 
 def run(config: OperatorConfig, *, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    if not verbose:
+        # kopf logs every handler run per object at INFO: thousands of lines a
+        # second in a burst, for nothing an admin acts on. Problems stay visible.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         from .metrics import serve as serve_metrics
 

@@ -1,10 +1,9 @@
-"""The operator's logic, independent of kopf: reconcile one BotPlugin,
-watch its rollout, finalize it.
+"""Reconcile one BotPlugin, observe its rollout, finalize it.
 
-Level-based: every call reads the BotPlugin, the fleet (all BotPlugins, from
-kopf's index) and the live Deployment, computes what should exist and
-applies all of it. Nothing depends on what an earlier call did, so an
-operator killed at any point converges when it starts again.
+Level-based for the one BotPlugin at hand: a call reads its body, its entry in
+the claims index (claims.py), its credentials (credentials.py) and its
+Deployment, computes what should exist and applies it. What a call costs does
+not depend on the fleet's size: nothing here walks the fleet.
 
 State the operator keeps, and where:
   status.observedGeneration, revision, readyRevision, failedRollouts,
@@ -15,19 +14,18 @@ State the operator keeps, and where:
 
 Rollback: when a rollout of the current spec misses its progress deadline,
 the Deployment gets the last good template again (its content-addressed
-ConfigMap is kept for it) and failedRollouts counts up; the next reconcile
-(or the retry timer) tries the new template again, and after
-MAX_FAILED_ROLLOUTS failures in a row the plugin is Stalled and stays on the
-good template until its spec changes (a new metadata.generation).
+ConfigMap is kept for it) and failedRollouts counts up; the retry timer
+tries the new template again, and after MAX_FAILED_ROLLOUTS failures in a
+row the plugin is Stalled and stays on the good template until its spec
+changes (a new metadata.generation).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,167 +33,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from .. import conditions as cond
-from ..natsauth.identity import Identity
-from ..plan.sandbox import SandboxPlan, compile_plan
+from ..plan.sandbox import SandboxPlan
+from ..spec.identity import kubernetes_id
 from ..spec.load import BotPluginResource
 from ..spec.model import load_botplugin_spec
-from ..spec.ownership import Ownership, Plugin, resolve
-from ..spec.identity import kubernetes_id
 from . import fleetmap
 from . import render as r
 from . import status as st
 from . import violations
-from .api import Api, ApiError
+from .bundles import BundleVerifier
+from .claims import Claims, first_error
+from .client import Api, ApiError
+from .credentials import Credentials
+from .status_writer import StatusWriter
 
 log = logging.getLogger("precinct.operator")
 
 INVALID_SPEC = "InvalidSpec"
-NATS_UNAVAILABLE = "NatsUnavailable"
-
-
-# -- the fleet ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FleetEntry:
-    """One BotPlugin as the fleet index keeps it."""
-
-    namespace: str
-    name: str
-    uid: str
-    created: str
-    spec: dict[str, Any]
-    deleting: bool = False
-
-    @property
-    def id(self) -> str:
-        return kubernetes_id(self.namespace, self.name)
-
-
-def fleet_entry(body: dict[str, Any]) -> FleetEntry:
-    meta = body.get("metadata", {})
-    return FleetEntry(
-        namespace=meta.get("namespace", "default"), name=meta.get("name", ""), uid=meta.get("uid", ""),
-        created=meta.get("creationTimestamp") or "", spec=copy.deepcopy(dict(body.get("spec") or {})),
-        deleting=bool(meta.get("deletionTimestamp")),
-    )
-
-
-@dataclass
-class Fleet:
-    ownership: Ownership
-    invalid: dict[str, str] = field(default_factory=dict)   # plugin id -> problem
-
-    def plans(self) -> list[SandboxPlan]:
-        return [compile_plan(p) for p in self.ownership.accepted]
-
-    def rejection(self, plugin_id: str) -> tuple[str, str] | None:
-        for rej in self.ownership.rejected:
-            if rej.plugin == plugin_id:
-                return rej.reason, rej.message
-        return None
-
-
-def resolve_fleet(entries: Iterable[FleetEntry]) -> Fleet:
-    """Claims go to the older BotPlugin (creationTimestamp, then namespace/name)."""
-    plugins: list[Plugin] = []
-    invalid: dict[str, str] = {}
-    for entry in sorted(entries, key=lambda e: (e.created, e.namespace, e.name)):
-        if entry.deleting:
-            continue
-        try:
-            plugins.append(Plugin(entry.id, load_botplugin_spec(entry.spec)))
-        except ValidationError as exc:
-            invalid[entry.id] = _first_error(exc)
-    return Fleet(resolve(plugins), invalid)
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in ("spec", *err["loc"]))
-    return f"{where}: {err['msg']}"
-
-
-# -- credentials -------------------------------------------------------------------
-
-
-class Credentials:
-    """The fleet's NATS accounts, through natsauth.Identity (one per operator).
-
-    Every sync passes the whole fleet: Identity revokes any plugin missing
-    from it, which is how deletion revokes an account. Callers must never
-    sync a partial fleet (kopf fills its indexes before handlers run)."""
-
-    def __init__(self, identity: Identity, nats_url: str | None) -> None:
-        self.identity = identity
-        self.nats_url = nats_url
-        self.problem: str | None = None
-
-    @classmethod
-    def from_state_dir(cls, state_dir: Path, nats_url: str | None) -> "Credentials":
-        return cls(Identity(state_dir), nats_url)
-
-    async def sync(self, plans: list[SandboxPlan]) -> tuple[bool, str, str]:
-        """(ok, reason, message) for CredentialsReady."""
-        try:
-            if self.nats_url and self.identity._nc is None:
-                self.identity.prepare(plans)      # system creds must exist before connecting
-                await self.identity.connect(self.nats_url)
-            result = await self.identity.sync(plans)
-        except Exception as exc:  # noqa: BLE001 - any NATS trouble is reported, then retried
-            self.problem = f"{type(exc).__name__}: {exc}"
-            log.warning("NATS account sync failed: %s", self.problem)
-            return False, NATS_UNAVAILABLE, f"could not push accounts to {self.nats_url}: {self.problem}"[:1000]
-        self.problem = None
-        if result.live:
-            return True, "Pushed", "account and user issued and pushed to the NATS resolver"
-        return True, "Issued", "account and user issued (no NATS URL configured: not pushed)"
-
-    def creds_text(self, plugin_id: str) -> str | None:
-        try:
-            return self.identity.creds_for(plugin_id).read_text()
-        except KeyError:
-            return None
-
-    def has_account(self, plugin_id: str) -> bool:
-        return plugin_id in self.identity.keys.plugin_ids()
-
-
-# -- the context -------------------------------------------------------------------
-
-
-class BundleVerifier:
-    """Checks a bundle release against the index before any Pod starts:
-    TUF from the pinned root (settings.index_root_json), with TUF state kept in
-    the operator's state dir so a rolled-back or frozen index is noticed
-    across calls. Successes are cached for `ttl` seconds; failures never."""
-
-    def __init__(self, index_url: str, root_json: str, state_dir: Path, ttl: float = 300.0) -> None:
-        self.index_url, self.root_json, self.state_dir, self.ttl = index_url, root_json, state_dir, ttl
-        self._ok: dict[tuple[str, str], float] = {}
-
-    async def verify(self, name: str, version: str) -> tuple[bool, str]:
-        import time
-
-        from ..market.errors import MarketError
-        from ..market.fetch import verify_release
-
-        if not self.root_json:
-            return False, ("cannot verify the bundle: the operator has no pinned root for the index "
-                           "(setting index_root_json)")
-        key = (name, version)
-        if time.monotonic() - self._ok.get(key, -1e9) < self.ttl:
-            return True, ""
-        try:
-            sha = await asyncio.to_thread(verify_release, self.index_url, name, version, self.state_dir,
-                                          root_json=self.root_json)
-        except MarketError as exc:
-            return False, f"{exc.check or 'check'}: {exc}"[:1000]
-        except Exception as exc:  # noqa: BLE001 - anything else is still "not verified"
-            return False, f"{type(exc).__name__}: {exc}"[:1000]
-        self._ok[key] = time.monotonic()
-        log.info("bundle %s %s verified against %s (sha256 %s)", name, version, self.index_url, sha)
-        return True, sha
+__all__ = ["ApiError", "Context", "Observed", "reconcile", "observe", "finalize", "needs_retry", "record_violation"]
 
 
 @dataclass
@@ -204,73 +59,35 @@ class Context:
     settings: r.Settings
     credentials: Credentials
     retry_delay: float = 60.0
+    claims: Claims = field(default_factory=Claims)
     bundles: BundleVerifier | None = None    # default: built from settings on first use
+    fleet: fleetmap.FleetMap | None = None   # default: from $PRECINCT_FLEET_CONFIGMAP
+    status: StatusWriter | None = None
+    wake: Callable[[set[tuple[str, str]]], None] = lambda keys: None   # BotPlugins whose claims moved
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     counted: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            self.status = StatusWriter(self.api)
+        if self.fleet is None:
+            self.fleet = fleetmap.FleetMap(self.api)
+        self.credentials.plans = self.claims.accepted_plans
+
+    def bundle_verifier(self) -> BundleVerifier:
+        """Built on first use, from the settings as they are then."""
+        if self.bundles is None:
+            self.bundles = BundleVerifier(self.settings.index_url, self.settings.index_root_json,
+                                          Path(self.credentials.identity.state) / "bundles")
+        return self.bundles
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
 
-
-# -- status helpers -------------------------------------------------------------------
-
-
-STATUS_FIELDS = ("observedGeneration", "revision", "readyRevision", "failedRollouts", "pluginId", "conditions",
-                 "violations", "lastViolation")
-
-
-def _status(body: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(body.get("status") or {}))
-
-
-async def write_status(ctx: Context, body: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Patch status only if something changed; post an Event per condition transition."""
-    old = _status(body)
-    new = {k: v for k, v in new.items() if v is not None}
-    if all(old.get(k) == new.get(k) for k in STATUS_FIELDS if k in new):
-        return False
-    meta = body["metadata"]
-    await ctx.api.patch("BotPlugin", meta["namespace"], meta["name"], {"status": new}, subresource="status")
-    if not isinstance(body.get("status"), dict):
-        body["status"] = {}
-    body["status"].update(new)
-    before = {c["type"]: c for c in old.get("conditions") or []}
-    for c in new.get("conditions") or []:
-        prev = before.get(c["type"])
-        if prev is None or (prev["status"], prev["reason"]) != (c["status"], c["reason"]):
-            await post_event(ctx, body, c)
-    return True
-
-
-_EVENT_TYPES = {cond.READY, cond.LATEST_REVISION_READY, cond.STALLED, cond.CREDENTIALS_READY,
-                cond.LIMITS_ENFORCED, cond.PERMISSIONS_COMPLIANT}
-
-
-async def post_event(ctx: Context, body: dict[str, Any], c: dict[str, Any]) -> None:
-    if c["type"] not in _EVENT_TYPES:
-        return
-    good = c["status"] == "True" if c["type"] != cond.STALLED else c["status"] != "True"
-    meta = body["metadata"]
-    stamp = cond.now()
-    event = {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": body.get("apiVersion", "precinct.dev/v1alpha1"), "kind": "BotPlugin",
-                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
-        "type": "Normal" if good else "Warning",
-        "reason": c["reason"],
-        "message": f"{c['type']}={c['status']}: {c['message']}"[:1024],
-        "source": {"component": "precinct-operator"},
-        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-        "reportingComponent": "precinct.dev/operator", "reportingInstance": "precinct-operator",
-    }
-    try:
-        await ctx.api.create(event)
-    except ApiError as exc:   # events are best effort
-        log.debug("could not post an event: %s", exc)
-
-
-# -- reconcile -------------------------------------------------------------------
+    def observe_claims(self, body: dict[str, Any]) -> None:
+        changed = self.claims.observe(body)
+        if changed:
+            self.wake(changed)
 
 
 @dataclass
@@ -280,26 +97,18 @@ class Observed:
     pods: list[st.PodView] = field(default_factory=list)
 
 
-def _bundle_verifier(ctx: Context) -> BundleVerifier:
-    if ctx.bundles is None:
-        ctx.bundles = BundleVerifier(ctx.settings.index_url, ctx.settings.index_root_json,
-                                     Path(ctx.credentials.identity.state) / "bundles")
-    return ctx.bundles
-
-
 def _resource(body: dict[str, Any]) -> BotPluginResource:
     meta = body["metadata"]
-    return BotPluginResource(namespace=meta["namespace"], name=meta["name"], spec=load_botplugin_spec(body.get("spec") or {}))
+    return BotPluginResource(namespace=meta["namespace"], name=meta["name"],
+                             spec=load_botplugin_spec(body.get("spec") or {}))
 
 
-def _counters(body: dict[str, Any]) -> tuple[int, int, int, bool]:
-    """(generation, revision, failedRollouts, spec changed since last seen)."""
-    status = _status(body)
-    generation = int(body["metadata"].get("generation", 1))
+def _counters(status: dict[str, Any], generation: int) -> tuple[int, int]:
+    """(revision, failedRollouts) for `generation`."""
     changed = status.get("observedGeneration") != generation
     revision = int(status.get("revision", 0)) + (1 if changed else 0)
     failed = 0 if changed else int(status.get("failedRollouts", 0))
-    return generation, revision, failed, changed
+    return revision, failed
 
 
 def _good(dep: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
@@ -319,62 +128,83 @@ def _limits_message(plan: SandboxPlan) -> str:
             f"(requests = limits); pids are limited by the node's kubelet (podPidsLimit)")
 
 
-async def reconcile(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[FleetEntry],
-                    observed: Observed | None = None, *, roll_forward: bool = True) -> dict[str, Any]:
+async def _credentials(ctx: Context, plugin_id: str, plan: SandboxPlan | None, accepted: bool) -> tuple[bool, str, str]:
+    """CredentialsReady for this plugin; syncs (coalesced) only when its account is not as wanted."""
+    creds = ctx.credentials
+    issued = creds.has_account(plugin_id)
+    if accepted and (not issued or creds.issued.get(plugin_id) != plan) or (not accepted and issued):
+        return await creds.sync()
+    return creds.last
+
+
+async def _stalled(ctx: Context, body: dict[str, Any], status: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """Nothing to retry until the spec changes (invalid spec, unverifiable bundle)."""
+    meta = body["metadata"]
+    generation = int(meta.get("generation", 1))
+    revision, failed = _counters(status, generation)
+    conditions = cond.Conditions(status.get("conditions"))
+    for type_ in (cond.READY, cond.LATEST_REVISION_READY):
+        conditions.set(type_, False, reason, message, generation)
+    conditions.set(cond.STALLED, True, reason, message, generation)
+    conditions.set(cond.RECONCILING, False, reason, "", generation)
+    new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
+           "pluginId": kubernetes_id(meta["namespace"], meta["name"]), "conditions": conditions.to_list()}
+    assert ctx.status is not None
+    await ctx.status.write(body, new)
+    return new
+
+
+# -- reconcile ----------------------------------------------------------------------
+
+
+async def reconcile(ctx: Context, body: dict[str, Any], observed: Observed | None = None, *,
+                    roll_forward: bool = True) -> dict[str, Any]:
     """Apply every child of `body`; write its status. Returns the new status."""
     meta = body["metadata"]
     async with ctx.lock(meta["namespace"], meta["name"]):
-        return await _reconcile(ctx, body, list(fleet_entries), observed or Observed(), roll_forward)
+        return await _reconcile(ctx, body, observed or Observed(), roll_forward)
 
 
-async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntry], observed: Observed,
-                     roll_forward: bool) -> dict[str, Any]:
+async def _reconcile(ctx: Context, body: dict[str, Any], observed: Observed, roll_forward: bool) -> dict[str, Any]:
+    assert ctx.status is not None and ctx.fleet is not None
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    generation, revision, failed, _ = _counters(body)
+    status = ctx.status.current(body)
+    if meta.get("deletionTimestamp"):
+        return status                  # being deleted: no new children, the finalizer takes over
+    ctx.observe_claims(body)
+    generation = int(meta.get("generation", 1))
+    revision, failed = _counters(status, generation)
     plugin_id = kubernetes_id(namespace, name)
-    conditions = cond.Conditions(_status(body).get("conditions"))
+    conditions = cond.Conditions(status.get("conditions"))
 
     try:
         resource = _resource(body)
     except ValidationError as exc:
         # The CRD schema catches most of this; what it cannot (config vs
-        # config_schema, claims) lands here. Nothing to retry until the spec changes.
-        message = _first_error(exc)
-        for type_ in (cond.READY, cond.LATEST_REVISION_READY):
-            conditions.set(type_, False, INVALID_SPEC, message, generation)
-        conditions.set(cond.STALLED, True, INVALID_SPEC, message, generation)
-        conditions.set(cond.RECONCILING, False, INVALID_SPEC, "", generation)
-        new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
-               "pluginId": plugin_id, "conditions": conditions.to_list()}
-        await write_status(ctx, body, new)
-        return new
+        # config_schema, claims) lands here.
+        return await _stalled(ctx, body, status, INVALID_SPEC, first_error(exc))
 
     if resource.spec.bundle is not None:
         # Verified before any Pod starts: nothing is applied for a release the
         # index does not hold, signed. A Deployment of an earlier good release stays.
-        ok, message = await _bundle_verifier(ctx).verify(resource.spec.bundle.name, resource.spec.bundle.version)
+        ok, message = await ctx.bundle_verifier().verify(resource.spec.bundle.name, resource.spec.bundle.version)
         if not ok:
-            for type_ in (cond.READY, cond.LATEST_REVISION_READY):
-                conditions.set(type_, False, cond.SIGNATURE_INVALID, message, generation)
-            conditions.set(cond.STALLED, True, cond.SIGNATURE_INVALID, message, generation)
-            conditions.set(cond.RECONCILING, False, cond.SIGNATURE_INVALID, "", generation)
-            new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
-                   "pluginId": plugin_id, "conditions": conditions.to_list()}
-            await write_status(ctx, body, new)
-            return new
+            return await _stalled(ctx, body, status, cond.SIGNATURE_INVALID, message)
 
-    fleet = resolve_fleet(entries)
-    rejection = fleet.rejection(plugin_id)
-    creds_state = await ctx.credentials.sync(fleet.plans())
-    if creds_state[0]:
-        await fleetmap.publish(ctx.api, ctx.credentials.identity, fleet.plans())
+    entry = ctx.claims.get(namespace, name)
+    rejection = entry.rejection if entry else None
+    plan = entry.plan if entry and entry.plan is not None else r.plan_for(resource)
+    creds_state = await _credentials(ctx, plugin_id, plan, rejection is None)
     creds_text = ctx.credentials.creds_text(plugin_id) if rejection is None else None
     if rejection is None and creds_text is None:
         creds_state = (False, creds_state[1] if not creds_state[0] else "NotIssued",
                        creds_state[2] if not creds_state[0] else "no account issued for this plugin yet")
+    if rejection is None and creds_state[0]:
+        ctx.fleet.set(plugin_id, fleetmap.entry(plan, ctx.credentials.account_key))
+    elif rejection is not None:
+        ctx.fleet.set(plugin_id, None)
 
-    plan = r.plan_for(resource)
     desired = r.pod_template(resource, plan, ctx.settings)
     desired_hash = r.template_hash(desired)
     live = await ctx.api.get("Deployment", namespace, name)
@@ -382,33 +212,32 @@ async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntr
     template = desired
     if good is not None and good_hash != desired_hash and (failed >= st.MAX_FAILED_ROLLOUTS or not roll_forward):
         template = good            # stay on the last good template
-    running = rejection is None
     objects = r.render(resource, ctx.settings, creds=creds_text or "", owner_uid=meta.get("uid", ""),
-                       template=template, running=running)
+                       template=template, running=rejection is None)
     for obj in objects:
         if obj["kind"] == "Secret" and creds_text is None:
             await ctx.api.delete("Secret", namespace, obj["metadata"]["name"])
             continue
         if obj["kind"] == "Deployment" and good is not None:
             obj["metadata"]["annotations"] = {st.GOOD_TEMPLATE: json.dumps(good, sort_keys=True), st.GOOD_HASH: good_hash}
-        applied = await ctx.api.apply(obj)
+        applied = await ctx.api.apply(obj, reply=obj["kind"] == "Deployment")
         if obj["kind"] == "Deployment":
             live = applied
-    await _collect_config_maps(ctx, resource, [template, good])
+    if revision > 1 or good is not None:       # a first revision has no older config maps
+        await _collect_config_maps(ctx, resource, [template, good])
 
     facts = st.Facts(
         generation=generation, desired_hash=desired_hash, deployment=st.deployment_view(live),
         pods=observed.pods, rejection=rejection, suspended=resource.spec.suspend,
         credentials=creds_state, failed_rollouts=failed, limits_message=_limits_message(plan),
-        last_violation=_status(body).get("lastViolation"),
-        violation_recent=violations.recent(_status(body).get("lastViolation")),
+        last_violation=status.get("lastViolation"),
+        violation_recent=violations.recent(status.get("lastViolation")),
     )
     st.assess(facts, conditions)
-    status = _status(body)
     new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
            "readyRevision": status.get("readyRevision"), "pluginId": plugin_id,
            "conditions": conditions.to_list()}
-    await write_status(ctx, body, new)
+    await ctx.status.write(body, new)
     return new
 
 
@@ -427,39 +256,42 @@ async def _collect_config_maps(ctx: Context, resource: BotPluginResource, templa
 # -- watching the rollout -----------------------------------------------------------
 
 
-async def observe(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[FleetEntry],
-                  observed: Observed) -> str:
+async def observe(ctx: Context, body: dict[str, Any], observed: Observed) -> str:
     """React to what the Deployment and Pods report. Returns the verdict.
 
     complete  -> remember the template as good, readyRevision = revision
     failed    -> roll back to the good template, failedRollouts + 1
     otherwise -> refresh conditions (crashes, readiness)
-    Also re-runs reconcile when this plugin's claim status changed (an older
-    conflicting BotPlugin went away) or its credentials are not ready yet."""
+    A spec not reconciled yet is left to the create/update handler ("pending");
+    a claim decision or credentials that changed since the last reconcile
+    re-run it ("reconciled")."""
+    assert ctx.status is not None
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    entries = list(fleet_entries)
+    if meta.get("deletionTimestamp"):
+        return "deleting"
     plugin_id = kubernetes_id(namespace, name)
-    status = _status(body)
+    status = ctx.status.current(body)
     generation = int(meta.get("generation", 1))
     if status.get("observedGeneration") != generation:
-        await reconcile(ctx, body, entries, observed)
-        return "reconciled"
+        return "pending"
     conditions = cond.Conditions(status.get("conditions"))
     was_rejected = (conditions.get(cond.STALLED) or cond.Condition("", "", "", "", "")).reason in (
         cond.COMMAND_CONFLICT, cond.SUBJECT_CONFLICT)
-    creds_ok = conditions.is_true(cond.CREDENTIALS_READY)
-    fleet = resolve_fleet(entries)
-    if (fleet.rejection(plugin_id) is not None) != was_rejected or not creds_ok:
-        await reconcile(ctx, body, entries, observed)
+    ctx.observe_claims(body)
+    rejected = ctx.claims.rejection(namespace, name) is not None
+    if rejected != was_rejected or not conditions.is_true(cond.CREDENTIALS_READY):
+        await reconcile(ctx, body, observed)
         return "reconciled"
 
     async with ctx.lock(namespace, name):
+        status = ctx.status.current(body)
         try:
             resource = _resource(body)
         except ValidationError:
             return "invalid"
-        plan = r.plan_for(resource)
+        entry = ctx.claims.get(namespace, name)
+        plan = entry.plan if entry and entry.plan is not None else r.plan_for(resource)
         desired = r.pod_template(resource, plan, ctx.settings)
         desired_hash = r.template_hash(desired)
         live = await ctx.api.get("Deployment", namespace, name)
@@ -474,9 +306,10 @@ async def observe(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[Fl
             # Keep the template as rendered (not the live one with the API
             # server's defaults and others' annotations, e.g. restartedAt).
             await ctx.api.patch("Deployment", namespace, name, {"metadata": {"annotations": {
-                st.GOOD_TEMPLATE: json.dumps(desired, sort_keys=True), st.GOOD_HASH: desired_hash}}})
+                st.GOOD_TEMPLATE: json.dumps(desired, sort_keys=True), st.GOOD_HASH: desired_hash}}}, reply=False)
             ready_revision, failed = revision, 0
-            await _collect_config_maps(ctx, resource, [desired])
+            if revision > 1:
+                await _collect_config_maps(ctx, resource, [desired])
         elif verdict == "complete" and ready_revision != revision:
             ready_revision, failed = revision, 0
         elif verdict == "failed" and failed < st.MAX_FAILED_ROLLOUTS and ctx.counted.get((namespace, name)) != (
@@ -505,7 +338,7 @@ async def observe(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[Fl
         st.assess(facts, conditions)
         new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
                "readyRevision": ready_revision, "pluginId": plugin_id, "conditions": conditions.to_list()}
-        await write_status(ctx, body, new)
+        await ctx.status.write(body, new)
         return verdict
 
 
@@ -516,37 +349,46 @@ def _credentials_fact(conditions: cond.Conditions) -> tuple[bool, str, str]:
     return c.status == "True", c.reason, c.message
 
 
-def needs_retry(body: dict[str, Any]) -> bool:
+def needs_retry(body: dict[str, Any], status: dict[str, Any] | None = None) -> bool:
     """Rolled back, and tries left: roll forward again after the retry delay."""
-    status = _status(body)
+    status = status if status is not None else dict(body.get("status") or {})
     failed = int(status.get("failedRollouts", 0))
     return 0 < failed < st.MAX_FAILED_ROLLOUTS and status.get("observedGeneration") == body["metadata"].get("generation")
 
 
 async def record_violation(ctx: Context, namespace: str, name: str, event: dict[str, Any]) -> None:
     """Count a gateway-reported violation on the BotPlugin's status."""
+    assert ctx.status is not None
     async with ctx.lock(namespace, name):
         body = await ctx.api.get("BotPlugin", namespace, name)
         if body is None:
             return
-        await ctx.api.patch("BotPlugin", namespace, name, {"status": violations.record(_status(body), event)},
-                            subresource="status")
+        fields = violations.record(ctx.status.current(body), event)
+        await ctx.api.patch("BotPlugin", namespace, name, {"status": fields}, subresource="status", reply=False)
+        ctx.status.remember(body, fields)
 
 
 # -- deletion ---------------------------------------------------------------------
 
 
-async def finalize(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[FleetEntry]) -> None:
+async def finalize(ctx: Context, body: dict[str, Any]) -> None:
     """Revoke the plugin's NATS account before Kubernetes collects its children:
-    sync the fleet without it (Identity revokes, pushes the tombstone and
-    deletes the account). The children go with their owner (ownerReferences)."""
+    a sync without it (Identity revokes, pushes the tombstone and deletes the
+    account). The children go with their owner (ownerReferences)."""
+    assert ctx.status is not None and ctx.fleet is not None
     meta = body["metadata"]
     gone = (meta["namespace"], meta["name"])
-    entries = [e for e in fleet_entries if (e.namespace, e.name) != gone]
-    ok, _, message = await ctx.credentials.sync(resolve_fleet(entries).plans())
-    if not ok:
-        raise RuntimeError(f"could not revoke the NATS account: {message}")
-    await fleetmap.publish(ctx.api, ctx.credentials.identity, resolve_fleet(entries).plans())
-    if ctx.credentials.has_account(kubernetes_id(*gone)):
-        raise RuntimeError("the NATS account is still issued")
+    plugin_id = kubernetes_id(*gone)
+    changed = ctx.claims.remove(*gone)
+    if changed:
+        ctx.wake(changed)
+    ctx.fleet.set(plugin_id, None)
+    if ctx.credentials.has_account(plugin_id):
+        ok, _, message = await ctx.credentials.sync()
+        if not ok:
+            raise RuntimeError(f"could not revoke the NATS account: {message}")
+        if ctx.credentials.has_account(plugin_id):
+            raise RuntimeError("the NATS account is still issued")
     ctx.locks.pop(gone, None)
+    ctx.counted.pop(gone, None)
+    ctx.status.forget(*gone)

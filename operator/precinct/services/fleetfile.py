@@ -10,6 +10,10 @@ meet a plugin id or account key they do not know (a SIGHUP can arrive after
 the first request of a freshly started plugin). A damaged file keeps the
 previous fleet: failing closed on every plugin because of one bad write would
 be worse than serving a few seconds of stale limits.
+
+In a cluster the path is a directory: the operator's fleet ConfigMaps
+(`k8s/fleetmap.py`, one shard per object) projected as `fleet-<k>.json`
+files; the fleet is their union, reloaded when any file changes.
 """
 
 from __future__ import annotations
@@ -28,24 +32,33 @@ class FleetFile:
         self.path = Path(path)
         self.plugins: dict[str, dict[str, Any]] = {}
         self.by_account: dict[str, str] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self.generation = 0
 
+    def _files(self) -> list[Path]:
+        if self.path.is_dir():
+            return sorted(p for p in self.path.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+        return [self.path]
+
     def reload(self, force: bool = False) -> bool:
-        """Re-read the file if it changed; True when the fleet changed."""
+        """Re-read the file (or the directory's files) if changed; True when the fleet changed."""
         try:
-            st = os.stat(self.path)
+            files = self._files()
+            stats = [os.stat(p) for p in files]
         except FileNotFoundError:
             if self.plugins:
                 log.warning("%s disappeared; keeping the last fleet", self.path)
             return False
-        stamp = (st.st_mtime_ns, st.st_ino)
+        stamp = tuple((p.name, st.st_mtime_ns, st.st_ino) for p, st in zip(files, stats))
         if not force and stamp == self._stamp:
             return False
+        data: dict[str, Any] = {}
         try:
-            data = json.loads(self.path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
+            for path in files:
+                part = json.loads(path.read_text())
+                if not isinstance(part, dict):
+                    raise ValueError(f"{path.name}: not a JSON object")
+                data.update(part)
         except (OSError, ValueError) as exc:
             log.error("cannot read %s: %s (keeping the previous fleet)", self.path, exc)
             return False
@@ -56,7 +69,7 @@ class FleetFile:
         self.by_account = {e["account_key"]: pid for pid, e in plugins.items() if e.get("account_key")}
         if changed:
             self.generation += 1
-            log.info("fleet loaded: %s", ", ".join(sorted(plugins)) or "(no plugins)")
+            log.info("fleet loaded: %d plugin(s)", len(plugins))
         return changed
 
     def get(self, plugin_id: str) -> dict[str, Any] | None:
