@@ -191,8 +191,11 @@ def say(
 ) -> None:
     """Say one line in the console channel; for a !command, print the answer.
 
-    Exits 1 when no plugin owns the command, the plugin is not running, or no
-    answer arrives in time; 3 when the plugin answered with an error.
+    `!help` lists the commands the fleet serves, `!help WORD` one command's
+    subcommands. Exits 1 when no plugin owns the command, the plugin is not
+    running, or no answer arrives in time; 3 when the plugin answered with an
+    error, or the words fit none of the command's subcommands (its usage is
+    printed).
     """
     import asyncio
 
@@ -221,7 +224,7 @@ def say(
         return
     if not as_json:
         typer.echo(f"precinct: {outcome.get('message')}", err=True)
-    raise typer.Exit(3 if status_ == "error" else 1)
+    raise typer.Exit(3 if status_ in ("error", "usage") else 1)
 
 
 @app.command()

@@ -263,7 +263,6 @@ class Supervisor:
             self.rollouts.snapshot(plugin.id, folder, digest)  # the code a failed hot reload falls back to
             entries.append(PluginEntry(folder, plugin, compile_plan(plugin), digest, slot))
         self.routes = ownership.routes()
-        self.route_owner = dict(ownership.words)
         return entries
 
     def _fingerprint(self) -> tuple:
@@ -315,9 +314,10 @@ class Supervisor:
 
     def _publish_fleet(self) -> None:
         """Tell the trusted services what changed: routes.json (chat word ->
-        subject and owner) and fleet.json (every running plugin's plan, folder
-        and account key), written atomically, then SIGHUP to each service."""
-        table = {word: {"subject": subject, "plugin": self.route_owner[word]} for word, subject in self.routes.items()}
+        its route and owner, Ownership.routes()) and fleet.json (every running
+        plugin's plan, folder and account key), written atomically, then
+        SIGHUP to each service."""
+        table = self.routes
         fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict(),
                        "account_key": self.identity.account_key(plugin_account(pid))}
                  for pid, e in sorted(self.entries.items())}
@@ -349,7 +349,7 @@ class Supervisor:
                     "--config", str(config_path)]
             if entry.plugin.spec.entrypoint:
                 argv += ["--entrypoint", entry.plugin.spec.entrypoint]
-            for subject in sorted(set(entry.plan.commands.values())):
+            for subject in entry.plan.command_subjects():
                 argv += ["--command", subject]
             set_plan = getattr(self.confinement, "set_plan", None)
             if set_plan is not None:  # the sandbox needs the plan and the host paths it must expose
