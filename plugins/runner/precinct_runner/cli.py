@@ -489,6 +489,8 @@ class Runner:
     async def _shutdown(self, plugin: Any, name: str, timeout: float | None = None, connected: bool = True) -> None:
         """Await the plugin's shutdown() (bounded), then drain the connection.
         A failing shutdown() is reported, never fatal: the process is stopping."""
+        from .loader import call_hook
+
         limit = timeout or self.opts.shutdown_timeout
         try:
             await asyncio.wait_for(_guarded(call_hook(plugin, "shutdown")), limit)
