@@ -224,3 +224,11 @@ def test_group_commands_help_and_rendering_through_precinct_up(fleet):
     assert said("!help timer").endswith("— Countdowns in this channel.")
     rolled = said("!roll 2d6")
     assert re.search(r"\d", rolled) and "{" not in rolled, rolled
+
+    # `precinct plugin list` reads the states from this running supervisor
+    from runtime_support import precinct
+
+    listed = precinct("plugin", "list", "--plugins-dir", str(_plugins), "--state-dir", str(_state), "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {row["id"]: (row["state"], row["source"]) for row in json.loads(listed.stdout)}
+    assert states == {pid: ("Running", "local folder") for pid in ("rosey-timers", "rosey-quiz", "dice-roller")}

@@ -279,8 +279,13 @@ def console(
 def creds(
     account: str = typer.Argument("core", help="Whose credentials: only `core` is handed out."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print {"nats": URL, "creds": PATH}.'),
 ) -> None:
-    """Print the path of the core credentials, for connecting a real Rosey core (connector, DB service)."""
+    """Print the NATS URL and the core credentials path, for connecting a real Rosey core (connector, DB service).
+
+    The lines are `NATS_URL=...` and `NATS_CREDS=...`, so a shell can take
+    both with `eval "$(precinct creds core)"`.
+    """
     from .runtime.chat import ChatError, read_endpoint
 
     if account != "core":
@@ -289,7 +294,11 @@ def creds(
         endpoint = read_endpoint(_state(state_dir))
     except ChatError as exc:
         _fail(str(exc))
-    typer.echo(endpoint.core_creds)
+    if as_json:
+        typer.echo(json.dumps({"nats": endpoint.nats, "creds": endpoint.core_creds}))
+    else:
+        typer.echo(f"NATS_URL={endpoint.nats}")
+        typer.echo(f"NATS_CREDS={endpoint.core_creds}")
 
 
 plugin_app = typer.Typer(help="Manage the plugins of a running `precinct up`.", no_args_is_help=True)
