@@ -194,6 +194,7 @@ def test_not_json_is_a_clear_error():
 
 def test_group_commands_help_and_rendering_through_precinct_up(fleet):
     start, _plugins, _state = fleet
+    (_plugins / "notes").mkdir()          # not a plugin: `up` says so once, as `validate` does
     up = start("rosey-timers", "rosey-quiz", "dice-roller")
     up.wait_running("rosey-timers", "rosey-quiz", "dice-roller")
 
@@ -232,3 +233,4 @@ def test_group_commands_help_and_rendering_through_precinct_up(fleet):
     assert listed.returncode == 0, listed.stderr
     states = {row["id"]: (row["state"], row["source"]) for row in json.loads(listed.stdout)}
     assert states == {pid: ("Running", "local folder") for pid in ("rosey-timers", "rosey-quiz", "dice-roller")}
+    assert up.output().count(f"{_plugins / 'notes'}: no plugin.yaml or plugin.yml: not a plugin, skipped") == 1

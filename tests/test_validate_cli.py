@@ -83,6 +83,38 @@ def test_command_conflict_is_rejected_for_the_second_claimant(tmp_path):
     assert "a-dice/plugin.yaml" not in out
 
 
+def test_plugin_yml_folders_without_a_manifest_and_both_spellings_follow_one_rule(tmp_path):
+    """validate, up and pack agree: plugin.yml is a manifest like plugin.yaml;
+    a folder in a plugins dir without either is warned about, never silently
+    skipped; a folder with both is refused."""
+    from precinct.market import bundle
+
+    yml = tmp_path / "yml"; yml.mkdir()
+    write(yml, "name: yml\nversion: '1'\ncommands: {hi: yml.hi}\n", "plugin.yml")
+    (yml / "plugin.py").write_text("class P:\n    async def initialize(self): pass\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    assert "1 plugin(s) valid: yml" in out
+    assert f"warning: {tmp_path / 'notes'}: (folder): no plugin.yaml or plugin.yml: not a plugin, skipped" in out
+    assert ".hidden" not in out
+    report = json.loads(runner.invoke(app, ["validate", "--json", str(tmp_path)]).output)
+    assert [w["file"] for w in report["warnings"]] == [str(tmp_path / "notes")] and report["valid"] is True
+
+    packed, info = bundle.pack(yml, tmp_path / "yml.roseyplug")
+    assert info.id == "yml"
+    import zipfile
+    names = zipfile.ZipFile(packed).namelist()
+    assert "plugin.yaml" in names and "plugin.yml" not in names
+
+    write(yml, "name: yml\nversion: '1'\n", "plugin.yaml")
+    code, out = run(str(tmp_path))
+    assert code == 1 and f"{yml}: (folder): both plugin.yaml and plugin.yml: keep one" in out, out
+    with pytest.raises(bundle.BundleError, match="both plugin.yaml and plugin.yml"):
+        bundle.pack(yml, tmp_path / "again.roseyplug")
+
+
 def test_json_report(tmp_path):
     path = write(tmp_path, "name: x\nversion: '1'\nresources: {pids_limit: 0}\n")
     result = runner.invoke(app, ["validate", "--json", str(path)])
@@ -102,7 +134,7 @@ def test_the_installed_command_never_prints_a_traceback(tmp_path):
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 documents = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5), max_leaves=20)
-FIELDS = ["name", "version", "author", "permissions", "resources", "commands", "events", "config",
+FIELDS = ["name", "version", "author", "permissions", "resources", "commands", "command_groups", "events", "config",
           "config_schema", "subject_namespace", "entrypoint"]
 manifest_like = st.dictionaries(st.sampled_from(FIELDS), documents, max_size=8)
 

@@ -44,7 +44,9 @@ def validate(
     """Check manifests and BotPlugin resources; one line per problem, `file: field: message`.
 
     Plugins are also checked against each other in the order given: a second
-    claimant of a command or namespace is rejected, as the runtimes would.
+    claimant of a command or namespace is rejected, as the runtimes would. A
+    manifest is plugin.yaml or plugin.yml (not both); a folder inside a
+    plugins dir without one is not a plugin and gets a warning (as in `up`).
     """
     from .plan.fleet import check_fleet
 
@@ -52,6 +54,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         for problem in report.problems:
             typer.echo(str(problem), err=False)
         if not report.problems:

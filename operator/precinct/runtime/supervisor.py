@@ -32,7 +32,7 @@ import nats
 from .. import conditions as cond
 from ..plan.fleet import as_plugin
 from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
-from ..spec.load import Problem, find_manifest, load_path
+from ..spec.load import SKIPPED_MESSAGE, Problem, find_manifest, load_path, skipped_folders
 from ..spec.ownership import Plugin, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
@@ -116,6 +116,7 @@ class Supervisor:
         self.runner_python = runner_python
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: dict[str, dict] = {}
+        self._warned_skipped: set[Path] = set()   # plugins-dir folders without a manifest, already warned about
         self.services: dict[str, Slot] = {}
         # The kernel sandbox (precinct.confine): HostConfinement as root, else one
         # that reports every protection as MISSING in status.
@@ -227,6 +228,10 @@ class Supervisor:
     def _folders(self) -> list[Path]:
         if not self.plugins_dir.is_dir():
             return []
+        skipped = set(skipped_folders(self.plugins_dir))
+        for folder in skipped - self._warned_skipped:       # said once per folder, as `validate` says it
+            log.warning("%s: %s", folder, SKIPPED_MESSAGE)
+        self._warned_skipped = skipped
         return sorted(p for p in self.plugins_dir.iterdir() if p.is_dir() and find_manifest(p))
 
     def _scan(self) -> list[PluginEntry]:
