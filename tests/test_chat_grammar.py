@@ -89,6 +89,11 @@ def test_plain_commands_keep_working_next_to_a_group():
      "at most 32 items"),
     ({"command_groups": {"countdown": {"default": {"1": "c.x"}, "description": "x" * 201}}}, "at most 200 characters"),
     ({"command_groups": {"countdown": {"subcommands": {"list": "c." + "x" * 130}}}}, "at most 128 characters"),
+    ({"command_groups": {"countdown\n": {"default": {"1": "c.x"}}}}, "chat word 'countdown\\n' must be"),
+    ({"command_groups": {"countdown": {"default": {"1\n": "c.x"}}}}, "must be a number of words"),
+    ({"command_groups": {f"g{i}": {"default": {"1": "c.x"}} for i in range(17)}}, "at most 16 items"),
+    ({"command_groups": {f"g{i}": {"subcommands": {f"s{j}": f"c.a{i}-{j}" for j in range(9)}} for i in range(8)}},
+     "72 distinct command subjects across commands and command_groups; at most 64"),
 ])
 def test_bad_command_groups_are_refused_with_a_clear_message(fields, message):
     assert message in errors_of(**fields)

@@ -33,7 +33,7 @@ class IdError(ValueError):
 
 def arg_count_range(key: str) -> tuple[int, int | None]:
     """'1' -> (1, 1); '2+' -> (2, None). ValueError for anything else."""
-    match = ARG_COUNT.match(key)
+    match = ARG_COUNT.fullmatch(key) if isinstance(key, str) else None
     if not match:
         raise ValueError(f"{key!r} is not a number of words like '1' or '2+'")
     n = int(match["n"])

@@ -181,22 +181,22 @@ RESERVED_CHAT_WORDS = frozenset({"help"})
 
 def _target_problems(label: str, target: Any) -> list[str]:
     """Problems with one '<namespace>.<action>' command target."""
-    match = _COMMAND_TARGET.match(target) if isinstance(target, str) else None
+    match = _COMMAND_TARGET.fullmatch(target) if isinstance(target, str) else None
     if not match:
-        return [f"{label}: {target!r} must be '<namespace>.<action>', e.g. dice.roll"]
+        return [f"{label}: {str(target)[:80]!r} must be '<namespace>.<action>', e.g. dice.roll"]
     problems = []
     try:
         _token(match["ns"])
     except ValueError as exc:
         problems.append(f"{label}: namespace {exc}")
-    if not ACTION.match(match["action"]) or len(match["action"]) > 64:
+    if not ACTION.fullmatch(match["action"]) or len(match["action"]) > 64:
         problems.append(f"{label}: action {match['action']!r} must be 1-64 letters, digits, '-' or '_'")
     return problems
 
 
 def _word_problem(word: Any, what: str = "chat word") -> str | None:
-    if not isinstance(word, str) or not CHAT_WORD.match(word):
-        return f"{what} {word!r} must be 1-32 lowercase letters, digits, '-' or '_'"
+    if not isinstance(word, str) or not CHAT_WORD.fullmatch(word):
+        return f"{what} {str(word)[:40]!r} must be 1-32 lowercase letters, digits, '-' or '_'"
     if word in RESERVED_CHAT_WORDS:
         return f"{what} {word!r} is reserved: the dispatcher answers !{word} with the commands the fleet serves"
     return None
@@ -206,7 +206,11 @@ MAX_SUBCOMMANDS = 32
 MAX_ARG_RULES = 8
 MAX_ARG_COUNT = 16
 MAX_WORD_ALIASES = 8
+MAX_COMMAND_GROUPS = 16
 MAX_CHAT_WORDS = 256
+# Each distinct command subject is an export in the plugin's NATS account and
+# an import in core's: bounded across plain words and groups together.
+MAX_COMMAND_SUBJECTS = 64
 
 
 # Whatever follows the subcommand (or, for a default action, the chat word)
@@ -316,7 +320,7 @@ class PluginSpec(_Model):
         max_length=256,
     )
     command_groups: dict[str, CommandGroup] = Field(
-        default_factory=dict, max_length=64,
+        default_factory=dict, max_length=MAX_COMMAND_GROUPS,
         description="Chat word -> subcommands and default actions: `!countdown list`, `!countdown movie 20:00`.",
     )
     events: list[Token] = Field(default_factory=list, max_length=32, description="Extra event roots.")
@@ -357,6 +361,9 @@ class PluginSpec(_Model):
                 seen.setdefault(claimed, what)
         if len(seen) > MAX_CHAT_WORDS:
             problems.append(f"at most {MAX_CHAT_WORDS} chat words per plugin, got {len(seen)}")
+        if len(self.command_targets()) > MAX_COMMAND_SUBJECTS:
+            problems.append(f"{len(self.command_targets())} distinct command subjects across commands and "
+                            f"command_groups; at most {MAX_COMMAND_SUBJECTS}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
