@@ -113,6 +113,28 @@ def test_a_groups_words_and_subjects_are_owned_like_plain_words():
     assert routes["cd"]["alias_of"] == "countdown"
 
 
+def test_rosey_manifests_in_docs_validate_and_render_every_subject_for_kubernetes():
+    """docs/rosey-manifests: all six validate together, and the Kubernetes
+    runner is told every command subject of countdown's group."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from precinct.cli import app
+
+    manifests = Path(__file__).parents[1] / "docs" / "rosey-manifests"
+    cli = CliRunner()
+    checked = cli.invoke(app, ["validate", str(manifests)])
+    assert checked.exit_code == 0, checked.output
+    assert "6 plugin(s) valid: 8ball, countdown, dice-roller, inspector, quote-db, trivia" in checked.output
+    rendered = cli.invoke(app, ["render", str(manifests / "countdown"), "--json"])
+    assert rendered.exit_code == 0, rendered.output
+    deployment = next(o for o in json.loads(rendered.output) if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for c in deployment["spec"]["template"]["spec"]["containers"] for e in c["env"]}
+    assert json.loads(env["PRECINCT_COMMANDS"]) == [f"rosey.command.countdown.{a}" for a in
+                                                    ("alerts", "check", "create", "delete", "list", "pause", "resume")]
+
+
 # -- routing ---------------------------------------------------------------------------
 
 
