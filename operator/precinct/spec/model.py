@@ -137,6 +137,18 @@ class RateLimits(_Model):
         return self.burst if self.burst is not None else max(1, int(self.messages_per_second + 0.999))
 
 
+# Larger than any one plugin's memory or data could really be: such a number
+# is a typo (99999Ti), and the kernel or Kubernetes would refuse it at launch,
+# so validate says so first.
+MAX_BYTES_LIMIT = 2**40          # 1Ti
+
+
+def _byte_ceiling(field: str, value: Any) -> Any:
+    if quantity.to_bytes(value) > MAX_BYTES_LIMIT:
+        raise ValueError(f"{field} must be at most 1Ti, got {value!r}")
+    return value
+
+
 class Resources(_Model):
     """Kernel (single host) or Kubernetes limits; quantities use Kubernetes units."""
 
@@ -158,7 +170,12 @@ class Resources(_Model):
     def _memory_floor(cls, value: Any) -> Any:
         if quantity.to_bytes(value) < MIN_MEMORY:
             raise ValueError(f"memory_limit must be at least 32Mi (the runner alone needs that), got {value!r}")
-        return value
+        return _byte_ceiling("memory_limit", value)
+
+    @field_validator("disk_limit")
+    @classmethod
+    def _disk_ceiling(cls, value: Any) -> Any:
+        return _byte_ceiling("disk_limit", value)
 
     @property
     def cpu_millicores(self) -> int:
