@@ -18,9 +18,6 @@ ACTION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$")
 # A chat word is what follows `!` in chat, e.g. `!8ball`; matched case-insensitively.
 CHAT_WORD = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_ID = 63
-# A command group's default action is chosen by how many words follow the chat
-# word: exactly N ("1") or N or more ("2+").
-ARG_COUNT = re.compile(r"^(?P<n>[0-9]{1,2})(?P<more>\+)?$")
 
 # Roots no plugin may claim: they would let it publish into the platform's or
 # the core's own subject space.
@@ -29,15 +26,6 @@ RESERVED_TOKENS = frozenset({"rosey", "precinct", "plugin", "sys", "inbox", "cor
 
 class IdError(ValueError):
     pass
-
-
-def arg_count_range(key: str) -> tuple[int, int | None]:
-    """'1' -> (1, 1); '2+' -> (2, None). ValueError for anything else."""
-    match = ARG_COUNT.fullmatch(key) if isinstance(key, str) else None
-    if not match:
-        raise ValueError(f"{key!r} is not a number of words like '1' or '2+'")
-    n = int(match["n"])
-    return (n, None) if match["more"] else (n, n)
 
 
 def canonical_id(name: str) -> str:
@@ -63,3 +51,17 @@ def kubernetes_id(namespace: str, name: str) -> str:
     digest = hashlib.sha256(full.encode()).hexdigest()[:10]
     head = full[: MAX_ID - len(digest) - 1].rstrip("-")
     return f"{head}-{digest}"
+
+
+# A command group's default action is chosen by how many words follow the chat
+# word: exactly N ("1") or N or more ("2+").
+ARG_COUNT = re.compile(r"^(?P<n>[0-9]{1,2})(?P<more>\+)?$")
+
+
+def arg_count_range(key: str) -> tuple[int, int | None]:
+    """'1' -> (1, 1); '2+' -> (2, None). ValueError for anything else."""
+    match = ARG_COUNT.fullmatch(key) if isinstance(key, str) else None
+    if not match:
+        raise ValueError(f"{key!r} is not a number of words like '1' or '2+'")
+    n = int(match["n"])
+    return (n, None) if match["more"] else (n, n)

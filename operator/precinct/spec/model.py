@@ -28,16 +28,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import quantity
-from .identity import (
-    ACTION,
-    CHAT_WORD,
-    RESERVED_TOKENS,
-    TOKEN,
-    TOKEN_PATTERN,
-    IdError,
-    arg_count_range,
-    canonical_id,
-)
+from .identity import ACTION, CHAT_WORD, RESERVED_TOKENS, TOKEN, TOKEN_PATTERN, IdError, arg_count_range, canonical_id
 
 API_GROUP = "precinct.dev"
 API_VERSION = "v1alpha1"
@@ -137,61 +128,9 @@ class RateLimits(_Model):
         return self.burst if self.burst is not None else max(1, int(self.messages_per_second + 0.999))
 
 
-# Larger than any one plugin's memory or data could really be: such a number
-# is a typo (99999Ti), and the kernel or Kubernetes would refuse it at launch,
-# so validate says so first.
-MAX_BYTES_LIMIT = 2**40          # 1Ti
-
-
-def _byte_ceiling(field: str, value: Any) -> Any:
-    if quantity.to_bytes(value) > MAX_BYTES_LIMIT:
-        raise ValueError(f"{field} must be at most 1Ti, got {value!r}")
-    return value
-
-
-class Resources(_Model):
-    """Kernel (single host) or Kubernetes limits; quantities use Kubernetes units."""
-
-    cpu_limit: CpuQuantity = Field(DEFAULT_CPU, description="CPU cores: 0.25 or 250m.")
-    memory_limit: ByteQuantity = Field(DEFAULT_MEMORY, description="Memory: 100M = 10^8 bytes, 100Mi = 100*2^20.")
-    pids_limit: int = Field(DEFAULT_PIDS, ge=8, le=4096, description="Processes and threads.")
-    disk_limit: ByteQuantity = Field(DEFAULT_DISK, description="Data dir and database quota.")
-    rate_limits: RateLimits = Field(default_factory=RateLimits)
-
-    @field_validator("cpu_limit")
-    @classmethod
-    def _cpu_range(cls, value: Any) -> Any:
-        if quantity.to_millicores(value) > MAX_CPU_MILLICORES:
-            raise ValueError(f"cpu_limit must be at most {MAX_CPU_MILLICORES // 1000} cores")
-        return value
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _memory_floor(cls, value: Any) -> Any:
-        if quantity.to_bytes(value) < MIN_MEMORY:
-            raise ValueError(f"memory_limit must be at least 32Mi (the runner alone needs that), got {value!r}")
-        return _byte_ceiling("memory_limit", value)
-
-    @field_validator("disk_limit")
-    @classmethod
-    def _disk_ceiling(cls, value: Any) -> Any:
-        return _byte_ceiling("disk_limit", value)
-
-    @property
-    def cpu_millicores(self) -> int:
-        return quantity.to_millicores(self.cpu_limit)
-
-    @property
-    def memory_bytes(self) -> int:
-        return quantity.to_bytes(self.memory_limit)
-
-    @property
-    def disk_bytes(self) -> int:
-        return quantity.to_bytes(self.disk_limit)
-
+# -- command groups: one chat word with subcommands (Rosey's chat syntax) ------
 
 Target = Annotated[str, StringConstraints(max_length=128)]
-_COMMAND_TARGET = re.compile(r"^(?P<ns>[^.]+)\.(?P<action>[^.]+)$")
 # The dispatcher answers `!help` itself with the words the fleet serves.
 RESERVED_CHAT_WORDS = frozenset({"help"})
 
@@ -317,6 +256,62 @@ class CommandGroup(_Model):
         }
 
 
+# Larger than any one plugin's memory or data could really be: such a number
+# is a typo (99999Ti), and the kernel or Kubernetes would refuse it at launch,
+# so validate says so first.
+MAX_BYTES_LIMIT = 2**40          # 1Ti
+
+
+def _byte_ceiling(field: str, value: Any) -> Any:
+    if quantity.to_bytes(value) > MAX_BYTES_LIMIT:
+        raise ValueError(f"{field} must be at most 1Ti, got {value!r}")
+    return value
+
+
+class Resources(_Model):
+    """Kernel (single host) or Kubernetes limits; quantities use Kubernetes units."""
+
+    cpu_limit: CpuQuantity = Field(DEFAULT_CPU, description="CPU cores: 0.25 or 250m.")
+    memory_limit: ByteQuantity = Field(DEFAULT_MEMORY, description="Memory: 100M = 10^8 bytes, 100Mi = 100*2^20.")
+    pids_limit: int = Field(DEFAULT_PIDS, ge=8, le=4096, description="Processes and threads.")
+    disk_limit: ByteQuantity = Field(DEFAULT_DISK, description="Data dir and database quota.")
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+    @field_validator("cpu_limit")
+    @classmethod
+    def _cpu_range(cls, value: Any) -> Any:
+        if quantity.to_millicores(value) > MAX_CPU_MILLICORES:
+            raise ValueError(f"cpu_limit must be at most {MAX_CPU_MILLICORES // 1000} cores")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_floor(cls, value: Any) -> Any:
+        if quantity.to_bytes(value) < MIN_MEMORY:
+            raise ValueError(f"memory_limit must be at least 32Mi (the runner alone needs that), got {value!r}")
+        return _byte_ceiling("memory_limit", value)
+
+    @field_validator("disk_limit")
+    @classmethod
+    def _disk_ceiling(cls, value: Any) -> Any:
+        return _byte_ceiling("disk_limit", value)
+
+    @property
+    def cpu_millicores(self) -> int:
+        return quantity.to_millicores(self.cpu_limit)
+
+    @property
+    def memory_bytes(self) -> int:
+        return quantity.to_bytes(self.memory_limit)
+
+    @property
+    def disk_bytes(self) -> int:
+        return quantity.to_bytes(self.disk_limit)
+
+
+_COMMAND_TARGET = re.compile(r"^(?P<ns>[^.]+)\.(?P<action>[^.]+)$")
+
+
 class PluginSpec(_Model):
     """Fields shared by `plugin.yaml` and the `BotPlugin` spec."""
 
@@ -351,8 +346,19 @@ class PluginSpec(_Model):
     def _commands(cls, value: dict[str, str]) -> dict[str, str]:
         problems = []
         for word, target in value.items():
-            problem = _word_problem(word)
-            problems += [problem] if problem else _target_problems(word, target)
+            if not CHAT_WORD.match(word):
+                problems.append(f"chat word {word!r} must be 1-32 lowercase letters, digits, '-' or '_'")
+                continue
+            match = _COMMAND_TARGET.match(target) if isinstance(target, str) else None
+            if not match:
+                problems.append(f"{word}: {target!r} must be '<namespace>.<action>', e.g. dice.roll")
+                continue
+            try:
+                _token(match["ns"])
+            except ValueError as exc:
+                problems.append(f"{word}: namespace {exc}")
+            if not ACTION.match(match["action"]):
+                problems.append(f"{word}: action {match['action']!r} must be letters, digits, '-' or '_'")
         if problems:
             raise ValueError("; ".join(problems))
         return value
@@ -369,7 +375,7 @@ class PluginSpec(_Model):
     def _one_owner_per_word(self) -> "PluginSpec":
         """A chat word names one thing: a plain command, a group, or an alias."""
         seen: dict[str, str] = {word: "commands" for word in self.commands}
-        problems = []
+        problems = [f"commands: {_word_problem(word)}" for word in self.commands if word in RESERVED_CHAT_WORDS]
         for word, group in self.command_groups.items():
             for claimed, what in ((word, f"command_groups.{word}"),
                                   *((alias, f"command_groups.{word}.aliases") for alias in group.aliases)):
