@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -59,6 +60,7 @@ def parse_command(message: str) -> tuple[str, str] | None:
 
 
 MAX_ANSWER = 500          # characters of a rendered non-text result: chat, not a dump
+MAX_REPLY_IN_OUTCOME = 64 * 1024   # bytes of a plugin's reply copied into the outcome
 MAX_DEPTH = 3
 
 
@@ -340,6 +342,10 @@ class Dispatcher:
         else:
             ok, text = format_answer(raw)
             outcome.update(status="ok" if ok else "error", message=text)
+            if len(raw) <= MAX_REPLY_IN_OUTCOME:
+                # The plugin's own reply, for scripts (`precinct say --json`): chat gets the text.
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    outcome["reply"] = json.loads(raw)
             await self._say(platform, channel, correlation, text, plugin)
         finally:
             inbox_task.cancel()
