@@ -234,6 +234,10 @@ def test_group_commands_help_and_rendering_through_precinct_up(fleet):
     assert said("!timer movie 2026-12-24 20:00") == "⏰ Countdown 'movie' created for 2026-12-24 20:00"
     assert said("!timer movie") == "⏰ 'movie' is at 2026-12-24 20:00"
     assert said("!timer alerts movie 15,5") == "name: movie, alerts: (15, 5), icon: ⏰"
+    as_json = up.say("!timer alerts movie 15,5", "--json")
+    outcome = json.loads(as_json.stdout)          # scripts still get the plugin's structured reply
+    assert outcome["reply"] == {"success": True, "result": {"name": "movie", "alerts": [15, 5], "icon": "⏰"}}
+    assert outcome["subject"] == "rosey.command.timers.alerts" and outcome["plugin"] == "rosey-timers"
     assert said("!cd ls") == "⏰ Active countdowns: movie"
     assert said("!timer delete movie") == "⏰ Countdown 'movie' deleted."
     assert said("!timer delete movie", 3) == "precinct: ⏰ No countdown named 'movie'"
