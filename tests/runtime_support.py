@@ -90,6 +90,18 @@ class Up:
         return self.proc.returncode
 
 
+def structured_answer(stdout: str) -> object:
+    """What a plugin answered, from `precinct say --json`: its result object
+    when it carries no chat text of its own (`formatted`), else the text chat
+    showed. (Chat never shows JSON; the outcome keeps the plugin's reply.)"""
+    outcome = json.loads(stdout)
+    reply = outcome.get("reply")
+    result = reply.get("result") if isinstance(reply, dict) else None
+    if isinstance(result, list) or (isinstance(result, dict) and "formatted" not in result):
+        return result
+    return outcome.get("message", "")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from netns_support import LoopbackHTTP, OwnedNetwork, UnixListener, can_own_networks
-from runtime_support import ROOT, Up, cleanup_cgroups, copy_plugin, pid_alive, processes_mentioning
+from runtime_support import ROOT, Up, cleanup_cgroups, copy_plugin, pid_alive, processes_mentioning, structured_answer
 
 ATTACKS = ROOT / "tests" / "fixtures" / "attacks"
 PLUGINS = ("hog", "spinner", "forkbomb", "prober", "fetcher")
@@ -130,12 +130,9 @@ class Fleet:
         return self.status()["plugins"][plugin_id]
 
     def ask(self, text: str, timeout: float = 20) -> object:
-        done = self.up.say(text, "--timeout", str(timeout))
+        done = self.up.say(text, "--timeout", str(timeout), "--json")
         assert done.returncode == 0, f"{text}: {done.stdout} {done.stderr}"
-        try:
-            return json.loads(done.stdout)
-        except ValueError:
-            return done.stdout.strip()      # a plain string result is shown as is
+        return structured_answer(done.stdout)
 
     def probe(self, kind: str, *args: str, plugin: str = "probe") -> object:
         return self.ask(" ".join([f"!{plugin}", kind, *args]))

@@ -670,6 +670,31 @@ def test_update_rollback_remove(market):
     assert code == 1 and "not installed" in text
 
 
+def test_plugin_list_shows_version_source_and_kept_versions(market):
+    m = market
+    trust = install.Trust(index_url=m["url"], root=m["root"])
+    install.install("greeter", m["plugins"], m["state"], trust)
+    m["index"].add(packed(m["tmp"], "1.1.0"), m["alice"])
+    install.install("greeter", m["plugins"], m["state"], trust, update=True)
+    make_plugin(m["plugins"] / "handmade", "0.3.0", name="handmade")
+    (m["plugins"] / "broken").mkdir()
+    (m["plugins"] / "broken" / "plugin.yaml").write_text("name: broken\n")       # no version
+    common = ["--plugins-dir", str(m["plugins"]), "--state-dir", str(m["state"])]
+    code, out = run("plugin", "list", *common, "--json")
+    assert code == 0, out
+    rows = {r["folder"]: r for r in json.loads(out)}
+    assert set(rows) == {"greeter", "handmade", "broken"}       # .precinct is not a plugin
+    greeter = rows["greeter"]
+    assert (greeter["version"], greeter["source"], greeter["kept"]) == ("1.1.0", f"{m['url']} greeter 1.1.0", ["1.0.0"])
+    assert (rows["handmade"]["version"], rows["handmade"]["source"]) == ("0.3.0", "local folder")
+    assert rows["broken"]["id"] is None and rows["broken"]["state"].startswith("Invalid: ")
+    assert rows["greeter"]["state"] is None                     # no supervisor runs on this state dir
+    code, out = run("plugin", "list", *common)
+    assert code == 0 and "states unknown" in out, out
+    line = next(row for row in out.splitlines() if row.startswith("greeter"))
+    assert line.split()[:5] == ["greeter", "1.1.0", m["url"], "greeter", "1.1.0"] and "1.0.0" in line, line
+
+
 def test_install_refuses_tampered_index_and_unsigned_files(market):
     m = market
     target = m["index"].targets_dir / "greeter" / "greeter-1.0.0.roseyplug"

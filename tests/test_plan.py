@@ -82,7 +82,7 @@ def test_first_claimant_keeps_its_commands():
     assert [p.id for p in result.accepted] == ["first"]
     reasons = {r.plugin: r.reason for r in result.rejected}
     assert reasons == {"second": COMMAND_CONFLICT, "third": SUBJECT_CONFLICT}
-    assert result.routes() == {"roll": "rosey.command.dice.roll"}
+    assert result.routes() == {"roll": {"subject": "rosey.command.dice.roll", "plugin": "first"}}
     # Order decides: the same pair the other way round keeps `second`.
     assert [p.id for p in resolve([second, first]).accepted] == ["second"]
 

@@ -569,3 +569,102 @@ async def test_url_title_fetches_a_pages_title(start_runner, client):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- every Rosey plugin shape (fixtures in tests/fixtures/plugins/rosey-*) -----------
+
+
+async def _request_when_served(nc, subject: str, payload: dict) -> dict:
+    """Request `subject`, retrying while nobody subscribes yet (a sync
+    initialize() schedules its subscription after the runner reports ready)."""
+    from nats.errors import NoRespondersError
+
+    deadline = asyncio.get_running_loop().time() + REQUEST_DEADLINE
+    while True:
+        try:
+            return await request_json(nc, subject, payload)
+        except NoRespondersError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"nobody served {subject} within {REQUEST_DEADLINE} s") from None
+            await asyncio.sleep(0.1)
+
+
+REQUEST_DEADLINE = 30.0
+
+
+async def test_rosey_shape_without_shutdown_and_config(start_runner, client):
+    """quote-db's shape: `__init__(nats_client)`, no shutdown(), code in a
+    module named by the entrypoint. It serves, and SIGTERM still exits 0."""
+    folder = FIXTURE_PLUGINS / "rosey-noshutdown"
+    runner = start_runner(folder, "rosey-noshutdown", commands=["rosey.command.notes.count"],
+                          args=["--entrypoint", "notes_db:NotesDBPlugin"])
+    await runner.wait_ready(client)
+    first = await request_json(client, "rosey.command.notes.count", {"args": ""})
+    second = await request_json(client, "rosey.command.notes.count", {"args": ""})
+    assert (first["result"]["asked"], second["result"]["asked"]) == (1, 2)
+    runner.terminate()
+    assert await runner.wait_exit() == 0, runner.output()
+    assert "shutdown() raised" not in runner.output() and "stopped" in runner.output()
+
+
+async def test_rosey_shape_without_shutdown_is_found_by_default(start_runner, client, tmp_path):
+    """Without an entrypoint, a plugin.py class with only initialize() is the plugin."""
+    source = (FIXTURE_PLUGINS / "rosey-noshutdown" / "notes_db.py").read_text()
+    folder = write_plugin(tmp_path / "notes", source)
+    runner = start_runner(folder, "notes", commands=["rosey.command.notes.count"])
+    await runner.wait_ready(client)
+    answer = await request_json(client, "rosey.command.notes.count", {})
+    assert answer["result"]["formatted"] == "📝 asked 1 time(s)"
+
+
+async def test_rosey_shape_with_sync_hooks(start_runner, client, tmp_path):
+    marker = tmp_path / "shutdown-marker"
+    config = tmp_path / "synchooks.json"
+    config.write_text(json.dumps({"marker": str(marker)}))
+    runner = start_runner(FIXTURE_PLUGINS / "rosey-synchooks", "rosey-synchooks",
+                          commands=["rosey.command.synchooks.echo"], args=["--config", str(config)])
+    await runner.wait_ready(client)
+    answer = await _request_when_served(client, "rosey.command.synchooks.echo", {"args": "hello there"})
+    assert answer == {"success": True, "result": "hello there"}
+    assert not marker.exists()
+    runner.terminate()
+    assert await runner.wait_exit() == 0, runner.output()
+    assert marker.read_text() == "shutdown ran"
+
+
+async def test_rosey_shape_with_extra_keyword_parameters(start_runner, client, tmp_path):
+    """inspector's shape: `(nats_client, config: dict = None, plugin_manager=None,
+    buffer_size=1000)`: config by name, no plugin manager, other defaults kept."""
+    config = tmp_path / "kwargs.json"
+    config.write_text(json.dumps({"greeting": "hello"}))
+    runner = start_runner(FIXTURE_PLUGINS / "rosey-kwargs", "rosey-kwargs",
+                          commands=["rosey.command.kwinspect.show"], args=["--config", str(config)])
+    await runner.wait_ready(client)
+    answer = await request_json(client, "rosey.command.kwinspect.show", {})
+    result = answer["result"]
+    assert (result["config"], result["plugin_manager"], result["buffer_size"]) == ({"greeting": "hello"}, None, 1000)
+
+
+async def test_rosey_shape_without_initialize(start_runner, client):
+    runner = start_runner(FIXTURE_PLUGINS / "rosey-noinit", "rosey-noinit")
+    pong = await runner.wait_ready(client)
+    assert pong["ok"] is True
+    byes = await subscribe_queue(client, "rosey.event.noinit.bye")
+    runner.terminate()
+    bye = json.loads((await next_message(byes, "the bye event from shutdown()")).data)
+    assert bye["pid"] == runner.pid
+    assert await runner.wait_exit() == 0, runner.output()
+
+
+@pytest.mark.parametrize("signature,expected", [
+    ("self, nats_client, config, secret_key", "Needy() needs secret_key"),
+    ("self, nats_client, *, token", "Needy() needs token"),
+])
+async def test_constructor_the_runner_cannot_fill_is_a_clear_load_error(start_runner, tmp_path, signature, expected):
+    source = (f"class Needy:\n    def __init__({signature}):\n        pass\n"
+              "    async def initialize(self): pass\n")
+    folder = write_plugin(tmp_path / "needy", source)
+    runner = start_runner(folder, "needy")
+    assert await runner.wait_exit() == 3, runner.output()
+    error_lines = [row for row in runner.output().splitlines() if "ERROR" in row]
+    assert len(error_lines) == 1 and expected in error_lines[0], runner.output()

@@ -3,6 +3,7 @@ crash isolation, clean stop, live removal."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -34,7 +35,13 @@ def test_say_round_trip_and_clear_errors(fleet):
     assert up.say("hello everyone").returncode == 0
 
     creds = precinct("creds", "core", "--state-dir", str(state))
-    assert creds.returncode == 0 and creds.stdout.strip().endswith(".creds")
+    assert creds.returncode == 0, creds.stderr
+    url, path = creds.stdout.splitlines()
+    endpoint = json.loads((state / "endpoint.json").read_text())
+    assert url == f"NATS_URL={endpoint['nats']}" and url.startswith("NATS_URL=nats://127.0.0.1:")
+    assert path == f"NATS_CREDS={endpoint['core_creds']}" and path.endswith(".creds")
+    as_json = json.loads(precinct("creds", "core", "--json", "--state-dir", str(state)).stdout)
+    assert as_json == {"nats": endpoint["nats"], "creds": endpoint["core_creds"]}
 
 
 def test_second_up_on_the_same_state_dir_refuses(fleet):

@@ -48,6 +48,10 @@ BAD = {
                        "resources.cpu_limit: cpu_limit must be greater than zero"),
     "lots of memory": (b"name: x\nversion: '1'\nresources: {memory_limit: lots}\n",
                        "resources.memory_limit: expected a Kubernetes quantity"),
+    "absurd memory": (b"name: x\nversion: '1'\nresources: {memory_limit: 99999999999Ti}\n",
+                      "resources.memory_limit: memory_limit must be at most 1Ti, got '99999999999Ti'"),
+    "absurd disk": (b"name: x\nversion: '1'\nresources: {disk_limit: 2Ti}\n",
+                    "resources.disk_limit: disk_limit must be at most 1Ti, got '2Ti'"),
     "schema": (b"name: x\nversion: '1'\nconfig: {max: 50}\nconfig_schema: {properties: {max: {maximum: 20}}}\n",
                "config.max: 50 is greater than the maximum of 20"),
     "missing version": (b"name: x\n", "version: Field required"),
@@ -112,6 +116,36 @@ def test_fleet_past_the_ceiling_is_refused_per_plugin(tmp_path):
     assert refused[0].startswith(f"{tmp_path}/big") and "(fleet): FleetFull: the fleet is full" in refused[0]
     assert "core account's JWT would be" in refused[0] and "over the limit of 786,432" in refused[0]
     assert refused[-1].startswith(f"{tmp_path}/big39/")
+def test_plugin_yml_folders_without_a_manifest_and_both_spellings_follow_one_rule(tmp_path):
+    """validate, up and pack agree: plugin.yml is a manifest like plugin.yaml;
+    a folder in a plugins dir without either is warned about, never silently
+    skipped; a folder with both is refused."""
+    from precinct.market import bundle
+
+    yml = tmp_path / "yml"; yml.mkdir()
+    write(yml, "name: yml\nversion: '1'\ncommands: {hi: yml.hi}\n", "plugin.yml")
+    (yml / "plugin.py").write_text("class P:\n    async def initialize(self): pass\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    assert "1 plugin(s) valid: yml" in out
+    assert f"warning: {tmp_path / 'notes'}: (folder): no plugin.yaml or plugin.yml: not a plugin, skipped" in out
+    assert ".hidden" not in out
+    report = json.loads(runner.invoke(app, ["validate", "--json", str(tmp_path)]).output)
+    assert [w["file"] for w in report["warnings"]] == [str(tmp_path / "notes")] and report["valid"] is True
+
+    packed, info = bundle.pack(yml, tmp_path / "yml.roseyplug")
+    assert info.id == "yml"
+    import zipfile
+    names = zipfile.ZipFile(packed).namelist()
+    assert "plugin.yaml" in names and "plugin.yml" not in names
+
+    write(yml, "name: yml\nversion: '1'\n", "plugin.yaml")
+    code, out = run(str(tmp_path))
+    assert code == 1 and f"{yml}: (folder): both plugin.yaml and plugin.yml: keep one" in out, out
+    with pytest.raises(bundle.BundleError, match="both plugin.yaml and plugin.yml"):
+        bundle.pack(yml, tmp_path / "again.roseyplug")
 
 
 def test_json_report(tmp_path):
@@ -133,7 +167,7 @@ def test_the_installed_command_never_prints_a_traceback(tmp_path):
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 documents = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5), max_leaves=20)
-FIELDS = ["name", "version", "author", "permissions", "resources", "commands", "events", "config",
+FIELDS = ["name", "version", "author", "permissions", "resources", "commands", "command_groups", "events", "config",
           "config_schema", "subject_namespace", "entrypoint"]
 manifest_like = st.dictionaries(st.sampled_from(FIELDS), documents, max_size=8)
 

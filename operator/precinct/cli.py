@@ -44,7 +44,9 @@ def validate(
     """Check manifests and BotPlugin resources; one line per problem, `file: field: message`.
 
     Plugins are also checked against each other in the order given: a second
-    claimant of a command or namespace is rejected, as the runtimes would.
+    claimant of a command or namespace is rejected, as the runtimes would. A
+    manifest is plugin.yaml or plugin.yml (not both); a folder inside a
+    plugins dir without one is not a plugin and gets a warning (as in `up`).
     """
     from .plan.fleet import check_fleet
 
@@ -52,6 +54,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         for problem in report.problems:
             typer.echo(str(problem), err=False)
         if not report.problems:
@@ -196,8 +200,11 @@ def say(
 ) -> None:
     """Say one line in the console channel; for a !command, print the answer.
 
-    Exits 1 when no plugin owns the command, the plugin is not running, or no
-    answer arrives in time; 3 when the plugin answered with an error.
+    `!help` lists the commands the fleet serves, `!help WORD` one command's
+    subcommands. Exits 1 when no plugin owns the command, the plugin is not
+    running, or no answer arrives in time; 3 when the plugin answered with an
+    error, or the words fit none of the command's subcommands (its usage is
+    printed).
     """
     import asyncio
 
@@ -226,7 +233,7 @@ def say(
         return
     if not as_json:
         typer.echo(f"precinct: {outcome.get('message')}", err=True)
-    raise typer.Exit(3 if status_ == "error" else 1)
+    raise typer.Exit(3 if status_ in ("error", "usage") else 1)
 
 
 @app.command()
@@ -281,8 +288,13 @@ def console(
 def creds(
     account: str = typer.Argument("core", help="Whose credentials: only `core` is handed out."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print {"nats": URL, "creds": PATH}.'),
 ) -> None:
-    """Print the path of the core credentials, for connecting a real Rosey core (connector, DB service)."""
+    """Print the NATS URL and the core credentials path, for connecting a real Rosey core (connector, DB service).
+
+    The lines are `NATS_URL=...` and `NATS_CREDS=...`, so a shell can take
+    both with `eval "$(precinct creds core)"`.
+    """
     from .runtime.chat import ChatError, read_endpoint
 
     if account != "core":
@@ -291,7 +303,11 @@ def creds(
         endpoint = read_endpoint(_state(state_dir))
     except ChatError as exc:
         _fail(str(exc))
-    typer.echo(endpoint.core_creds)
+    if as_json:
+        typer.echo(json.dumps({"nats": endpoint.nats, "creds": endpoint.core_creds}))
+    else:
+        typer.echo(f"NATS_URL={endpoint.nats}")
+        typer.echo(f"NATS_CREDS={endpoint.core_creds}")
 
 
 plugin_app = typer.Typer(help="Manage the plugins of a running `precinct up`.", no_args_is_help=True)

@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin  # noqa: E402
+from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin, structured_answer  # noqa: E402
 
 ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # thief is rejected (CommandConflict) and never runs; crashloop is armed last;
@@ -74,14 +74,11 @@ class Fleet:
         return self.status()["plugins"][plugin_id]
 
     def ask(self, text: str, timeout: float = 20, ok: bool = True):
-        done = self.up.say(text, "--timeout", str(timeout))
         if not ok:
-            return done
+            return self.up.say(text, "--timeout", str(timeout))
+        done = self.up.say(text, "--timeout", str(timeout), "--json")
         assert done.returncode == 0, f"{text}: {done.stdout} {done.stderr}"
-        try:
-            return json.loads(done.stdout)
-        except ValueError:
-            return done.stdout.strip()
+        return structured_answer(done.stdout)
 
     def condition(self, plugin_id: str, type_: str, status: dict | None = None) -> dict:
         info = (status or self.status())["plugins"][plugin_id]

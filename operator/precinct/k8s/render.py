@@ -336,7 +336,7 @@ def pod_template(resource: BotPluginResource, plan: SandboxPlan, settings: Setti
         _env("SERVER", settings.nats_url),
         _env("CREDS", f"{CREDS_DIR}/{CREDS_KEY}"),
         _env("CONFIG", f"{CONFIG_DIR}/{CONFIG_KEY}"),
-        _env("COMMANDS", json.dumps(sorted(set(plan.commands.values())))),
+        _env("COMMANDS", json.dumps(plan.command_subjects())),
     ]
     if spec.entrypoint:
         env.append(_env("ENTRYPOINT", spec.entrypoint))

@@ -1,4 +1,4 @@
-"""`precinct plugin {pack,keygen,sign,verify,scan,install,update,rollback,remove,fetch}`
+"""`precinct plugin {pack,keygen,sign,verify,scan,install,update,rollback,remove,fetch,list}`
 and `precinct market {init,add,serve,refresh,list}`.
 
 `register_plugin_commands` adds the plugin commands to the CLI's existing
@@ -262,6 +262,38 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
                                    "dest": str(dest)}))
         else:
             typer.echo(f"fetched {info.id} {info.version} sha256 {info.sha256} -> {dest}")
+
+    @plugin_app.command("list")
+    def list_cmd(
+        plugins_dir: Path = typer.Option(Path("plugins"), "--plugins-dir", help=PLUGINS_DIR_HELP),
+        state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    ) -> None:
+        """Every plugin in the plugins dir: id, installed version, source, kept versions, and its state in a
+        running `precinct up` (`-` when none runs on the state dir)."""
+        from ..runtime.control import ControlError, call
+        from .install import installed
+
+        state = _state(state_dir)
+        try:
+            states = {pid: p.get("state", "?") for pid, p in call(state, "status").get("plugins", {}).items()}
+        except ControlError:
+            states = None
+        rows = installed(plugins_dir, state, states)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo(f"no plugins in {plugins_dir}")
+            return
+        table = [("PLUGIN", "VERSION", "SOURCE", "KEPT", "STATE")] + [
+            (r["id"] or f"({r['folder']})", r["version"] or "-", r["source"] or "-", ", ".join(r["kept"]) or "-",
+             r["state"] or "-") for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        if states is None:
+            typer.echo(f"(no `precinct up` runs on {state}: states unknown)")
 
     @plugin_app.command("remove")
     def remove_cmd(

@@ -484,3 +484,36 @@ def botplugin_manifest(source: str, state_dir: Path, trust: Trust, namespace: st
 
 __all__ = ["install", "rollback", "remove", "botplugin_manifest", "Trust", "Outcome", "PluginsDir",
            "install_wheels"]
+
+
+# -- what is installed ----------------------------------------------------------------
+
+
+LOCAL_SOURCE = "local folder"
+
+
+def installed(plugins_dir: Path, state_dir: Path, states: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per plugin folder in `plugins_dir`: id, folder, version, where it
+    came from (the install record's source, else a local folder), the versions
+    kept for rollback, and its state from `states` (a running supervisor's
+    status; None when no supervisor runs)."""
+    pdir = PluginsDir(plugins_dir, state_dir)
+    rows: list[dict[str, Any]] = []
+    if not pdir.root.is_dir():
+        return rows
+    for folder in sorted(p for p in pdir.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if find_manifest(folder) is None:
+            continue
+        loaded, problems = load_path(folder)
+        if not isinstance(loaded, Manifest):
+            why = problems[0].message if problems else "not a plugin manifest"
+            rows.append({"id": None, "folder": folder.name, "version": None, "source": None, "kept": [],
+                         "state": f"Invalid: {why}"})
+            continue
+        record = pdir.record(loaded.id) or {}
+        kept = sorted((p.name for p in pdir.versions(loaded.id).iterdir() if p.is_dir()), key=_version_key) \
+            if pdir.versions(loaded.id).is_dir() else []
+        state = None if states is None else states.get(loaded.id, "NotStarted")
+        rows.append({"id": loaded.id, "folder": folder.name, "version": loaded.version,
+                     "source": record.get("source") or LOCAL_SOURCE, "kept": kept, "state": state})
+    return rows

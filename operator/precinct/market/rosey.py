@@ -20,7 +20,7 @@ plugin with different names. The mapping, field by field:
 | dependencies, python_requires | not a field: the wheels in the bundle are checked against `dependencies` |
 | display_name, homepage, license, tags | dropped (informational)                          |
 
-Precinct's own fields (`commands`, `subject_namespace`, `events`, `config`,
+Precinct's own fields (`commands`, `command_groups`, `subject_namespace`, `events`, `config`,
 `resources.pids_limit`, `resources.rate_limits`) are accepted in a
 `manifest.yaml` too, since Rosey declares commands in code, not in its
 manifest: without `commands` the dispatcher routes nothing to the plugin.
@@ -49,8 +49,8 @@ PERMISSION_MAP: dict[str, tuple[str, ...]] = {
     "read_media": (),
 }
 REFUSED = ("control_media", "config_write", "bot_control", "plugin_management", "system_commands")
-PASS_THROUGH = ("name", "version", "author", "description", "commands", "subject_namespace", "events",
-                "config", "config_schema", "entrypoint")
+PASS_THROUGH = ("name", "version", "author", "description", "commands", "command_groups", "subject_namespace",
+                "events", "config", "config_schema", "entrypoint")
 DROPPED = ("display_name", "homepage", "license", "tags", "python_requires", "dependencies",
            "entry_point", "main_class", "permissions", "resources")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..spec.load import BotPluginResource, Problem, expand_paths, find_manifest, load_path
+from ..spec.load import SKIPPED_MESSAGE, BotPluginResource, Problem, expand_paths, find_manifest, load_path, skipped_folders
 from ..spec.model import Manifest
 from ..spec.ownership import ID_CONFLICT, Ownership, Plugin, resolve
 from .sandbox import SandboxPlan, compile_plan
@@ -16,6 +16,7 @@ from .sandbox import SandboxPlan, compile_plan
 class FleetReport:
     plugins: list[Plugin] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)    # e.g. a folder in a plugins dir that is no plugin
     plans: list[SandboxPlan] = field(default_factory=list)
     ownership: Ownership | None = None
 
@@ -24,6 +25,7 @@ class FleetReport:
             "valid": not self.problems,
             "plugins": [p.id for p in self.plugins],
             "problems": [{"file": p.file, "field": p.field, "message": p.message} for p in self.problems],
+            "warnings": [{"file": p.file, "field": p.field, "message": p.message} for p in self.warnings],
         }
 
 
@@ -40,6 +42,11 @@ def check_fleet(paths: list[Path]) -> FleetReport:
     from ..natsauth.budget import FLEET_FULL, fit
 
     report = FleetReport()
+    for path in paths:
+        # A plugins dir, read as `precinct up` reads it: its other folders are
+        # warned about. (A folder with no plugin at all is an error below.)
+        if path.is_dir() and find_manifest(path) is None and expand_paths([path]) != [path]:
+            report.warnings += [Problem(str(f), "(folder)", SKIPPED_MESSAGE) for f in skipped_folders(path)]
     for path in expand_paths(paths):
         loaded, problems = load_path(path)
         report.problems.extend(problems)

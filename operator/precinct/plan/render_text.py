@@ -6,12 +6,20 @@ from ..spec.quantity import format_bytes, format_millicores
 from .sandbox import SandboxPlan
 
 
+def _commands(plan: SandboxPlan) -> list[str]:
+    shown = [f"!{w} -> {s}" for w, s in sorted(plan.commands.items())]
+    for word, group in sorted(plan.command_groups.items()):
+        shown += [f"!{word} {sub} -> {s}" for sub, s in group["subcommands"].items()]
+        shown += [f"!{word} <{key} words> -> {s}" for key, s in group["default"].items()]
+    return shown
+
+
 def describe_plan(plan: SandboxPlan) -> str:
     lim, rates = plan.limits, plan.rates
     lines = [
         f"plugin {plan.id} (subject namespace {plan.namespace})",
         f"  permissions: {', '.join(plan.permissions) or '(none)'}",
-        "  commands:    " + (", ".join(f"!{w} -> {s}" for w, s in sorted(plan.commands.items())) or "(none)"),
+        "  commands:    " + (", ".join(_commands(plan)) or "(none)"),
         f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "
         f"pids {lim.pids}, disk {format_bytes(lim.disk_bytes)}",
         f"  rates:       {rates.messages_per_second:g} msg/s (burst {rates.burst}), "

@@ -156,6 +156,7 @@ class SandboxPlan:
     platform_exports: tuple[Export, ...]     # services/streams platform offers for this plugin
     event_roots: tuple[str, ...]             # subject prefixes it may publish events under
     commands: dict[str, str]                 # chat word -> command subject
+    command_groups: dict[str, dict]          # chat word -> {"subcommands", "default"} (CommandGroup.route())
     limits: Limits
     fence: Fence
     rates: RatePlan
@@ -164,6 +165,12 @@ class SandboxPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def command_subjects(self) -> list[str]:
+        """Every command subject it serves: plain words and command groups."""
+        grouped = [subject for group in self.command_groups.values()
+                   for part in ("subcommands", "default") for subject in group[part].values()]
+        return sorted({*self.commands.values(), *grouped})
 
 
 # Never reachable by an http_requests plugin, in either runtime.
@@ -205,7 +212,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     prefix = import_prefix(pid)
 
     commands = spec.command_subjects()
-    command_subjects = sorted(set(commands.values()))
+    command_subjects = spec.all_command_subjects()
     reply_subject = f"rosey.reply.{pid}.*"
     event_subjects = _event_subjects(plugin)
     chat_out = list(CHAT_OUT_SUBJECTS) if Permission.send_messages in grants else []
@@ -264,6 +271,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
         platform_exports=platform_exports,
         event_roots=tuple(event_subjects),
         commands=commands,
+        command_groups={word: group.route() for word, group in sorted(spec.command_groups.items())},
         limits=Limits(res.cpu_millicores, res.memory_bytes, res.pids_limit, res.disk_bytes),
         fence=Fence(code="read", data_dir=data_dir, network=network, denied_destinations=DENIED_DESTINATIONS),
         rates=RatePlan(

@@ -358,7 +358,6 @@ class Rollouts:
 
         ownership = resolve([e.plugin for e in self.sup.entries.values()])
         self.sup.routes = ownership.routes()
-        self.sup.route_owner = dict(ownership.words)
 
     def _mark_rolled_back(self, old: "PluginEntry", new: "PluginEntry", why: str) -> None:
         pid = new.plugin.id

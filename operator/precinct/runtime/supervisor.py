@@ -36,7 +36,7 @@ import nats
 from .. import conditions as cond
 from ..plan.fleet import as_plugin
 from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
-from ..spec.load import Problem, find_manifest, load_path
+from ..spec.load import SKIPPED_MESSAGE, Problem, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
@@ -126,6 +126,7 @@ class Supervisor:
         self.rejected: dict[str, dict] = {}     # folder name -> why it does not run
         self.owners: dict[str, str] = {}        # plugin id -> folder name (owners.json)
         self._retry_at: float | None = None
+        self._warned_skipped: set[Path] = set()   # plugins-dir folders without a manifest, already warned about
         self.services: dict[str, Slot] = {}
         # The kernel sandbox (precinct.confine): HostConfinement as root, else one
         # that reports every protection as MISSING in status.
@@ -240,6 +241,10 @@ class Supervisor:
     def _folders(self) -> list[Path]:
         if not self.plugins_dir.is_dir():
             return []
+        skipped = set(skipped_folders(self.plugins_dir))
+        for folder in skipped - self._warned_skipped:       # said once per folder, as `validate` says it
+            log.warning("%s: %s", folder, SKIPPED_MESSAGE)
+        self._warned_skipped = skipped
         return sorted(p for p in self.plugins_dir.iterdir() if p.is_dir() and find_manifest(p))
 
     def _scan(self) -> list[PluginEntry]:
@@ -321,7 +326,6 @@ class Supervisor:
                 if (self.plugins_dir / name) not in loaded or loaded[self.plugins_dir / name].id == pid}
         self._write_owners({**kept, **{p.id: p.source for p in ownership.accepted}})
         self.routes = ownership.routes()
-        self.route_owner = dict(ownership.words)
         return entries
 
     def _reject(self, folder: str, plugin_id: str | None, reason: str, problems: list[str]) -> None:
@@ -431,16 +435,16 @@ class Supervisor:
                 del self.entries[pid]
                 self._reject(entry.plugin.source, pid, ACCOUNT_REFUSED,
                              [f"its NATS account could not be pushed: {exc}"])
-                self.routes = {w: subj for w, subj in self.routes.items() if self.route_owner.get(w) != pid}
-                self.route_owner = {w: o for w, o in self.route_owner.items() if o != pid}
+                self.routes = {w: route for w, route in self.routes.items() if route.get("plugin") != pid}
                 await self.identity.sync([e.plan for e in self.entries.values()])
         return kept
 
     def _publish_fleet(self) -> None:
         """Tell the trusted services what changed: routes.json (chat word ->
-        subject and owner) and fleet.json (every running plugin's plan, folder
-        and account key), written atomically, then SIGHUP to each service."""
-        table = {word: {"subject": subject, "plugin": self.route_owner[word]} for word, subject in self.routes.items()}
+        its route and owner, Ownership.routes()) and fleet.json (every running
+        plugin's plan, folder and account key), written atomically, then
+        SIGHUP to each service."""
+        table = self.routes
         fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict(),
                        "account_key": self.identity.account_key(plugin_account(pid))}
                  for pid, e in sorted(self.entries.items())}
@@ -472,7 +476,7 @@ class Supervisor:
                     "--config", str(config_path)]
             if entry.plugin.spec.entrypoint:
                 argv += ["--entrypoint", entry.plugin.spec.entrypoint]
-            for subject in sorted(set(entry.plan.commands.values())):
+            for subject in entry.plan.command_subjects():
                 argv += ["--command", subject]
             set_plan = getattr(self.confinement, "set_plan", None)
             if set_plan is not None:  # the sandbox needs the plan and the host paths it must expose

@@ -15,14 +15,20 @@ seen on. Every command's outcome is also published on
 `precinct.dispatch.<p>.result` so `precinct say` can tell "no plugin owns
 this", "no answer in time" and "answered" apart.
 
-Routes (chat word -> subject and owning plugin) come from a JSON file the
-supervisor rewrites atomically; SIGHUP (or a changed mtime) reloads it.
+Routes come from a JSON file the supervisor rewrites atomically (SIGHUP or a
+changed mtime reloads it): chat word -> owning plugin and either one subject
+(`!roll 2d6`) or a command group (`!countdown list`, `!countdown movie` vs
+`!countdown movie 2026-12-01 20:00`: subcommands, and a default action chosen
+by the number of words). `!help` is answered here from the same table.
+Answers are rendered as chat text (render_result): `formatted`, else
+`message`, else a plain string, else short readable text, never JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -33,6 +39,7 @@ from typing import Any
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
+from ..spec.identity import arg_count_range
 from .lifecycle import connect, stop_on_signals
 
 log = logging.getLogger("precinct.dispatcher")
@@ -52,6 +59,64 @@ def parse_command(message: str) -> tuple[str, str] | None:
     return word.lower(), rest.strip()[:MAX_ARGS]
 
 
+MAX_ANSWER = 500          # characters of a rendered non-text result: chat, not a dump
+MAX_REPLY_IN_OUTCOME = 64 * 1024   # bytes of a plugin's reply copied into the outcome
+MAX_DEPTH = 3
+
+
+def readable(value: Any, depth: int = 0) -> str:
+    """Any JSON value as short text a person reads in chat: `key: value`
+    pairs, lists joined with commas, yes/no for booleans; never JSON."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if depth >= MAX_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        parts = []
+        for key, item in value.items():
+            text = readable(item, depth + 1)
+            if isinstance(item, (dict, list)) and item:
+                text = f"({text})"
+            parts.append(f"{str(key).replace('_', ' ')}: {text}")
+        return ", ".join(parts) or "nothing"
+    if isinstance(value, list):
+        sep = "; " if any(isinstance(i, (dict, list)) for i in value) else ", "
+        return sep.join(readable(i, depth + 1) for i in value) or "nothing"
+    return str(value)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ANSWER else text[: MAX_ANSWER - 1] + "…"
+
+
+def render_result(result: Any) -> str:
+    """A successful result as chat text. In order: `formatted`, `message`,
+    a plain string, else readable(result), shortened."""
+    if isinstance(result, dict):
+        for key in ("formatted", "message"):
+            text = result.get(key)
+            if text is not None and str(text).strip():
+                return str(text)
+    if isinstance(result, str):
+        return result
+    if result is None or result == {}:
+        return "done"
+    return _short(readable(result))
+
+
+def render_error(error: Any) -> str:
+    """`error` of a failed reply: a string, or Rosey's {"code", "message"}."""
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if error is None or error == "" or error == {}:
+        return "the plugin reported an error"
+    return error if isinstance(error, str) else _short(readable(error))
+
+
 def format_answer(raw: bytes) -> tuple[bool, str]:
     """A Rosey reply -> (success, text for chat)."""
     try:
@@ -59,15 +124,89 @@ def format_answer(raw: bytes) -> tuple[bool, str]:
     except (ValueError, UnicodeDecodeError):
         return False, "the plugin answered with something that is not JSON"
     if not isinstance(reply, dict):
-        return False, "the plugin answered with something that is not a JSON object"
+        return True, render_result(reply)[:MAX_ARGS]
     if reply.get("success") is False:
-        return False, str(reply.get("error") or "the plugin reported an error")[:MAX_ARGS]
-    result = reply.get("result", reply)
-    if isinstance(result, dict) and "formatted" in result:
-        return True, str(result["formatted"])[:MAX_ARGS]
-    if isinstance(result, str):
-        return True, result[:MAX_ARGS]
-    return True, json.dumps(result)[:MAX_ARGS]
+        return False, render_error(reply.get("error"))[:MAX_ARGS]
+    if "result" in reply:
+        result = reply["result"]
+    else:  # a bare answer without Rosey's envelope
+        result = {k: v for k, v in reply.items() if k != "success"}
+    return True, render_result(result)[:MAX_ARGS]
+
+
+# -- routes -------------------------------------------------------------------
+
+
+def choose(route: dict[str, Any], args: str) -> tuple[str, str] | None:
+    """(subject, args for the plugin) for `!word args` under `route`, or None.
+
+    A plain word sends everything after it. A command group sends what
+    follows a known subcommand to that subcommand's subject; otherwise the
+    default action for that many words gets the whole rest of the line."""
+    if "subject" in route:
+        return route["subject"], args
+    words = args.split()
+    subcommands = route.get("subcommands") or {}
+    if words and words[0].lower() in subcommands:
+        return subcommands[words[0].lower()], args[len(words[0]):].strip()
+    for key, subject in (route.get("default") or {}).items():
+        try:
+            low, high = arg_count_range(key)
+        except ValueError:
+            continue
+        if len(words) >= low and (high is None or len(words) <= high):
+            return subject, args
+    return None
+
+
+def _word_count(key: str) -> str:
+    low, high = arg_count_range(key)
+    if high is None:
+        return f"{low} or more words"
+    return "nothing" if low == 0 else f"{low} word" + ("s" if low > 1 else "")
+
+
+def describe(word: str, route: dict[str, Any]) -> str:
+    """`!countdown list|ls, delete, …, or 1 word, 2 or more words`: the
+    usage line for one chat word (subcommand aliases grouped)."""
+    if "subject" in route:
+        return f"!{word}"
+    by_subject: dict[str, list[str]] = {}
+    for sub, subject in (route.get("subcommands") or {}).items():
+        by_subject.setdefault(subject, []).append(sub)
+    parts = ["|".join(subs) for subs in by_subject.values()]
+    parts += [f"<{_word_count(key)}>" for key in (route.get("default") or {})]
+    return f"!{word} " + ", ".join(parts)
+
+
+def help_text(table: dict[str, dict[str, Any]], topic: str = "") -> str:
+    """`!help`: every word the fleet serves; `!help WORD`: that word's usage."""
+    topic = topic.lstrip("!").lower()
+    if topic:
+        route = table.get(topic)
+        if route is None:
+            return f"no plugin handles !{topic}"
+        owner = route.get("alias_of")
+        line = describe(topic, route) + (f" (same as !{owner})" if owner else "")
+        if route.get("description"):
+            line += f" — {route['description']}"
+        return line
+    aliases: dict[str, list[str]] = {}
+    for word, route in table.items():
+        if route.get("alias_of"):
+            aliases.setdefault(route["alias_of"], []).append(word)
+    shown = []
+    for word, route in sorted(table.items()):
+        if route.get("alias_of"):
+            continue
+        name = "/".join(f"!{w}" for w in [word, *sorted(aliases.get(word, []))])
+        if "subject" in route:
+            shown.append(name)
+        else:
+            shown.append(f"{name} ({describe(word, route).split(' ', 1)[1]})")
+    if not shown:
+        return "no commands are available right now"
+    return ("Commands: " + "; ".join(shown) + ". Say !help WORD for one command.")[:MAX_ARGS]
 
 
 class Routes:
@@ -91,9 +230,13 @@ class Routes:
         except (OSError, ValueError) as exc:
             log.error("cannot read routes %s: %s (keeping the previous table)", self.path, exc)
 
-    def get(self, word: str) -> dict[str, str] | None:
+    def get(self, word: str) -> dict[str, Any] | None:
         self.reload()
         return self.table.get(word)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        self.reload()
+        return self.table
 
 
 NO_RESPONDERS_RETRY = 4.0   # seconds a request that found no subscriber is retried (plugin reloading)
@@ -138,13 +281,27 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _dispatch(self, platform: str, channel: str, user: str, correlation: str, word: str, args: str) -> None:
-        route = self.routes.get(word)
         outcome: dict[str, Any] = {"correlation_id": correlation, "word": word, "channel": channel}
+        if word == "help":  # reserved: no plugin may claim it (spec/model.py)
+            text = help_text(self.routes.all(), args)
+            outcome.update(status="ok", message=text)
+            await self._say(platform, channel, correlation, text)
+            await self._publish(result_subject(platform), outcome)
+            return
+        route = self.routes.get(word)
         if route is None:
             outcome.update(status="no_route", message=f"no plugin handles !{word}")
             await self._publish(result_subject(platform), outcome)
             return
-        plugin, subject = route["plugin"], route["subject"]
+        plugin = route["plugin"]
+        chosen = choose(route, args)
+        if chosen is None:  # a known word, but no subcommand or default action fits
+            text = "usage: " + describe(word, route)
+            outcome.update(plugin=plugin, status="usage", message=text)
+            await self._say(platform, channel, correlation, text, plugin)
+            await self._publish(result_subject(platform), outcome)
+            return
+        subject, args = chosen
         reply_to = f"rosey.reply.{plugin}.{secrets.token_hex(8)}"
         payload = json.dumps({"channel": channel, "user": user, "args": args, "reply_to": reply_to}).encode()
         outcome.update(plugin=plugin, subject=subject)
@@ -185,8 +342,11 @@ class Dispatcher:
         else:
             ok, text = format_answer(raw)
             outcome.update(status="ok" if ok else "error", message=text)
-            await self._publish(f"rosey.platform.{platform}.message",
-                                {"message": text, "channel": channel, "in_reply_to": correlation, "plugin": plugin})
+            if len(raw) <= MAX_REPLY_IN_OUTCOME:
+                # The plugin's own reply, for scripts (`precinct say --json`): chat gets the text.
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    outcome["reply"] = json.loads(raw)
+            await self._say(platform, channel, correlation, text, plugin)
         finally:
             inbox_task.cancel()
             try:
@@ -208,8 +368,13 @@ class Dispatcher:
         await self._publish(f"rosey.platform.{platform}.message",
                             {"message": text, "channel": channel, "plugin": plugin, "unsolicited": True})
 
+    async def _say(self, platform: str, channel: str, correlation: str, text: str, plugin: str = "") -> None:
+        await self._publish(f"rosey.platform.{platform}.message",
+                            {"message": text, "channel": channel, "in_reply_to": correlation, "plugin": plugin})
+
     async def _publish(self, subject: str, body: dict) -> None:
-        await self.nc.publish(subject, json.dumps(body).encode())
+        # ensure_ascii=False: emoji travel as UTF-8, not as \ud83c escapes.
+        await self.nc.publish(subject, json.dumps(body, ensure_ascii=False).encode())
 
 
 async def serve(server: str, creds: str, routes_path: Path, timeout: float,

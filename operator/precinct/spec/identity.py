@@ -73,3 +73,17 @@ def kubernetes_id(namespace: str, name: str) -> str:
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:K8S_HASH_DIGITS]
     head = full[: MAX_ID - K8S_HASH_DIGITS - 1].rstrip("-")
     return f"{head}-{digest}"
+
+
+# A command group's default action is chosen by how many words follow the chat
+# word: exactly N ("1") or N or more ("2+").
+ARG_COUNT = re.compile(r"^(?P<n>[0-9]{1,2})(?P<more>\+)?$")
+
+
+def arg_count_range(key: str) -> tuple[int, int | None]:
+    """'1' -> (1, 1); '2+' -> (2, None). ValueError for anything else."""
+    match = ARG_COUNT.fullmatch(key) if isinstance(key, str) else None
+    if not match:
+        raise ValueError(f"{key!r} is not a number of words like '1' or '2+'")
+    n = int(match["n"])
+    return (n, None) if match["more"] else (n, n)

@@ -179,11 +179,34 @@ def _validate_resource(data: dict[str, Any], label: str) -> tuple[BotPluginResou
     return BotPluginResource(namespace=namespace, name=name, spec=spec), []
 
 
+# One rule for `validate`, `up` and `pack`: a plugin's manifest is
+# `plugin.yaml` or `plugin.yml` (never both); a folder given on its own without
+# one is an error; a folder inside a plugins dir without one is not a plugin
+# and is skipped with a warning (skipped_folders), never silently.
 def find_manifest(folder: Path) -> Path | None:
     for name in MANIFEST_NAMES:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def manifest_conflict(folder: Path) -> str | None:
+    """A message when the folder holds both spellings of the manifest."""
+    if all((folder / name).is_file() for name in MANIFEST_NAMES):
+        return f"both {' and '.join(MANIFEST_NAMES)}: keep one"
+    return None
+
+
+def skipped_folders(plugins_dir: Path) -> list[Path]:
+    """Folders in a plugins dir that hold no manifest, so are not plugins
+    (hidden folders and __pycache__ are not considered)."""
+    if not plugins_dir.is_dir():
+        return []
+    return sorted(p for p in plugins_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != "__pycache__" and find_manifest(p) is None)
+
+
+SKIPPED_MESSAGE = "no plugin.yaml or plugin.yml: not a plugin, skipped"
 
 
 def load_path(path: Path) -> tuple[Loaded | None, list[Problem]]:
@@ -192,7 +215,10 @@ def load_path(path: Path) -> tuple[Loaded | None, list[Problem]]:
     if path.is_dir():
         found = find_manifest(path)
         if found is None:
-            return None, [Problem(label, "(folder)", "no plugin.yaml in this folder")]
+            return None, [Problem(label, "(folder)", "no plugin.yaml or plugin.yml in this folder")]
+        conflict = manifest_conflict(path)
+        if conflict:
+            return None, [Problem(label, "(folder)", conflict)]
         path, label = found, str(found)
     try:
         with path.open("rb") as fh:
@@ -219,4 +245,4 @@ def expand_paths(paths: list[Path]) -> list[Path]:
 
 
 __all__ = ["Problem", "BotPluginResource", "Loaded", "load_path", "expand_paths", "parse_yaml",
-           "validate_document", "find_manifest", "IdError"]
+           "validate_document", "find_manifest", "manifest_conflict", "skipped_folders", "SKIPPED_MESSAGE", "IdError"]

@@ -38,6 +38,7 @@ from .identity import (
     TOKEN,
     TOKEN_PATTERN,
     IdError,
+    arg_count_range,
     canonical_id,
 )
 
@@ -152,6 +153,146 @@ class RateLimits(_Model):
         return self.burst if self.burst is not None else max(1, int(self.messages_per_second + 0.999))
 
 
+# -- command groups: one chat word with subcommands (Rosey's chat syntax) ------
+
+Target = Annotated[str, StringConstraints(max_length=128)]
+# The dispatcher answers `!help` itself with the words the fleet serves.
+RESERVED_CHAT_WORDS = frozenset({"help"})
+
+
+def _target_problems(label: str, target: Any) -> list[str]:
+    """Problems with one '<namespace>.<action>' command target."""
+    match = _COMMAND_TARGET.fullmatch(target) if isinstance(target, str) else None
+    if not match:
+        return [f"{label}: {str(target)[:80]!r} must be '<namespace>.<action>', e.g. dice.roll"]
+    problems = []
+    try:
+        _token(match["ns"])
+    except ValueError as exc:
+        problems.append(f"{label}: namespace {exc}")
+    if not ACTION.fullmatch(match["action"]) or len(match["action"]) > 64:
+        problems.append(f"{label}: action {match['action']!r} must be 1-64 letters, digits, '-' or '_'")
+    return problems
+
+
+def _word_problem(word: Any, what: str = "chat word") -> str | None:
+    if not isinstance(word, str) or not CHAT_WORD.fullmatch(word):
+        return f"{what} {str(word)[:40]!r} must be 1-32 lowercase letters, digits, '-' or '_'"
+    if word in RESERVED_CHAT_WORDS:
+        return f"{what} {word!r} is reserved: the dispatcher answers !{word} with the commands the fleet serves"
+    return None
+
+
+MAX_SUBCOMMANDS = 32
+MAX_ARG_RULES = 8
+MAX_ARG_COUNT = 16
+MAX_WORD_ALIASES = 8
+MAX_COMMAND_GROUPS = 16
+MAX_CHAT_WORDS = 256
+# Each distinct command subject is an export in the plugin's NATS account and
+# an import in core's: bounded across plain words and groups together.
+MAX_COMMAND_SUBJECTS = 64
+
+
+# Whatever follows the subcommand (or, for a default action, the chat word)
+# becomes the request's `args`, as Rosey's plugins expect: `!countdown alerts
+# movie 15,5` sends "movie 15,5" to countdown.alerts, `!countdown movie` sends
+# "movie" to the one-word default (check), `!countdown movie 2026-12-01 20:00`
+# the whole line to the two-or-more default (create).
+class CommandGroup(_Model):
+    """One chat word with subcommands and default actions chosen by the number of words."""
+
+    subcommands: dict[str, Target] = Field(
+        default_factory=dict, max_length=MAX_SUBCOMMANDS,
+        description="First word after the chat word -> '<namespace>.<action>'; the rest of the line is args. "
+        "Two subcommands with the same target are aliases of each other.",
+    )
+    default: dict[str, Target] = Field(
+        default_factory=dict, max_length=MAX_ARG_RULES,
+        description="When the first word is no subcommand: number of words after the chat word "
+        "('0', '1', ... or '2+' for two or more) -> '<namespace>.<action>'; the whole rest of the line is args.",
+    )
+    aliases: list[Annotated[str, StringConstraints(max_length=32)]] = Field(
+        default_factory=list, max_length=MAX_WORD_ALIASES,
+        description="Other chat words for the same command, e.g. cd for countdown.",
+    )
+    description: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="One line for !help."
+    )
+
+    @field_validator("subcommands")
+    @classmethod
+    def _subcommands(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for sub, target in value.items():
+            problem = _word_problem(sub, "subcommand")
+            problems += [problem] if problem else _target_problems(sub, target)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, value: dict[str, str]) -> dict[str, str]:
+        problems, ranges = [], []
+        for key, target in value.items():
+            try:
+                low, high = arg_count_range(key)
+            except ValueError:
+                problems.append(f"default: {key!r} must be a number of words like '1' or '2+'")
+                continue
+            if low > MAX_ARG_COUNT:
+                problems.append(f"default: {key!r}: at most {MAX_ARG_COUNT} words")
+                continue
+            problems += _target_problems(f"default {key}", target)
+            for other_key, (o_low, o_high) in ranges:
+                if (high is None or high >= o_low) and (o_high is None or o_high >= low):
+                    problems.append(f"default: {key!r} and {other_key!r} both match {max(low, o_low)} word(s)")
+            ranges.append((key, (low, high)))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        problems = [p for p in (_word_problem(a, "alias") for a in value) if p]
+        if len(set(value)) != len(value):
+            problems.append("an alias is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _routes_something(self) -> "CommandGroup":
+        if not self.subcommands and not self.default:
+            raise ValueError("a command group needs subcommands, a default action, or both")
+        return self
+
+    def targets(self) -> list[str]:
+        return [*self.subcommands.values(), *self.default.values()]
+
+    def route(self) -> dict[str, Any]:
+        """What the dispatcher needs: full subjects, aliases grouped by target."""
+        return {
+            "subcommands": {sub: f"rosey.command.{t}" for sub, t in sorted(self.subcommands.items())},
+            "default": {key: f"rosey.command.{t}" for key, t in sorted(self.default.items())},
+            **({"description": self.description} if self.description else {}),
+        }
+
+
+# Larger than any one plugin's memory or data could really be: such a number
+# is a typo (99999Ti), and the kernel or Kubernetes would refuse it at launch,
+# so validate says so first.
+MAX_BYTES_LIMIT = 2**40          # 1Ti
+
+
+def _byte_ceiling(field: str, value: Any) -> Any:
+    if quantity.to_bytes(value) > MAX_BYTES_LIMIT:
+        raise ValueError(f"{field} must be at most 1Ti, got {value!r}")
+    return value
+
+
 class Resources(_Model):
     """Kernel (single host) or Kubernetes limits; quantities use Kubernetes units."""
 
@@ -173,7 +314,12 @@ class Resources(_Model):
     def _memory_floor(cls, value: Any) -> Any:
         if quantity.to_bytes(value) < MIN_MEMORY:
             raise ValueError(f"memory_limit must be at least 32Mi (the runner alone needs that), got {value!r}")
-        return value
+        return _byte_ceiling("memory_limit", value)
+
+    @field_validator("disk_limit")
+    @classmethod
+    def _disk_ceiling(cls, value: Any) -> Any:
+        return _byte_ceiling("disk_limit", value)
 
     @property
     def cpu_millicores(self) -> int:
@@ -223,6 +369,10 @@ class PluginSpec(_Model):
         default_factory=dict,
         description="Chat word -> '<namespace>.<action>', served on rosey.command.<namespace>.<action>.",
         max_length=MAX_COMMANDS,
+    )
+    command_groups: dict[str, CommandGroup] = Field(
+        default_factory=dict, max_length=MAX_COMMAND_GROUPS,
+        description="Chat word -> subcommands and default actions: `!countdown list`, `!countdown movie 20:00`.",
     )
     events: list[Token] = Field(default_factory=list, max_length=MAX_EVENT_ROOTS, description="Extra event roots.")
     permissions: list[Permission] = Field(default_factory=list, max_length=len(Permission),
@@ -278,6 +428,34 @@ class PluginSpec(_Model):
         _check_json_size("config", value, MAX_CONFIG_BYTES)
         return value
 
+    @field_validator("command_groups")
+    @classmethod
+    def _group_words(cls, value: dict[str, CommandGroup]) -> dict[str, CommandGroup]:
+        problems = [p for p in (_word_problem(word) for word in value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _one_owner_per_word(self) -> "PluginSpec":
+        """A chat word names one thing: a plain command, a group, or an alias."""
+        seen: dict[str, str] = {word: "commands" for word in self.commands}
+        problems = [f"commands: {_word_problem(word)}" for word in self.commands if word in RESERVED_CHAT_WORDS]
+        for word, group in self.command_groups.items():
+            for claimed, what in ((word, f"command_groups.{word}"),
+                                  *((alias, f"command_groups.{word}.aliases") for alias in group.aliases)):
+                if claimed in seen:
+                    problems.append(f"chat word !{claimed} appears in both {seen[claimed]} and {what}")
+                seen.setdefault(claimed, what)
+        if len(seen) > MAX_CHAT_WORDS:
+            problems.append(f"at most {MAX_CHAT_WORDS} chat words per plugin, got {len(seen)}")
+        if len(self.command_targets()) > MAX_COMMAND_SUBJECTS:
+            problems.append(f"{len(self.command_targets())} distinct command subjects across commands and "
+                            f"command_groups; at most {MAX_COMMAND_SUBJECTS}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @field_validator("permissions")
     @classmethod
     def _unique(cls, value: list[Permission]) -> list[Permission]:
@@ -322,8 +500,28 @@ class PluginSpec(_Model):
         """Chat word -> full command subject."""
         return {word: f"rosey.command.{target}" for word, target in self.commands.items()}
 
+    def command_targets(self) -> list[str]:
+        """Every '<ns>.<action>' it serves: plain words and command groups."""
+        groups = [t for group in self.command_groups.values() for t in group.targets()]
+        return sorted({*self.commands.values(), *groups})
+
+    def all_command_subjects(self) -> list[str]:
+        """Every command subject it serves (each exported once)."""
+        return [f"rosey.command.{target}" for target in self.command_targets()]
+
+    def chat_routes(self) -> dict[str, dict[str, Any]]:
+        """Chat word -> how the dispatcher turns `!word args` into a request:
+        {"subject"} for a plain word; {"subcommands", "default"} for a group,
+        plus {"alias_of"} for each of its aliases."""
+        routes: dict[str, dict[str, Any]] = {w: {"subject": s} for w, s in self.command_subjects().items()}
+        for word, group in self.command_groups.items():
+            routes[word] = group.route()
+            for alias in group.aliases:
+                routes[alias] = {**group.route(), "alias_of": word}
+        return routes
+
     def command_namespaces(self) -> list[str]:
-        return sorted({target.split(".", 1)[0] for target in self.commands.values()})
+        return sorted({target.split(".", 1)[0] for target in self.command_targets()})
 
     @property
     def granted(self) -> frozenset[Permission]:

@@ -72,10 +72,13 @@ class Ownership:
                 del table[key]
         self.rejected.append(Rejection(plugin_id, reason, message, plugin.source))
 
-    def routes(self) -> dict[str, str]:
-        """Chat word -> command subject, for the dispatcher."""
+    def routes(self) -> dict[str, dict]:
+        """Chat word -> its route and owning plugin, for the dispatcher
+        (routes.json): {"plugin", "subject"} for a plain word, {"plugin",
+        "subcommands", "default"} (+ "alias_of") for a command group."""
         by_id = {p.id: p for p in self.accepted}
-        return {word: by_id[owner].spec.command_subjects()[word] for word, owner in sorted(self.words.items())}
+        return {word: {**by_id[owner].spec.chat_routes()[word], "plugin": owner}
+                for word, owner in sorted(self.words.items())}
 
 
 def resolve(plugins: list[Plugin]) -> Ownership:
@@ -95,11 +98,13 @@ def resolve(plugins: list[Plugin]) -> Ownership:
                                              plugin.source))
             continue
         conflicts: list[tuple[str, str]] = []
-        subjects = plugin.spec.command_subjects()
-        for word, subject in subjects.items():
+        subjects = plugin.spec.all_command_subjects()
+        words = list(plugin.spec.chat_routes())      # plain words, command groups and their aliases
+        for subject in subjects:
             owner = result.subjects.get(subject)
             if owner:
                 conflicts.append((COMMAND_CONFLICT, f"command subject {subject} belongs to plugin {owner!r}"))
+        for word in words:
             owner = result.words.get(word)
             if owner:
                 conflicts.append((COMMAND_CONFLICT, f"chat word !{word} belongs to plugin {owner!r}"))
@@ -117,7 +122,8 @@ def resolve(plugins: list[Plugin]) -> Ownership:
         owners[plugin.id] = plugin
         for token in plugin.namespace_claims():
             result.namespaces[token] = plugin.id
-        for word, subject in subjects.items():
+        for word in words:
             result.words[word] = plugin.id
+        for subject in subjects:
             result.subjects[subject] = plugin.id
     return result

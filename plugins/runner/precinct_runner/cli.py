@@ -14,11 +14,13 @@ Exit codes:
      closed for good (e.g. credentials revoked)
 
 Lifecycle: load the class (before touching NATS, so a broken plugin fails
-fast) -> connect -> construct -> await initialize() -> answer the health
+fast) -> connect -> construct -> initialize() (sync or async; skipped when the
+plugin has none) -> answer the health
 ping on precinct.ping.<id>.<instance> (and take config reloads on
 precinct.config.<id>.<instance>) -> wait for a signal -> drain the command
-subscriptions (answer what was delivered, take nothing new) -> await
-shutdown() -> drain -> exit 0.
+subscriptions (answer what was delivered, take nothing new) -> shutdown()
+(sync or async, if the plugin has one) -> drain (which also ends the
+subscriptions of a plugin without shutdown()) -> exit 0.
 
 Keep imports here minimal: this process exists once per plugin.
 """
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help=f"NATS URL(s), comma-separated [PRECINCT_SERVER] (default {DEFAULT_SERVER})")
     p.add_argument("--creds", help="NATS credentials file [PRECINCT_CREDS] (default: no auth)")
     p.add_argument("--entrypoint", help="module:Class in the plugin folder [PRECINCT_ENTRYPOINT] "
-                   "(default: the one class in plugin.py with async initialize() and shutdown())")
+                   "(default: the one class in plugin.py with initialize() and/or shutdown())")
     p.add_argument("--config", help="JSON file with the plugin's config object [PRECINCT_CONFIG]; "
                    "PRECINCT_CONFIG_JSON may hold the JSON itself (default: {})")
     p.add_argument("--command", action="append", metavar="SUBJECT",
@@ -353,7 +355,7 @@ class Runner:
         return await self._until_stopped(nc.connect(**kwargs), opts.connect_timeout)
 
     async def run(self) -> int:
-        from .loader import LoadError, construct, load_plugin_class, plugin_version
+        from .loader import LoadError, call_hook, construct, load_plugin_class, plugin_version
         from .proxy import ClientProxy
 
         opts = self.opts
@@ -388,7 +390,7 @@ class Runner:
         version = plugin_version(plugin)
 
         try:
-            started = await self._until_stopped(_guarded(plugin.initialize()), opts.init_timeout)
+            started = await self._until_stopped(_guarded(call_hook(plugin, "initialize")), opts.init_timeout)
         except asyncio.TimeoutError:
             self.fail(f"{cls.__name__}.initialize() did not finish within {opts.init_timeout:g} s", None)
             await self._close()
@@ -487,9 +489,11 @@ class Runner:
     async def _shutdown(self, plugin: Any, name: str, timeout: float | None = None, connected: bool = True) -> None:
         """Await the plugin's shutdown() (bounded), then drain the connection.
         A failing shutdown() is reported, never fatal: the process is stopping."""
+        from .loader import call_hook
+
         limit = timeout or self.opts.shutdown_timeout
         try:
-            await asyncio.wait_for(_guarded(plugin.shutdown()), limit)
+            await asyncio.wait_for(_guarded(call_hook(plugin, "shutdown")), limit)
         except asyncio.TimeoutError:
             self.say(f"WARNING {name}.shutdown() did not finish within {limit:g} s")
         except BaseException as exc:

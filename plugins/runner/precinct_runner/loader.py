@@ -68,12 +68,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _has_hook(obj: Any, name: str) -> bool:
+    return callable(getattr(obj, name, None))
+
+
 def _is_plugin_class(obj: Any) -> bool:
-    return (
-        inspect.isclass(obj)
-        and inspect.iscoroutinefunction(getattr(obj, "initialize", None))
-        and inspect.iscoroutinefunction(getattr(obj, "shutdown", None))
-    )
+    """A Rosey plugin class has `initialize()` and/or `shutdown()`, sync or
+    async (quote-db has no shutdown(); a plugin that only needs cleanup may
+    lack initialize())."""
+    return inspect.isclass(obj) and (_has_hook(obj, "initialize") or _has_hook(obj, "shutdown"))
 
 
 def _import_entry_module(plugin_dir: Path, package: str, module_name: str):
@@ -94,15 +97,19 @@ def _import_entry_module(plugin_dir: Path, package: str, module_name: str):
 
 
 def find_default_class(module) -> type:
-    """The one class in `module` with async `initialize()` and `shutdown()`.
+    """The one class in `module` with `initialize()` or `shutdown()` (sync or async).
 
-    Classes defined in the module win over ones it merely imports, and a base
-    class loses to its subclass, so `class Base` + `class Dice(Base)` in the
-    same file still means `Dice`."""
+    Classes defined in the module win over ones it merely imports, a class
+    with both hooks wins over one with only one, and a base class loses to
+    its subclass, so `class Base` + `class Dice(Base)` in the same file still
+    means `Dice`."""
     candidates = [obj for obj in vars(module).values() if _is_plugin_class(obj)]
     own = [c for c in candidates if c.__module__ == module.__name__]
     if own:
         candidates = own
+    both = [c for c in candidates if _has_hook(c, "initialize") and _has_hook(c, "shutdown")]
+    if both:
+        candidates = both
     candidates = [c for c in candidates if not any(o is not c and issubclass(o, c) for o in candidates)]
     if len(candidates) == 1:
         return candidates[0]
@@ -111,7 +118,7 @@ def find_default_class(module) -> type:
         classes = sorted(n for n, o in vars(module).items() if inspect.isclass(o) and o.__module__ == module.__name__)
         seen = ", ".join(classes) if classes else "none"
         raise LoadError(
-            f"no plugin class in {where}: expected one class with async initialize() and async shutdown() "
+            f"no plugin class in {where}: expected one class with initialize() or shutdown() "
             f"(classes defined there: {seen}); set entrypoint: module:Class in plugin.yaml"
         )
     names = ", ".join(sorted(c.__name__ for c in candidates))
@@ -149,14 +156,26 @@ def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None) -> type:
     if not inspect.isclass(cls):
         raise LoadError(f"entrypoint {entrypoint}: {class_name} is a {type(cls).__name__}, not a class")
     for method in ("initialize", "shutdown"):
-        if not inspect.iscoroutinefunction(getattr(cls, method, None)):
-            raise LoadError(f"entrypoint {entrypoint}: {class_name} has no async {method}() method")
+        hook = getattr(cls, method, None)
+        if hook is not None and not callable(hook):
+            raise LoadError(f"entrypoint {entrypoint}: {class_name}.{method} is a {type(hook).__name__}, not a method")
     return cls
 
 
+# Names under which a constructor's second parameter is clearly the config.
+_CONFIG_NAMES = frozenset({"config", "cfg", "conf", "configuration", "settings", "options", "plugin_config"})
+
+
 def construct(cls: type, client: Any, config: dict) -> Any:
-    """Build the plugin the way its constructor asks for: `(client, config)`,
-    `(client)`, and `plugin_manager=None` when it has that parameter."""
+    """Build the plugin the way its constructor asks for.
+
+    Rosey's shapes: `(nats_client)`, `(nats_client, config=None)`, and extra
+    keyword parameters with defaults, which keep their defaults
+    (`plugin_manager` gets None: Rosey's host passed its plugin manager
+    there, and Precinct has none to share). The config goes to a parameter
+    named `config` (or a synonym), else to a required second positional
+    parameter; a required parameter the runner cannot fill is a clear load
+    error, not a TypeError."""
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):
@@ -171,26 +190,45 @@ def construct(cls: type, client: Any, config: dict) -> Any:
         var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
         if not positional and not var_positional:
             raise LoadError(f"{cls.__name__}() takes no arguments; a plugin's constructor takes the NATS client first")
-        by_name = {p.name: p for p in params}
-        rest = positional[1:]
-        config_param = by_name.get("config")
-        if config_param is not None and config_param is not (positional[0] if positional else None):
+        rest = [p for p in params if p not in positional[:1] and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        config_param = next((p for p in rest if p.name in _CONFIG_NAMES), None)
+        if config_param is None and rest and rest[0].kind is not rest[0].KEYWORD_ONLY and rest[0].default is rest[0].empty:
+            config_param = rest[0]                   # a required second positional under another name
+        if config_param is not None:
             if config_param.kind is config_param.POSITIONAL_ONLY:
                 args.append(config)
             else:
-                kwargs["config"] = config
-        elif rest and rest[0].name != "plugin_manager":
-            args.append(config)                      # second positional under another name
+                kwargs[config_param.name] = config
         elif var_positional and not rest:
             args.append(config)
-        if "plugin_manager" in by_name and by_name["plugin_manager"].kind is not by_name["plugin_manager"].POSITIONAL_ONLY:
+        manager = next((p for p in rest if p.name == "plugin_manager"), None)
+        if manager is not None and manager is not config_param:
+            # Rosey's host passes its plugin manager here; Precinct has none to share.
             kwargs["plugin_manager"] = None
+        missing = [p.name for p in rest if p not in (config_param, manager) and p.default is p.empty]
+        if missing:
+            raise LoadError(
+                f"{cls.__name__}() needs {', '.join(missing)}, which the runner cannot supply; a plugin's "
+                "constructor takes the NATS client, optionally the config, and other parameters only with defaults"
+            )
     try:
         return cls(*args, **kwargs)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise LoadError(f"constructing {cls.__name__} failed: {_describe(exc)}") from exc
+
+
+async def call_hook(plugin: Any, name: str) -> bool:
+    """Call `plugin.<name>()` if it exists, awaiting it if it is async (or
+    returns an awaitable). False when the plugin has no such hook."""
+    hook = getattr(plugin, name, None)
+    if hook is None:
+        return False
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
+    return True
 
 
 def plugin_version(plugin: Any) -> str | None:
