@@ -112,5 +112,5 @@ def test_a_withdrawn_plugin_gives_back_every_claim():
     result = resolve([first, second])
     result.withdraw("first", "FleetFull", "no room")
     assert [p.id for p in result.accepted] == ["second"]
-    assert result.routes() == {"flip": "rosey.command.coin.flip"}
+    assert result.routes() == {"flip": {"subject": "rosey.command.coin.flip", "plugin": "second"}}
     assert "dice" not in result.namespaces and result.rejected[-1].reason == "FleetFull"
