@@ -172,7 +172,7 @@ def _wheels(folder: Path, declared: list[tuple[str, set[str]]]) -> list[Wheel]:
     wheels = []
     wheel_dir = folder / "wheels"
     for path in sorted(wheel_dir.glob("*.whl")) if wheel_dir.is_dir() else []:
-        match = _WHEEL.match(path.name)
+        match = _WHEEL.fullmatch(path.name)
         if not match:
             raise BundleError(f"wheels/{path.name}: not a wheel file name (name-version-python-abi-platform.whl)", "pack")
         wheels.append(Wheel(f"wheels/{path.name}", match["name"], match["version"], sha256_file(path)))

@@ -30,7 +30,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")   # always used with fullmatch: no trailing newline
 RESERVED_COLUMNS = {"id": "integer", "created_at": "datetime", "updated_at": "datetime"}
 FIELD_TYPES = ("string", "text", "integer", "float", "boolean", "datetime")
 SQL_TYPES = {"string": "TEXT", "text": "TEXT", "integer": "INTEGER", "float": "REAL",
@@ -73,7 +73,7 @@ def invalid(message: str) -> StorageError:
 
 def quote(name: str) -> str:
     """A checked identifier as SQL text."""
-    if not IDENTIFIER.match(name):
+    if not IDENTIFIER.fullmatch(name):
         raise invalid(f"{name!r} is not a valid name: letters, digits and _, starting with a letter or _")
     return f'"{name}"'
 

@@ -112,7 +112,7 @@ def _internal(name: str) -> bool:
 def _table_name(value: Any) -> str:
     if not isinstance(value, str):
         raise StorageError("MISSING_FIELD" if value is None else "VALIDATION_ERROR", "'table' must be a table name string")
-    if not IDENTIFIER.match(value):
+    if not IDENTIFIER.fullmatch(value):
         raise invalid(f"table name {value[:64]!r} is not valid: letters, digits and _, starting with a letter or _")
     if _internal(value):
         raise invalid(f"table names starting with {' or '.join(INTERNAL_PREFIXES)} are reserved")
@@ -162,7 +162,7 @@ def read_migrations(folder: Path | None) -> list[Migration]:
     for entry in sorted(os.listdir(mdir)):
         if not entry.endswith(".sql"):
             continue
-        match = MIGRATION_NAME.match(entry)
+        match = MIGRATION_NAME.fullmatch(entry)
         if not match:
             raise StorageError("MIGRATION_INVALID", f"migrations/{entry}: name must look like 001_create_table.sql")
         path = mdir / entry
@@ -845,7 +845,7 @@ def _check_field(field: Any) -> dict:
     if not isinstance(field, dict):
         raise invalid("each field is an object: {\"name\", \"type\", \"required\"?, \"max_length\"?, \"default\"?}")
     name, ftype = field.get("name"), field.get("type")
-    if not isinstance(name, str) or not IDENTIFIER.match(name):
+    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
         raise invalid(f"field name {str(name)[:64]!r} is not valid: letters, digits and _, starting with a letter or _")
     if name.lower() in RESERVED_COLUMNS:
         raise invalid(f"field {name!r} is reserved (id, created_at and updated_at are added for you)")

@@ -339,7 +339,7 @@ class StorageService:
         if len(parts) < 4 or ".".join(parts[:2]) != REQUEST_ROOT:
             raise StorageError("UNKNOWN_OPERATION", f"not a storage subject: {subject[:200]}")
         plugin_id, operation = parts[2], ".".join(parts[3:])
-        if not PLUGIN_ID.match(plugin_id):
+        if not PLUGIN_ID.fullmatch(plugin_id):
             raise StorageError("UNKNOWN_PLUGIN", f"{plugin_id[:64]!r} is not a plugin id")
         entry = self.fleet.get(plugin_id)
         if entry is None:
@@ -406,7 +406,7 @@ class StorageService:
         try:
             request = parse_request(msg.data)
             plugin_id = request.get("plugin")
-            if not isinstance(plugin_id, str) or not PLUGIN_ID.match(plugin_id):
+            if not isinstance(plugin_id, str) or not PLUGIN_ID.fullmatch(plugin_id):
                 raise StorageError("VALIDATION_ERROR", "'plugin' must be a plugin id")
             entry = self.fleet.get(plugin_id) or {}
             folder = request.get("folder") or entry.get("folder")
