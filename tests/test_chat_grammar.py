@@ -265,3 +265,14 @@ def test_group_commands_help_and_rendering_through_precinct_up(fleet):
     states = {row["id"]: (row["state"], row["source"]) for row in json.loads(listed.stdout)}
     assert states == {pid: ("Running", "local folder") for pid in ("rosey-timers", "rosey-quiz", "dice-roller")}
     assert up.output().count(f"{_plugins / 'notes'}: no plugin.yaml or plugin.yml: not a plugin, skipped") == 1
+
+
+def test_command_namespaces_are_bounded_across_commands_and_groups():
+    """The namespace cap (each namespace is an export in the shared accounts)
+    counts group targets too, not only plain commands."""
+    from precinct.spec.model import MAX_COMMAND_NAMESPACES, Manifest
+    groups = {f"g{i}": {"subcommands": {"go": f"ns{i}.go"}} for i in range(MAX_COMMAND_NAMESPACES)}
+    with pytest.raises(ValueError, match="namespaces"):
+        Manifest.model_validate({"name": "wide", "version": "1", "commands": {"x": "extra.x"},
+                                 "command_groups": groups})
+    Manifest.model_validate({"name": "wide", "version": "1", "command_groups": groups})

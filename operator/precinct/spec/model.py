@@ -449,6 +449,10 @@ class PluginSpec(_Model):
                 seen.setdefault(claimed, what)
         if len(seen) > MAX_CHAT_WORDS:
             problems.append(f"at most {MAX_CHAT_WORDS} chat words per plugin, got {len(seen)}")
+        namespaces = self.command_namespaces()   # plain commands and groups together
+        if len(namespaces) > MAX_COMMAND_NAMESPACES:
+            problems.append(f"commands and command_groups use {len(namespaces)} namespaces "
+                            f"({', '.join(namespaces)}); at most {MAX_COMMAND_NAMESPACES}")
         if len(self.command_targets()) > MAX_COMMAND_SUBJECTS:
             problems.append(f"{len(self.command_targets())} distinct command subjects across commands and "
                             f"command_groups; at most {MAX_COMMAND_SUBJECTS}")
