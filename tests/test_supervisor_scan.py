@@ -53,7 +53,7 @@ def test_a_running_plugin_keeps_its_id_live_and_across_restarts(tmp_path):
     assert intruder["state"] == "Rejected" and intruder["folder"] == "Vault" and intruder["id"] == "vault"
     assert ready(intruder)["reason"] == "IdConflict"
     assert "(from Vault)" in ready(intruder)["message"] and "(from vault)" in ready(intruder)["message"]
-    assert first.routes == {"open": "rosey.command.vault.open"}
+    assert first.routes == {"open": {"subject": "rosey.command.vault.open", "plugin": "vault"}}
 
     # Restart: nothing runs yet, folder-name order alone would pick `Vault`.
     second = supervisor(tmp_path)
@@ -108,7 +108,7 @@ def test_a_plan_that_cannot_be_compiled_rejects_only_that_plugin(tmp_path, monke
     monkeypatch.setattr(sup_module, "compile_plan", compile_plan)
     sup = supervisor(tmp_path)
     status = scan(sup)
-    assert set(sup.entries) == {"good"} and sup.routes == {"hi": "rosey.command.good.hi"}
+    assert set(sup.entries) == {"good"} and sup.routes == {"hi": {"subject": "rosey.command.good.hi", "plugin": "good"}}
     assert ready(status["odd"])["reason"] == "InvalidPlan"
     assert "something this plugin's spec triggers" in ready(status["odd"])["message"]
 
