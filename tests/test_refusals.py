@@ -168,3 +168,25 @@ def test_example_plugins_in_normal_use_earn_no_strikes(tmp_path):
     finally:
         up.stop()
         cleanup_cgroups(cgroups)
+
+
+def test_attribution_uses_cgroups_while_the_process_lives_and_the_uid_after(tmp_path):
+    from precinct.confine.host import HostConfinement, _Plugin
+
+    class FakeCgroup:                       # what _owner reads: the /proc/<pid>/cgroup fields of its members
+        def __init__(self, paths):
+            self.paths = paths
+
+        def expected_paths(self):
+            return self.paths
+
+    host = HostConfinement(tmp_path, disable=[])
+    mine = open(f"/proc/{os.getpid()}/cgroup").read().splitlines()[0].split(":", 2)
+    host._plugins["inside"] = _Plugin("inside", uid=61500, cgroup=FakeCgroup({mine[1]: mine[2]}))
+    host._plugins["elsewhere"] = _Plugin("elsewhere", uid=61501, cgroup=FakeCgroup({mine[1]: "/not/this/one"}))
+    # A live process: its cgroup decides, whatever uid the record carries.
+    assert host._owner(os.getpid(), 61501) == "inside"
+    # A process that is gone: the kernel-reported uid decides.
+    gone = 2**22 + 12345
+    assert host._owner(gone, 61501) == "elsewhere"
+    assert host._owner(gone, 61999) is None

@@ -37,6 +37,7 @@ from ..runtime.procstats import sample as proc_sample
 from ..runtime.slot import Confinement, LaunchSpec
 from . import disk, landlock, seccomp
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
+from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
 from .refusals import EGRESS, KernelRecords, Ledger
 from .relay import ListenerServer, nats_relay
@@ -640,11 +641,7 @@ class HostConfinement(Confinement):
             text = Path(f"/proc/{pid}/cgroup").read_text() if pid > 0 else None
         except OSError:
             text = None
-        shown = {}
-        for line in (text or "").splitlines():
-            parts = line.split(":", 2)
-            if len(parts) == 3:
-                shown[parts[1]] = parts[2]
+        shown = parse_proc_cgroup(text) if text else {}
         for p in list(self._plugins.values()):
             if p.cgroup is not None and shown:
                 expected = p.cgroup.expected_paths()
