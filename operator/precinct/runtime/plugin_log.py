@@ -189,7 +189,9 @@ class PluginLog:
         self._flush()
         middle = parts[1:-1]
         # Only the last lines can stay in the tail: skip the rest without touching them.
-        for line in middle[-self.tail.maxlen:] if self.tail.maxlen else middle:
+        kept = middle[-self.tail.maxlen:] if self.tail.maxlen else middle
+        self.lines_total += len(middle) - len(kept)     # skipped, but `precinct logs -f` reports them missed
+        for line in kept:
             if line.strip():
                 self._keep(clean(line, self.line_max) + (f" [+{len(line) - self.line_max} bytes]"
                                                            if len(line) > self.line_max else ""))
