@@ -119,11 +119,16 @@ async def test_monitor_merges_services_and_keeps_history():
     monitor = Monitor(status, nc=FakeNats({"precinct.gateway.stats": gw, "precinct.admin.storage.stats": st}))
     await monitor._on_result(SimpleNamespace(data=json.dumps({"plugin": "dice", "status": "ok"}).encode()))
     await monitor._on_result(SimpleNamespace(data=json.dumps({"plugin": "dice", "status": "timeout"}).encode()))
+    # An ordinary `success: false` answer ("no quote #42") is a reply, not an
+    # error; no instance listening and a non-JSON answer are errors
+    # (docs/monitoring.md, "What counts as an error"); usage lines are neither.
+    for outcome in ("error", "no_responders", "bad_reply", "usage"):
+        await monitor._on_result(SimpleNamespace(data=json.dumps({"plugin": "dice", "status": outcome}).encode()))
     await monitor.sample()
     gw["plugins"]["dice"]["forwarded"] = 1          # the gateway restarted
     view = await monitor.sample()
     row = view["plugins"]["dice"]
-    assert row["traffic"] == {"messages_in": 2, "replies": 1, "errors": 1, "messages_out": 5, "rate_limited": 1}
+    assert row["traffic"] == {"messages_in": 5, "replies": 2, "errors": 3, "messages_out": 5, "rate_limited": 1}
     assert row["storage"] == {"requests": 3, "errors": 1, "used_bytes": 10, "limit_bytes": 20}
     assert row["violations_by_kind"] == {"permission": 2}
     assert row["history"]["memory_bytes"] == [1000, 2000]
@@ -237,6 +242,7 @@ def test_dashboard_top_and_metrics_of_a_running_fleet(dice_up):
             row.wait_for(timeout=15_000)
             assert row.locator("td.name").inner_text() == "dice-roller"
             assert row.locator(".state").inner_text() == "Running"
+            assert row.locator("td.version").inner_text() == "1.0.0 r1"     # manifest version, revision
             assert "/ 64.0 Mi" in row.inner_text()                       # usage against the limit
             page.wait_for_function(
                 "() => Number(document.querySelector('tr[data-plugin=\"dice-roller\"] td.in').textContent) >= 1",
@@ -268,6 +274,7 @@ def test_dashboard_top_and_metrics_of_a_running_fleet(dice_up):
     top = precinct("top", "--once", "--state-dir", state)
     assert top.returncode == 0, top.stderr
     assert "dice-roller" in top.stdout and "Running" in top.stdout and "64.0Mi" in top.stdout
+    assert "1.0.0 r1" in top.stdout
 
     info = json.loads((dice_up.state_dir / "dashboard.json").read_text())
     assert oct((dice_up.state_dir / "dashboard.json").stat().st_mode & 0o777) == "0o600"
@@ -278,6 +285,43 @@ def test_dashboard_top_and_metrics_of_a_running_fleet(dice_up):
     assert samples[("precinct_plugin_replies_total", (("plugin", "dice-roller"),))] >= 2
     assert samples[("precinct_plugin_memory_bytes", (("plugin", "dice-roller"),))] > 0
     assert samples[("precinct_plugin_memory_limit_bytes", (("plugin", "dice-roller"),))] == 64 * 2**20
+
+
+def _metric(url: str, name: str, plugin: str) -> float:
+    code, body, _ = _get(url)
+    assert code == 200, body
+    return _parse(body.decode()).get((name, (("plugin", plugin),)), 0.0)
+
+
+def test_a_plugins_error_answer_is_a_reply_not_an_error(dice_up):
+    """dice-roller answers `!roll 5000d6` with `{"success": false, "error": ...}`:
+    an ordinary answer. The dashboard, `top` and the metrics count it as a
+    reply; only commands that got no usable answer are errors."""
+    state = str(dice_up.state_dir)
+    info = json.loads((dice_up.state_dir / "dashboard.json").read_text())
+    assert dice_up.say("!roll 2d6").returncode == 0
+    refused = dice_up.say("!roll 5000d6")
+    assert refused.returncode == 3 and refused.stderr.strip(), refused      # the plugin's own error text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _metric(info["metrics_url"], "precinct_plugin_replies_total",
+                                                  "dice-roller") < 2:
+        time.sleep(0.5)
+    assert _metric(info["metrics_url"], "precinct_plugin_replies_total", "dice-roller") >= 2
+    assert _metric(info["metrics_url"], "precinct_plugin_messages_in_total", "dice-roller") >= 2
+    assert _metric(info["metrics_url"], "precinct_plugin_errors_total", "dice-roller") == 0
+    # The dashboard's own data says the same, and carries version and revision.
+    token = info["url"].split("#token=", 1)[1]
+    code, body, _ = _get(info["url"].split("#")[0] + "api/view", token=token)
+    assert code == 200
+    row = json.loads(body)["plugins"]["dice-roller"]
+    assert row["version"] == "1.0.0" and row["revision"] == 1 and re.fullmatch(r"[0-9a-f]{12}", row["digest"])
+    top = precinct("top", "--once", "--state-dir", state)
+    assert top.returncode == 0, top.stderr
+    line = next(ln for ln in top.stdout.splitlines() if "dice-roller" in ln)
+    assert "1.0.0 r1" in line
+    # ERR is the 9th column (PLUGIN VERSION STATE CPU MEMORY IN OUT REPLIES ERR): zero.
+    cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
+    assert cells[8] == "0", cells
 
 
 # -- the operator ------------------------------------------------------------------------

@@ -129,3 +129,20 @@ def test_slot_reports_output_from_stdout_and_stderr_with_the_dropped_count():
         assert status.log_bytes <= DEFAULT_BURST + slot.log.bucket.rate * elapsed, (status.log_bytes, elapsed)
 
     asyncio.run(scenario())
+
+
+def test_since_returns_only_newer_lines_and_counts_what_was_missed():
+    """What `precinct logs -f` asks for: lines after a sequence number, and how
+    many of them already left the bounded tail."""
+    log = PluginLog(tail_lines=5)
+    code = "import sys\nfor i in range(3): print(f'line {i}', flush=True)\n"
+    assert asyncio.run(_run(code, log)) == 0
+    lines, seq, missed = log.since(None)
+    assert lines == ["line 0", "line 1", "line 2"] and seq == 3 and missed == 0
+    assert log.since(seq) == ([], 3, 0)
+    log.note("one more")
+    assert log.since(seq) == (["one more"], 4, 0)
+    for i in range(10):
+        log.note(f"burst {i}")
+    lines, seq2, missed = log.since(4)
+    assert lines == [f"burst {i}" for i in range(5, 10)] and seq2 == 14 and missed == 5

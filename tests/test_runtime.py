@@ -4,11 +4,14 @@ crash isolation, clean stop, live removal."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import signal
+import subprocess
 import time
 
-
-from runtime_support import pid_alive, precinct, processes_mentioning
+from runtime_support import PRECINCT, pid_alive, precinct, processes_mentioning
 
 
 def test_say_round_trip_and_clear_errors(fleet):
@@ -44,6 +47,27 @@ def test_say_round_trip_and_clear_errors(fleet):
     assert as_json == {"nats": endpoint["nats"], "creds": endpoint["core_creds"]}
 
 
+def test_status_shows_version_and_revision_across_a_reload(fleet):
+    start, plugins, state = fleet
+    up = start("dice-roller")
+    status = up.wait_running("dice-roller")
+    dice = status["plugins"]["dice-roller"]
+    assert dice["version"] == "1.0.0" and dice["revision"] == 1, dice
+    assert re.fullmatch(r"[0-9a-f]{12}", dice["digest"]), dice
+    text = precinct("status", "--state-dir", str(state))
+    assert text.returncode == 0 and "VERSION" in text.stdout and "1.0.0 r1" in text.stdout, text.stdout
+
+    # A new version is hot-reloaded: the same code, revision 2.
+    manifest = plugins / "dice-roller" / "plugin.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0.1", 1))
+    status = up.wait_for(lambda s: s["plugins"]["dice-roller"].get("version") == "1.0.1"
+                         and s["plugins"]["dice-roller"]["state"] == "Running", "version 1.0.1 running")
+    dice2 = status["plugins"]["dice-roller"]
+    assert dice2["revision"] == 2 and dice2["digest"] == dice["digest"], dice2
+    assert "1.0.1 r2" in precinct("status", "--state-dir", str(state)).stdout
+    assert up.say("!roll 1d6").returncode == 0
+
+
 def test_second_up_on_the_same_state_dir_refuses(fleet):
     start, _plugins, _state = fleet
     first = start("8ball")
@@ -55,7 +79,7 @@ def test_second_up_on_the_same_state_dir_refuses(fleet):
 
 
 def test_crash_loop_is_contained(fleet):
-    start, _plugins, _state = fleet
+    start, _plugins, state = fleet
     up = start("crasher", "8ball")
     up.wait_running("eightball")
     status = up.wait_for(lambda s: s["plugins"]["crasher"]["state"] == "CrashLoopBackOff",
@@ -71,6 +95,39 @@ def test_crash_loop_is_contained(fleet):
     for _ in range(3):
         assert up.say("!8ball still there?").returncode == 0
     assert up.status()["plugins"]["eightball"]["pid"] == eightball_pid
+
+    # `precinct logs`: the crasher's captured output, plain and --json.
+    logs = precinct("logs", "crasher", "--state-dir", str(state))
+    assert logs.returncode == 0, logs.stderr
+    assert "CRASHER-FIXTURE" in logs.stdout, logs.stdout
+    as_json = json.loads(precinct("logs", "crasher", "--json", "--state-dir", str(state)).stdout)
+    assert as_json["plugin"] == "crasher" and any("CRASHER-FIXTURE" in ln for ln in as_json["lines"])
+    assert as_json["next"] >= len(as_json["lines"]) > 0
+    assert len(precinct("logs", "crasher", "-n", "1", "--state-dir", str(state)).stdout.splitlines()) == 1
+    unknown = precinct("logs", "nosuchplugin", "--state-dir", str(state))
+    assert unknown.returncode == 1 and "no plugin 'nosuchplugin'" in unknown.stderr, unknown
+    assert "crasher" in unknown.stderr and "Traceback" not in unknown.stderr + unknown.stdout
+
+    # -f follows: show the last line, then the next crash's lines as they come; Ctrl-C ends it cleanly.
+    follower = subprocess.Popen([*PRECINCT, "logs", "crasher", "-f", "-n", "1", "--interval", "0.2",
+                                 "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen, deadline = b"", time.monotonic() + 120
+        while time.monotonic() < deadline and seen.count(b"CRASHER-FIXTURE") < 3:
+            ready, _, _ = select.select([follower.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(follower.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                seen += chunk
+        assert seen.count(b"CRASHER-FIXTURE") >= 3, (seen, follower.poll())
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(60) == 0
+        assert b"Traceback" not in follower.stderr.read()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
 
 
 def test_sigterm_stops_everything_and_leaves_nothing(fleet):

@@ -190,6 +190,32 @@ def status(
 
 
 @app.command()
+def logs(
+    plugin: str = typer.Argument(..., help="The plugin's id, as `precinct status` lists it."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until Ctrl-C."),
+    lines: int = typer.Option(0, "--lines", "-n", min=0,
+                              help="Only the last N lines of what is kept (0: all, at most 200)."),
+    interval: float = typer.Option(0.5, "--interval", min=0.1, help="Seconds between polls with -f."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="JSON: one object; with -f, one object per line."),
+) -> None:
+    """A plugin's stdout and stderr, as the supervisor captured them.
+
+    The supervisor keeps the last 200 lines per plugin (each cut to 500
+    characters, control characters replaced) and drops output over the
+    plugin's log rate; a hot reload starts a new log."""
+    from .runtime.logs_view import follow_logs, print_logs
+
+    try:
+        if follow:
+            follow_logs(_state(state_dir), plugin, last=lines, interval=interval, as_json=as_json)
+        else:
+            print_logs(_state(state_dir), plugin, last=lines, as_json=as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
 def say(
     text: str = typer.Argument(..., help="A line of chat, e.g. '!roll 2d6'."),
     user: str = typer.Option("console", "--user", help="Who says it."),

@@ -22,7 +22,7 @@ the small fixed sets below. There is never a user, channel or subject label.
 | precinct_plugin_messages_in_total | counter | plugin | commands delivered to the plugin by the dispatcher |
 | precinct_plugin_messages_out_total | counter | plugin | messages the gateway relayed from the plugin |
 | precinct_plugin_replies_total | counter | plugin | commands the plugin answered (success or error) |
-| precinct_plugin_errors_total | counter | plugin | commands answered with an error or not answered in time |
+| precinct_plugin_errors_total | counter | plugin | commands that got no usable answer: no reply in time, no instance listening, a reply that is not JSON (a `success: false` answer is a reply, not an error) |
 | precinct_plugin_rate_limited_total | counter | plugin | messages the gateway dropped for the plugin's rate |
 | precinct_plugin_violations_total | counter | plugin, kind | violations (strikes' events): kind = rate_limit, permission, duplicate_reply, seccomp, landlock, egress |
 | precinct_plugin_refusals_total | counter | plugin, mechanism | every refusal by the sandbox: mechanism = seccomp, landlock, egress |
@@ -87,7 +87,8 @@ LOG_DROPPED = _m("precinct_plugin_log_dropped_bytes_total", COUNTER, "Plugin out
 MESSAGES_IN = _m("precinct_plugin_messages_in_total", COUNTER, "Commands delivered to the plugin")
 MESSAGES_OUT = _m("precinct_plugin_messages_out_total", COUNTER, "Messages relayed from the plugin by the gateway")
 REPLIES = _m("precinct_plugin_replies_total", COUNTER, "Commands the plugin answered")
-ERRORS = _m("precinct_plugin_errors_total", COUNTER, "Commands answered with an error or not answered in time")
+ERRORS = _m("precinct_plugin_errors_total", COUNTER,
+            "Commands that got no usable answer (timeout, no responders, a reply that is not JSON)")
 RATE_LIMITED = _m("precinct_plugin_rate_limited_total", COUNTER, "Messages dropped by the plugin's rate limit")
 VIOLATIONS = _m("precinct_plugin_violations_total", COUNTER, "Violations by kind", ("plugin", "kind"))
 REFUSALS = _m("precinct_plugin_refusals_total", COUNTER, "Refusals by the sandbox, by mechanism", ("plugin", "mechanism"))

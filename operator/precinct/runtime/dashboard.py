@@ -47,6 +47,14 @@ HISTORY = 90                  # samples kept per plugin (3 minutes at the defaul
 INTERVAL = 2.0                # seconds between samples
 STATS_TIMEOUT = 0.5           # seconds to wait for the gateway's / storage's counters
 DISPATCH_RESULTS = "precinct.dispatch.*.result"
+# What counts as an error (docs/monitoring.md). A plugin that answers
+# `{"success": false, "error": "no quote #42"}` has done its job: that is an
+# ordinary answer ("error" in the dispatcher's outcome), counted as a reply.
+# Errors are the commands that got no usable answer: no reply in time, no
+# instance listening, or a reply that is not JSON. (An exception inside a
+# handler reaches the dispatcher as no reply, so as a timeout.)
+ANSWERED = frozenset({"ok", "error"})
+FAILED = frozenset({"timeout", "no_responders", "bad_reply"})
 MAX_REQUEST_HEAD = 8192
 
 StatusFn = Callable[[], Awaitable[dict[str, Any]]]
@@ -117,11 +125,11 @@ class Monitor:
         if not plugin:
             return
         c = self.dispatch[plugin]
-        if status in ("ok", "error", "timeout"):
+        if status in ANSWERED or status in FAILED:
             c["messages_in"] += 1
-        if status in ("ok", "error"):
+        if status in ANSWERED:
             c["replies"] += 1
-        if status in ("error", "timeout"):
+        if status in FAILED:
             c["errors"] += 1
 
     async def _request(self, subject: str) -> dict[str, Any]:
@@ -213,7 +221,8 @@ class Monitor:
         if record:
             hist.append((round(now, 1), round(cpu_percent, 2), int(snap.get("memory_bytes") or 0), msgs))
         return {
-            "id": pid, "state": snap.get("state"), "ready": ready.get("status", "Unknown"),
+            "id": pid, "version": snap.get("version"), "revision": snap.get("revision"),
+            "digest": snap.get("digest"), "state": snap.get("state"), "ready": ready.get("status", "Unknown"),
             "reason": ready.get("reason", ""), "message": (ready.get("message") or "")[:300],
             "pid": snap.get("pid"), "restarts": snap.get("restarts", 0), "oom_kills": snap.get("oom_kills", 0),
             "log_dropped_bytes": snap.get("log_dropped_bytes", 0),
@@ -434,7 +443,7 @@ svg.spark{vertical-align:middle}
 <h1>precinct — plugin health</h1>
 <div id="meta">sample <span id="samples">–</span> · up <span id="uptime">–</span> s · <span id="services"></span><span id="refusal-note" class="bad"></span> <span id="error"></span></div>
 <table id="plugins"><thead><tr>
-<th>plugin</th><th>state</th><th>CPU</th><th>memory / limit</th><th>in</th><th>out</th>
+<th>plugin</th><th>version</th><th>state</th><th>CPU</th><th>memory / limit</th><th>in</th><th>out</th>
 <th>replies</th><th>errors</th><th>rate-limited</th><th>violations</th><th>refused</th><th>restarts</th><th>OOM</th><th>last exit</th>
 <th>memory (3 min)</th><th>CPU (3 min)</th></tr></thead><tbody></tbody></table>
 <script nonce="{{NONCE}}">
@@ -479,6 +488,8 @@ function render(view){
   for (const [id, p] of Object.entries(view.plugins || {})) {
     const tr = document.createElement("tr"); tr.dataset.plugin = id; const t = p.traffic || {}, v = p.violations || {};
     tr.appendChild(td(id, "name"));
+    const ver = td(p.version ? p.version + (p.revision ? " r" + p.revision : "") : "–", "version");
+    if (p.digest) ver.title = "code sha256 " + p.digest + "…"; tr.appendChild(ver);
     const st = td(""); const badge = document.createElement("span"); badge.className = "state " + p.state;
     badge.textContent = p.state; badge.title = "Ready " + p.ready + (p.reason ? " (" + p.reason + ")" : "") + (p.message ? ": " + p.message : "");
     st.appendChild(badge); tr.appendChild(st);

@@ -14,7 +14,8 @@ plugin writing as fast as it can. So:
   /dev/null: never copied into the supervisor) and counted in `dropped_bytes`.
   A plugin writing faster than the pipe drains blocks in its own `write`,
   which costs only itself;
-* only the last `tail_lines` lines are kept, each cut to `line_max`
+* only the last `tail_lines` lines are kept (what `precinct logs` shows;
+  `precinct status` shows the last `STATUS_LINES`), each cut to `line_max`
   characters, with control characters replaced, so `precinct status` cannot
   be used to send escape sequences to an operator's terminal.
 """
@@ -37,7 +38,8 @@ READ_CHUNK = 1 << 20
 DEFAULT_RATE = 16 * 1024          # bytes per second kept, sustained
 DEFAULT_BURST = 256 * 1024        # bytes kept in one go before the rate applies
 DEFAULT_INTERVAL = 0.1            # seconds between reads: at most 10 wake-ups a second
-TAIL_LINES = 20
+TAIL_LINES = 200                  # at most 200 * LINE_MAX characters per plugin
+STATUS_LINES = 20
 LINE_MAX = 500
 
 # Every C0/C1 control character except tab becomes U+FFFD.
@@ -77,10 +79,25 @@ class PluginLog:
         self._partial = b""          # the line being assembled, at most line_max * 4 bytes
         self._partial_len = 0        # its real length, for the "[+N bytes]" note
         self._dropping = False
+        self.lines_total = 0         # lines ever kept: the sequence number `precinct logs -f` follows
 
     def note(self, text: str) -> None:
         """A line from the supervisor itself (launch failures, missed pings)."""
-        self.tail.append(text[: self.line_max])
+        self._keep(text[: self.line_max])
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.lines_total += 1
+
+    def since(self, seq: int | None) -> tuple[list[str], int, int]:
+        """(lines kept after sequence number `seq`, the next one to ask for,
+        how many of those are no longer in the tail). `None`: the whole tail."""
+        lines = list(self.tail)
+        if seq is None:
+            return lines, self.lines_total, 0
+        wanted = max(0, self.lines_total - max(0, seq))
+        shown = lines[len(lines) - min(wanted, len(lines)):] if wanted else []
+        return shown, self.lines_total, wanted - len(shown)
 
     # -- reading -------------------------------------------------------------------
 
@@ -172,10 +189,12 @@ class PluginLog:
         self._flush()
         middle = parts[1:-1]
         # Only the last lines can stay in the tail: skip the rest without touching them.
-        for line in middle[-self.tail.maxlen:] if self.tail.maxlen else middle:
+        kept = middle[-self.tail.maxlen:] if self.tail.maxlen else middle
+        self.lines_total += len(middle) - len(kept)     # skipped, but `precinct logs -f` reports them missed
+        for line in kept:
             if line.strip():
-                self.tail.append(clean(line, self.line_max) + (f" [+{len(line) - self.line_max} bytes]"
-                                                                 if len(line) > self.line_max else ""))
+                self._keep(clean(line, self.line_max) + (f" [+{len(line) - self.line_max} bytes]"
+                                                           if len(line) > self.line_max else ""))
         self._extend(parts[-1])
 
     def _extend(self, piece: bytes) -> None:
@@ -187,5 +206,5 @@ class PluginLog:
     def _flush(self) -> None:
         if self._partial_len and self._partial.strip():
             extra = self._partial_len - self.line_max
-            self.tail.append(clean(self._partial, self.line_max) + (f" [+{extra} bytes]" if extra > 0 else ""))
+            self._keep(clean(self._partial, self.line_max) + (f" [+{extra} bytes]" if extra > 0 else ""))
         self._partial, self._partial_len = b"", 0

@@ -220,6 +220,13 @@ class Rollouts:
         counts = self.outcomes.setdefault(pid, {})
         counts[outcome] = counts.get(outcome, 0) + 1
 
+    def revision(self, pid: str) -> int:
+        """Which accepted version of `pid` this supervisor runs: 1 at start,
+        +1 for every reload that took over (code or config), as a cluster's
+        `status.revision` counts applied spec changes. A rolled-back reload
+        does not count: the previous revision keeps serving."""
+        return 1 + self.outcomes.get(pid, {}).get("succeeded", 0)
+
     async def replace(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> None:
         pid = new.plugin.id
         started = time.monotonic()

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 
 from .. import conditions as cond
 from ..conditions import Conditions
-from .plugin_log import PluginLog
+from .plugin_log import STATUS_LINES, PluginLog
 from .procstats import ProcessStats, sample
 
 STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REJECTED, SUSPENDED = (
@@ -167,7 +167,7 @@ class Slot:
         if proc and proc.returncode is None:
             stats: ProcessStats = self.confinement.sample(self.id, proc.pid)
             self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
-        self.status.stderr_tail = list(self.log.tail)
+        self.status.stderr_tail = list(self.log.tail)[-STATUS_LINES:]
         self.status.log_bytes, self.status.log_dropped_bytes = self.log.kept_bytes, self.log.dropped_bytes
         self.status.enforcement = self.confinement.enforcement(self.id)
         self.status.conditions = self.conditions.to_list()

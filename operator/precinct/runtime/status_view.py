@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from .top_view import version_text
+
 
 
 def _mib(n: int | None) -> str:
@@ -24,13 +26,13 @@ def render_status(status: dict, console: Console | None = None) -> None:
     # Piped output (scripts, CI logs) is not limited to 80 columns.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     table = Table(title=f"precinct — NATS {status.get('nats')} — state {status.get('state_dir')}")
-    for col in ("PLUGIN", "STATE", "READY", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY / LIMIT"):
+    for col in ("PLUGIN", "VERSION", "STATE", "READY", "PID", "UID", "RESTARTS", "LAST EXIT", "CPU s", "MEMORY / LIMIT"):
         table.add_column(col, overflow="fold")
     for pid, p in status.get("plugins", {}).items():
         ready, reason = _ready(p.get("conditions"))
         limit = (p.get("limits") or {}).get("memory_bytes")
         memory = _mib(p.get("memory_bytes")) + (f" / {_mib(limit)}" if limit else "")
-        table.add_row(pid, p.get("state", "?"), f"{ready} {reason}".strip(), str(p.get("pid") or "-"),
+        table.add_row(pid, version_text(p), p.get("state", "?"), f"{ready} {reason}".strip(), str(p.get("pid") or "-"),
                       str(p.get("uid") if p.get("uid") is not None else "-"), str(p.get("restarts", 0)),
                       p.get("last_exit") or "-", f"{p.get('cpu_seconds', 0):.2f}", memory)
     console.print(table)

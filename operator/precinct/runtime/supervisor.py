@@ -203,7 +203,8 @@ class Supervisor:
         for name, launcher in self.service_launchers.items():
             self.services[name] = Slot(name, launcher, self._alive, self.policy)
             self.services[name].start()
-        self.control = ControlServer(self.state_dir, {"status": self._op_status, "resume": self._op_resume})
+        self.control = ControlServer(self.state_dir, {"status": self._op_status, "resume": self._op_resume,
+                                                     "logs": self._op_logs})
         await self.control.start()
         from .dashboard import Monitoring
         self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({}), nc=self._nc,
@@ -602,6 +603,9 @@ class Supervisor:
             refusals = getattr(self.confinement, "refusals", None)
             snap["refusals"] = refusals(pid) if refusals is not None else {}
             snap["reloads"] = dict(self.rollouts.outcomes.get(pid, {}))
+            snap["version"] = entry.plugin.spec.version
+            snap["revision"] = self.rollouts.revision(pid)
+            snap["digest"] = entry.digest.partition(":")[2][:12]   # the code's sha256, short
             snap["folder"] = str(entry.folder)
             snap["limits"] = asdict(entry.plan.limits)
             snap["permissions"] = list(entry.plan.permissions)
@@ -625,6 +629,26 @@ class Supervisor:
         return {"plugins": plugins, "services": services, "nats": self.server_url,
                 "refusals": reporting() if reporting is not None else {},
                 "state_dir": str(self.state_dir), "uptime_seconds": round(time.time() - self.started_at, 1)}
+
+    async def _op_logs(self, request: dict) -> dict:
+        """`precinct logs PLUGIN [-f]`: the plugin's captured output (plugin_log.py
+        keeps the last TAIL_LINES lines, sanitised). `since` (a sequence number
+        from the previous answer) returns only newer lines, for following."""
+        name = str(request.get("plugin") or "").strip()
+        entry = self.entries.get(name)
+        if entry is None:
+            rejected = sorted(info.get("id") or folder for folder, info in self.rejected.items())
+            hint = f"; {name} was rejected: see `precinct status`" if name in rejected else ""
+            raise ControlError(f"no plugin {name!r} is running here (known: "
+                               f"{', '.join(sorted(self.entries)) or 'none'}){hint}")
+        since = request.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise ControlError("since must be a sequence number (a whole number >= 0) from an earlier answer")
+        lines, next_seq, missed = entry.slot.log.since(since)
+        return {"plugin": name, "state": entry.slot.status.state, "lines": lines, "next": next_seq,
+                "missed": missed, "dropped_bytes": entry.slot.log.dropped_bytes,
+                # A hot reload gives the plugin a new log: a follower starts over on it.
+                "log_id": f"{id(entry.slot.log):x}"}
 
     async def _op_resume(self, request: dict) -> dict:
         """`precinct plugin resume NAME`: lift a suspension and start the plugin."""

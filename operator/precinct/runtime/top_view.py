@@ -29,11 +29,18 @@ def sparkline(values: list[float], width: int = 20) -> str:
     return "".join(BLOCKS[min(len(BLOCKS) - 1, int(v / top * (len(BLOCKS) - 1)))] for v in values)
 
 
+def version_text(p: dict[str, Any]) -> str:
+    """`1.2.0 r3`: the manifest's version and the supervisor's revision (1 + reloads that took over)."""
+    if not p.get("version"):
+        return "-"
+    return f"{p['version']} r{p['revision']}" if p.get("revision") else str(p["version"])
+
+
 def frame(view: dict[str, Any]) -> Group:
     services = ", ".join(f"{n} {s.get('state')}" for n, s in (view.get("services") or {}).items())
     title = f"precinct top — up {view.get('uptime_seconds', '?')} s — {services}"
     table = Table(title=title, expand=False)
-    for col in ("PLUGIN", "STATE", "CPU", "MEMORY / LIMIT", "IN", "OUT", "REPLIES", "ERR", "RATE-LTD",
+    for col in ("PLUGIN", "VERSION", "STATE", "CPU", "MEMORY / LIMIT", "IN", "OUT", "REPLIES", "ERR", "RATE-LTD",
                 "VIOLATIONS", "RESTARTS", "OOM", "LAST EXIT", "MEMORY HISTORY"):
         table.add_column(col, overflow="fold", justify="right" if col in (
             "CPU", "IN", "OUT", "REPLIES", "ERR", "RATE-LTD", "RESTARTS", "OOM") else "left")
@@ -48,7 +55,7 @@ def frame(view: dict[str, Any]) -> Group:
         strikes = (p.get("violations") or {}).get("strikes") or 0
         violations = (kinds or "none") + (f" ({strikes} strikes)" if strikes else "")
         state = p.get("state") or "?"
-        table.add_row(pid, Text(state, style=STATE_STYLE.get(state, "")), cpu, mem,
+        table.add_row(pid, version_text(p), Text(state, style=STATE_STYLE.get(state, "")), cpu, mem,
                       str(traffic.get("messages_in", 0)), str(traffic.get("messages_out", 0)),
                       str(traffic.get("replies", 0)), str(traffic.get("errors", 0)),
                       str(traffic.get("rate_limited", 0)), violations, str(p.get("restarts", 0)),

@@ -117,6 +117,14 @@ def render_error(error: Any) -> str:
     return error if isinstance(error, str) else _short(readable(error))
 
 
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def format_answer(raw: bytes) -> tuple[bool, str]:
     """A Rosey reply -> (success, text for chat)."""
     try:
@@ -341,7 +349,9 @@ class Dispatcher:
             outcome.update(status="timeout", message=f"plugin {plugin} did not answer !{word} within {self.timeout:g} s")
         else:
             ok, text = format_answer(raw)
-            outcome.update(status="ok" if ok else "error", message=text)
+            # "error": the plugin answered `success: false` (an ordinary answer,
+            # e.g. an unknown quote); "bad_reply": what came back is not JSON.
+            outcome.update(status="ok" if ok else ("error" if _is_json(raw) else "bad_reply"), message=text)
             if len(raw) <= MAX_REPLY_IN_OUTCOME:
                 # The plugin's own reply, for scripts (`precinct say --json`): chat gets the text.
                 with contextlib.suppress(ValueError, UnicodeDecodeError):
