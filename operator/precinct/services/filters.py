@@ -266,7 +266,8 @@ class FilterCompiler:
 
 
 def compile_sort(sort: Any, fields: dict[str, str]) -> str:
-    """{"field": "score", "order": "desc"} or a list of those -> ORDER BY text."""
+    """{"field": "score", "order": "desc"} or a list of those -> ORDER BY text.
+    "direction" is accepted for "order" (Rosey's plugins send `order_by` items that way)."""
     if sort is None:
         return ""
     items = sort if isinstance(sort, list) else [sort]
@@ -278,7 +279,9 @@ def compile_sort(sort: Any, fields: dict[str, str]) -> str:
             raise invalid('each sort item is {"field": name, "order": "asc"|"desc"}')
         if item["field"] not in fields:
             raise StorageError("UNKNOWN_FIELD", f"cannot sort by unknown field {item['field'][:64]!r}")
-        order = str(item.get("order", "asc")).lower()
+        if "order" in item and "direction" in item:
+            raise invalid("a sort item takes 'order' or 'direction', not both")
+        order = str(item.get("order", item.get("direction", "asc"))).lower()
         if order not in ("asc", "desc"):
             raise invalid("sort order must be 'asc' or 'desc'")
         parts.append(f"{quote(item['field'])} {order.upper()}")
