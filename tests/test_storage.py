@@ -645,3 +645,35 @@ async def test_countdown_shaped_select_update_delete_by_filters(storage, nats_en
     unknown = await ask(cd.nc, "rosey.db.row.quotes.delete", {"table": "countdowns", "filters": {"nope": 1}})
     assert code_of(unknown) == "UNKNOWN_FIELD", unknown
     assert len((await call("search", {}))["rows"]) == 3
+
+
+async def test_migration_errors_in_roseys_shape_and_status_readable_by_the_plugin(storage, nats_env: NatsEnv):
+    _service, platform, folders = storage
+    mdir = folders["quotes"] / "migrations"
+    mdir.mkdir(parents=True)
+    (mdir / "001_create_countdowns_table.sql").write_text(COUNTDOWN_MIGRATION)
+    (mdir / "002_add_paused.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN is_paused BOOLEAN;\n")
+    # countdown's own 002 re-adds a column 001 made: the plugin's bug, reported naming the file.
+    (mdir / "003_readd_completed.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN completed BOOLEAN;\n")
+    cd = await nats_env.plugin("quotes")
+
+    failed = await ask(platform.nc, ADMIN_MIGRATE, {"plugin": "quotes", "folder": str(folders["quotes"])})
+    # Rosey: {"success": false, "error": {code, message}, "applied": [...], "current_version": n}
+    assert failed["success"] is False and code_of(failed) == "MIGRATION_FAILED", failed
+    assert "003_readd_completed.sql" in failed["error"]["message"] and "completed" in failed["error"]["message"]
+    assert [m["version"] for m in failed["applied"]] == [1, 2] and failed["current_version"] == 2, failed
+    assert "applied" not in failed["error"] and "current_version" not in failed["error"]
+
+    status = await ask(cd.nc, "rosey.db.migrate.quotes.status", {})
+    assert status["success"] and status["current_version"] == 2, status
+    assert [m["filename"] for m in status["pending_migrations"]] == ["003_readd_completed.sql"]
+
+    (mdir / "003_readd_completed.sql").unlink()
+    (mdir / "002_add_paused.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN paused BOOLEAN;\n")
+    changed = await ask(platform.nc, ADMIN_MIGRATE, {"plugin": "quotes", "folder": str(folders["quotes"])})
+    assert code_of(changed) == "MIGRATION_CHANGED" and "002_add_paused.sql" in changed["error"]["message"], changed
+    assert changed["applied"] == [] and changed["current_version"] == 2, changed
+
+    # Applying is the platform's: the plugin's account cannot even reach it.
+    with pytest.raises((NoRespondersError, NatsTimeout)):
+        await cd.nc.request("rosey.db.migrate.quotes.apply", b"{}", timeout=1.0)

@@ -54,6 +54,9 @@ UPDATE_OPERATORS = ("$set", "$inc", "$dec", "$mul", "$max", "$min")
 AGGREGATES = {"$count": "count", "$sum": "sum", "$avg": "avg", "$min": "min", "$max": "max"}
 
 
+REPLY_TOP_LEVEL = ("applied", "current_version")
+
+
 class StorageError(Exception):
     """A request the storage service refuses; `code` is machine-readable."""
 
@@ -64,7 +67,11 @@ class StorageError(Exception):
         self.extra = extra
 
     def reply(self) -> dict[str, Any]:
-        return {"success": False, "error": {"code": self.code, "message": self.message, **self.extra}}
+        # Rosey answers a failed migration with `applied` and `current_version`
+        # beside `error`, not inside it; every other detail goes in `error`.
+        top = {k: v for k, v in self.extra.items() if k in REPLY_TOP_LEVEL}
+        inner = {k: v for k, v in self.extra.items() if k not in REPLY_TOP_LEVEL}
+        return {"success": False, "error": {"code": self.code, "message": self.message, **inner}, **top}
 
 
 def invalid(message: str) -> StorageError:

@@ -818,17 +818,22 @@ class PluginDB:
         return result
 
     def _checked_migrations(self, folder: Path | None) -> tuple[list[Migration], dict[int, dict], int]:
-        migrations = read_migrations(folder)
         done = {a["version"]: a for a in self._applied()}
         current = max(done, default=0)
+        try:
+            migrations = read_migrations(folder)
+        except StorageError as exc:   # Rosey's shape: nothing applied, and where the database stands
+            raise StorageError(exc.code, exc.message, **exc.extra, applied=[], current_version=current) from None
         for m in migrations:
             if m.version in done and done[m.version]["checksum"] != m.checksum:
                 raise StorageError("MIGRATION_CHANGED",
                                    f"migrations/{m.filename} changed after it was applied; "
-                                   "add a new migration instead of editing an applied one")
+                                   "add a new migration instead of editing an applied one",
+                                   applied=[], current_version=current)
             if m.version not in done and m.version < current:
                 raise StorageError("MIGRATION_INVALID",
-                                   f"migrations/{m.filename} is older than the applied version {current}")
+                                   f"migrations/{m.filename} is older than the applied version {current}",
+                                   applied=[], current_version=current)
         return migrations, done, current
 
     def pending(self, folder: Path | None) -> dict | None:
