@@ -640,6 +640,8 @@ async def test_countdown_shaped_select_update_delete_by_filters(storage, nats_en
                  {"filters": {}, "data": {"completed": False}}):
         refused = await ask(cd.nc, "rosey.db.row.quotes.update", {"table": "countdowns", **body})
         assert code_of(refused) == "VALIDATION_ERROR", refused
+    both = await ask(cd.nc, "rosey.db.row.quotes.select", {"table": "countdowns", "id": movie_id, "filters": {"name": "x"}})
+    assert code_of(both) == "VALIDATION_ERROR", both
     refused = await ask(cd.nc, "rosey.db.row.quotes.delete", {"table": "countdowns", "filters": {}})
     assert code_of(refused) == "VALIDATION_ERROR", refused
     unknown = await ask(cd.nc, "rosey.db.row.quotes.delete", {"table": "countdowns", "filters": {"nope": 1}})

@@ -614,6 +614,8 @@ class PluginDB:
 
     def select(self, request: dict) -> dict:
         table = _table_name(request.get("table"))
+        if "id" in request and "filters" in request:
+            raise invalid("give either 'id' or 'filters', not both")
         if "id" not in request:
             return self.search(request)   # select by filters: rows, as search answers
         row_id = _row_id(request.get("id"))
