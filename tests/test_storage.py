@@ -546,3 +546,136 @@ async def test_a_request_during_a_restart_gets_an_error_or_is_retried(storage_pr
     reply = await asyncio.wait_for(pending, DEADLINE)
     assert reply["success"]
     assert (await ask(a.nc, "rosey.db.kv.get", {"key": "k"}))["data"]["value"] == "retried"
+
+
+# -- parity with Rosey's plugins (issue 16) ----------------------------------------------
+
+# The shape of countdown's own migration 001: the table is made by SQL, never
+# registered, with TIMESTAMP/BOOLEAN columns and its own created_at.
+COUNTDOWN_MIGRATION = """-- UP
+CREATE TABLE countdowns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    target_time TIMESTAMP NOT NULL,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    completed BOOLEAN DEFAULT FALSE NOT NULL,
+    UNIQUE(channel, name)
+);
+-- DOWN
+DROP TABLE countdowns;
+"""
+
+
+async def test_plugin_written_created_at_is_kept_and_immutable_afterwards(storage, nats_env: NatsEnv):
+    a = await nats_env.plugin("a")
+    assert (await ask(a.nc, "rosey.db.row.a.schema.register", QUOTES_SCHEMA))["success"]
+    written = await ask(a.nc, "rosey.db.row.a.insert", {"table": "quotes", "data": {
+        "text": "old", "created_at": "2025-11-24T20:00:00+00:00", "updated_at": "2025-11-25T08:00:00Z"}})
+    assert written["success"], written
+    stamped = await ask(a.nc, "rosey.db.row.a.insert", {"table": "quotes", "data": {"text": "new", "created_at": None}})
+    assert stamped["success"], stamped
+    old = (await ask(a.nc, "rosey.db.row.a.select", {"table": "quotes", "id": written["id"]}))["data"]
+    assert old["created_at"].startswith("2025-11-24T20:00:00") and old["updated_at"].startswith("2025-11-25T08:00:00")
+    new = (await ask(a.nc, "rosey.db.row.a.select", {"table": "quotes", "id": stamped["id"]}))["data"]
+    assert new["created_at"] > old["created_at"]   # null means "now", as when it is left out
+
+    bad = await ask(a.nc, "rosey.db.row.a.insert", {"table": "quotes", "data": {"text": "x", "created_at": "yesterday"}})
+    assert code_of(bad) == "VALIDATION_ERROR" and "created_at" in bad["error"]["message"], bad
+    # As in Rosey: id and created_at never change after insert; updated_at is the service's.
+    for field in ("id", "created_at", "updated_at"):
+        refused = await ask(a.nc, "rosey.db.row.a.update", {"table": "quotes", "id": written["id"],
+                                                              "data": {field: "2026-01-01T00:00:00Z"}})
+        assert code_of(refused) == "VALIDATION_ERROR" and field in refused["error"]["message"], refused
+    again = (await ask(a.nc, "rosey.db.row.a.select", {"table": "quotes", "id": written["id"]}))["data"]
+    assert again["created_at"] == old["created_at"]
+
+
+async def test_countdown_shaped_select_update_delete_by_filters(storage, nats_env: NatsEnv):
+    _service, platform, folders = storage
+    mdir = folders["quotes"] / "migrations"
+    mdir.mkdir(parents=True)
+    (mdir / "001_create_countdowns_table.sql").write_text(COUNTDOWN_MIGRATION)
+    applied = await ask(platform.nc, ADMIN_MIGRATE, {"plugin": "quotes", "folder": str(folders["quotes"])})
+    assert applied["success"], applied
+    cd = await nats_env.plugin("quotes")
+
+    async def call(op: str, body: dict) -> dict:
+        reply = await ask(cd.nc, f"rosey.db.row.quotes.{op}", {"table": "countdowns", **body})
+        assert reply["success"], (op, body, reply)
+        return reply
+
+    for name, channel, target in (("movie", "lobby", "2026-12-01T20:00:00+00:00"),
+                                  ("party", "lobby", "2026-12-24T18:00:00+00:00"),
+                                  ("launch", "lobby", "2026-12-02T09:00:00+00:00"),
+                                  ("movie", "other", "2026-12-03T20:00:00+00:00")):
+        await call("insert", {"data": {"name": name, "channel": channel, "target_time": target,
+                                       "created_at": "2026-11-30T12:00:00+00:00", "completed": False}})
+
+    # select by filters, with countdown's order_by/direction and limit: rows, as search answers.
+    one = await call("select", {"filters": {"channel": {"$eq": "lobby"}, "name": {"$eq": "movie"}}, "limit": 1})
+    assert [r["name"] for r in one["rows"]] == ["movie"] and one["rows"][0]["channel"] == "lobby"
+    assert one["rows"][0]["created_at"].startswith("2026-11-30T12:00:00") and one["rows"][0]["completed"] is False
+    ordered = await call("select", {"filters": {"channel": {"$eq": "lobby"}, "completed": {"$eq": False}},
+                                    "order_by": [{"field": "target_time", "direction": "desc"}], "limit": 2})
+    assert [r["name"] for r in ordered["rows"]] == ["party", "launch"] and ordered["truncated"] is True
+    counted = await call("select", {"filters": {"channel": {"$eq": "lobby"}, "completed": {"$eq": False}},
+                                    "count_only": True})
+    assert counted["count"] == 3 and counted["rows"] == []
+
+    # update and delete by filters report how many rows they touched.
+    movie_id = one["rows"][0]["id"]
+    done = await call("update", {"filters": {"id": {"$eq": movie_id}}, "data": {"completed": True}})
+    assert done == {"success": True, "updated": True, "count": 1}
+    assert (await call("select", {"id": movie_id}))["data"]["completed"] is True
+    nothing = await call("update", {"filters": {"name": {"$eq": "nope"}}, "data": {"completed": True}})
+    assert nothing["updated"] is False and nothing["count"] == 0
+    gone = await call("delete", {"filters": {"channel": {"$eq": "lobby"}, "name": {"$eq": "party"}}})
+    assert gone == {"success": True, "deleted": True, "count": 1}
+    left = await call("search", {"sort": {"field": "id"}})
+    assert [(r["channel"], r["name"]) for r in left["rows"]] == [("lobby", "movie"), ("lobby", "launch"), ("other", "movie")]
+
+    # Addressing is explicit: never both, never an empty filter that would hit every row by accident.
+    for body in ({"id": movie_id, "filters": {"name": "movie"}, "data": {"completed": False}},
+                 {"filters": {}, "data": {"completed": False}}):
+        refused = await ask(cd.nc, "rosey.db.row.quotes.update", {"table": "countdowns", **body})
+        assert code_of(refused) == "VALIDATION_ERROR", refused
+    both = await ask(cd.nc, "rosey.db.row.quotes.select", {"table": "countdowns", "id": movie_id, "filters": {"name": "x"}})
+    assert code_of(both) == "VALIDATION_ERROR", both
+    refused = await ask(cd.nc, "rosey.db.row.quotes.delete", {"table": "countdowns", "filters": {}})
+    assert code_of(refused) == "VALIDATION_ERROR", refused
+    unknown = await ask(cd.nc, "rosey.db.row.quotes.delete", {"table": "countdowns", "filters": {"nope": 1}})
+    assert code_of(unknown) == "UNKNOWN_FIELD", unknown
+    assert len((await call("search", {}))["rows"]) == 3
+
+
+async def test_migration_errors_in_roseys_shape_and_status_readable_by_the_plugin(storage, nats_env: NatsEnv):
+    _service, platform, folders = storage
+    mdir = folders["quotes"] / "migrations"
+    mdir.mkdir(parents=True)
+    (mdir / "001_create_countdowns_table.sql").write_text(COUNTDOWN_MIGRATION)
+    (mdir / "002_add_paused.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN is_paused BOOLEAN;\n")
+    # countdown's own 002 re-adds a column 001 made: the plugin's bug, reported naming the file.
+    (mdir / "003_readd_completed.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN completed BOOLEAN;\n")
+    cd = await nats_env.plugin("quotes")
+
+    failed = await ask(platform.nc, ADMIN_MIGRATE, {"plugin": "quotes", "folder": str(folders["quotes"])})
+    # Rosey: {"success": false, "error": {code, message}, "applied": [...], "current_version": n}
+    assert failed["success"] is False and code_of(failed) == "MIGRATION_FAILED", failed
+    assert "003_readd_completed.sql" in failed["error"]["message"] and "completed" in failed["error"]["message"]
+    assert [m["version"] for m in failed["applied"]] == [1, 2] and failed["current_version"] == 2, failed
+    assert "applied" not in failed["error"] and "current_version" not in failed["error"]
+
+    status = await ask(cd.nc, "rosey.db.migrate.quotes.status", {})
+    assert status["success"] and status["current_version"] == 2, status
+    assert [m["filename"] for m in status["pending_migrations"]] == ["003_readd_completed.sql"]
+
+    (mdir / "003_readd_completed.sql").unlink()
+    (mdir / "002_add_paused.sql").write_text("-- UP\nALTER TABLE countdowns ADD COLUMN paused BOOLEAN;\n")
+    changed = await ask(platform.nc, ADMIN_MIGRATE, {"plugin": "quotes", "folder": str(folders["quotes"])})
+    assert code_of(changed) == "MIGRATION_CHANGED" and "002_add_paused.sql" in changed["error"]["message"], changed
+    assert changed["applied"] == [] and changed["current_version"] == 2, changed
+
+    # Applying is the platform's: the plugin's account cannot even reach it.
+    with pytest.raises((NoRespondersError, NatsTimeout)):
+        await cd.nc.request("rosey.db.migrate.quotes.apply", b"{}", timeout=1.0)

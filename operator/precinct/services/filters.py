@@ -54,6 +54,9 @@ UPDATE_OPERATORS = ("$set", "$inc", "$dec", "$mul", "$max", "$min")
 AGGREGATES = {"$count": "count", "$sum": "sum", "$avg": "avg", "$min": "min", "$max": "max"}
 
 
+REPLY_TOP_LEVEL = ("applied", "current_version")
+
+
 class StorageError(Exception):
     """A request the storage service refuses; `code` is machine-readable."""
 
@@ -64,7 +67,11 @@ class StorageError(Exception):
         self.extra = extra
 
     def reply(self) -> dict[str, Any]:
-        return {"success": False, "error": {"code": self.code, "message": self.message, **self.extra}}
+        # Rosey answers a failed migration with `applied` and `current_version`
+        # beside `error`, not inside it; every other detail goes in `error`.
+        top = {k: v for k, v in self.extra.items() if k in REPLY_TOP_LEVEL}
+        inner = {k: v for k, v in self.extra.items() if k not in REPLY_TOP_LEVEL}
+        return {"success": False, "error": {"code": self.code, "message": self.message, **inner}, **top}
 
 
 def invalid(message: str) -> StorageError:
@@ -266,7 +273,8 @@ class FilterCompiler:
 
 
 def compile_sort(sort: Any, fields: dict[str, str]) -> str:
-    """{"field": "score", "order": "desc"} or a list of those -> ORDER BY text."""
+    """{"field": "score", "order": "desc"} or a list of those -> ORDER BY text.
+    "direction" is accepted for "order" (Rosey's plugins send `order_by` items that way)."""
     if sort is None:
         return ""
     items = sort if isinstance(sort, list) else [sort]
@@ -278,7 +286,9 @@ def compile_sort(sort: Any, fields: dict[str, str]) -> str:
             raise invalid('each sort item is {"field": name, "order": "asc"|"desc"}')
         if item["field"] not in fields:
             raise StorageError("UNKNOWN_FIELD", f"cannot sort by unknown field {item['field'][:64]!r}")
-        order = str(item.get("order", "asc")).lower()
+        if "order" in item and "direction" in item:
+            raise invalid("a sort item takes 'order' or 'direction', not both")
+        order = str(item.get("order", item.get("direction", "asc"))).lower()
         if order not in ("asc", "desc"):
             raise invalid("sort order must be 'asc' or 'desc'")
         parts.append(f"{quote(item['field'])} {order.upper()}")

@@ -526,13 +526,22 @@ class PluginDB:
 
     # -- rows -------------------------------------------------------------------------------
 
-    def _validate_row(self, row: Any, declared: dict[str, dict], partial: bool) -> dict[str, Any]:
+    def _validate_row(self, row: Any, declared: dict[str, dict], partial: bool,
+                      stamps: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """`stamps`: the reserved time-stamp columns a plugin may write itself
+        (on insert, as Rosey accepts them; null means "now")."""
         if not isinstance(row, dict):
             raise invalid("each row must be a JSON object of field: value")
         out: dict[str, Any] = {}
         for name, value in row.items():
             if name in RESERVED_COLUMNS:
-                raise invalid(f"field {name!r} is set by the storage service")
+                if name in stamps:
+                    out[name] = coerce(name, "datetime", value)
+                    continue
+                if name == "id":
+                    raise invalid("field 'id' is set by the storage service")
+                raise invalid(f"field {name!r} cannot be changed after insert (Rosey's immutable fields: id, "
+                              "created_at; updated_at is set on every update)")
             field = declared.get(name)
             if field is None:
                 raise StorageError("UNKNOWN_FIELD", f"no field {name[:64]!r} in this table")
@@ -560,14 +569,15 @@ class PluginDB:
             raise invalid(f"insert 1 to {MAX_INSERT_ROWS} rows at a time")
         declared, _types = self._schema(table)
         columns = self._table_columns(table)
-        validated = [self._validate_row(r, declared, partial=False) for r in rows]
+        stamps = frozenset(s for s in ("created_at", "updated_at") if s in columns)
+        validated = [self._validate_row(r, declared, partial=False, stamps=stamps) for r in rows]
         ids = []
         with self._write() as db:
             now = utc_now()
             for row in validated:
                 values = dict(row)
-                for stamp in ("created_at", "updated_at"):
-                    if stamp in columns:
+                for stamp in stamps:
+                    if values.get(stamp) is None:   # Rosey keeps a plugin-written time, else stamps now
                         values[stamp] = now
                 names = list(values)
                 if names:
@@ -589,8 +599,25 @@ class PluginDB:
             out[name] = _plain(value)
         return out
 
+    @staticmethod
+    def _by_filters(request: dict) -> bool:
+        """Rows are addressed by 'id' (Rosey's API) or by 'filters' (what
+        Rosey's plugins, countdown for one, send): exactly one of the two."""
+        if "id" in request and "filters" in request:
+            raise invalid("give either 'id' or 'filters', not both")
+        if "filters" in request:
+            if not isinstance(request["filters"], dict) or not request["filters"]:
+                raise invalid("'filters' must be a non-empty filter object (to address every row use "
+                              "{\"id\": {\"$gt\": 0}})")
+            return True
+        return False
+
     def select(self, request: dict) -> dict:
         table = _table_name(request.get("table"))
+        if "id" in request and "filters" in request:
+            raise invalid("give either 'id' or 'filters', not both")
+        if "id" not in request:
+            return self.search(request)   # select by filters: rows, as search answers
         row_id = _row_id(request.get("id"))
         _declared, types = self._schema(table)
         with self._read() as db:
@@ -602,7 +629,8 @@ class PluginDB:
 
     def update(self, request: dict) -> dict:
         table = _table_name(request.get("table"))
-        row_id = _row_id(request.get("id"))
+        by_filters = self._by_filters(request)
+        row_id = None if by_filters else _row_id(request.get("id"))
         data, operations = request.get("data"), request.get("operations")
         if (data is None) == (operations is None):
             raise invalid("give either 'data' (new values) or 'operations' (atomic updates), not both or neither")
@@ -619,19 +647,31 @@ class PluginDB:
         if "updated_at" in columns:
             sets.append('"updated_at" = ?')
             params.append(utc_now())
+        if by_filters:
+            where, where_params = FilterCompiler(types).compile(request["filters"])
+        else:
+            where, where_params = "id = ?", [row_id]
         with self._write() as db:
-            changed = db.execute(f"UPDATE {quote(table)} SET {', '.join(sets)} WHERE id = ?",  # nosec B608 - validated, quote()d identifiers; values bound
-                                 [*params, row_id]).rowcount
+            changed = db.execute(f"UPDATE {quote(table)} SET {', '.join(sets)} WHERE {where}",  # nosec B608 - validated, quote()d identifiers; values bound
+                                 [*params, *where_params]).rowcount
+        if by_filters:
+            return {"updated": changed > 0, "count": changed}
         if not changed:
             return {"id": row_id, "exists": False, "updated": False}
         return {"id": row_id, "updated": True}
 
     def delete(self, request: dict) -> dict:
         table = _table_name(request.get("table"))
-        row_id = _row_id(request.get("id"))
-        self._schema(table)
+        if self._by_filters(request):
+            _declared, types = self._schema(table)
+            where, params = FilterCompiler(types).compile(request["filters"])
+        else:
+            self._schema(table)
+            where, params = "id = ?", [_row_id(request.get("id"))]
         with self._write(check_quota=False) as db:   # deleting is how one gets back under quota
-            deleted = db.execute(f"DELETE FROM {quote(table)} WHERE id = ?", (row_id,)).rowcount  # nosec B608 - validated, quote()d identifier; values bound
+            deleted = db.execute(f"DELETE FROM {quote(table)} WHERE {where}", params).rowcount  # nosec B608 - validated, quote()d identifiers; values bound
+        if "filters" in request:
+            return {"deleted": deleted > 0, "count": deleted}
         return {"deleted": bool(deleted)}
 
     def search(self, request: dict) -> dict:
@@ -639,6 +679,12 @@ class PluginDB:
         _declared, types = self._schema(table)
         where, params = FilterCompiler(types).compile(request.get("filters"))
         where_sql = f" WHERE {where}" if where else ""
+        if request.get("count_only") is not None and not isinstance(request["count_only"], bool):
+            raise invalid("'count_only' must be true or false")
+        if request.get("count_only"):
+            with self._read() as db:
+                count = db.execute(f"SELECT count(*) FROM {quote(table)}{where_sql}", params).fetchone()[0]  # nosec B608 - identifiers validated and quote()d, the filter built from them with bound values
+            return {"count": count, "rows": []}
         if request.get("aggregates") is not None:
             select_list, names = compile_aggregates(request["aggregates"], types)
             with self._read() as db:
@@ -652,7 +698,9 @@ class PluginDB:
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 10**9:
             raise invalid("'offset' must be a non-negative integer")
         limit = min(limit, MAX_SEARCH_LIMIT)
-        order = compile_sort(request.get("sort"), types)
+        if "sort" in request and "order_by" in request:
+            raise invalid("give either 'sort' or 'order_by', not both")
+        order = compile_sort(request.get("sort", request.get("order_by")), types)
         rows, size, truncated = [], 0, False
         with self._read() as db:
             cursor = db.execute(f"SELECT * FROM {quote(table)}{where_sql}{order} LIMIT ? OFFSET ?",  # nosec B608 - identifiers validated and quote()d, the filter built from them with bound values
@@ -772,17 +820,22 @@ class PluginDB:
         return result
 
     def _checked_migrations(self, folder: Path | None) -> tuple[list[Migration], dict[int, dict], int]:
-        migrations = read_migrations(folder)
         done = {a["version"]: a for a in self._applied()}
         current = max(done, default=0)
+        try:
+            migrations = read_migrations(folder)
+        except StorageError as exc:   # Rosey's shape: nothing applied, and where the database stands
+            raise StorageError(exc.code, exc.message, **exc.extra, applied=[], current_version=current) from None
         for m in migrations:
             if m.version in done and done[m.version]["checksum"] != m.checksum:
                 raise StorageError("MIGRATION_CHANGED",
                                    f"migrations/{m.filename} changed after it was applied; "
-                                   "add a new migration instead of editing an applied one")
+                                   "add a new migration instead of editing an applied one",
+                                   applied=[], current_version=current)
             if m.version not in done and m.version < current:
                 raise StorageError("MIGRATION_INVALID",
-                                   f"migrations/{m.filename} is older than the applied version {current}")
+                                   f"migrations/{m.filename} is older than the applied version {current}",
+                                   applied=[], current_version=current)
         return migrations, done, current
 
     def pending(self, folder: Path | None) -> dict | None:

@@ -69,7 +69,7 @@ from typing import Any, Callable
 
 from . import sqliteheap
 from .buckets import TokenBucket
-from .filters import StorageError
+from .filters import REPLY_TOP_LEVEL, StorageError
 from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .plugindb import MIGRATION_SECONDS, PluginDB, heap_budget
@@ -464,7 +464,8 @@ class StorageService:
         if not reply.pop("success", False):
             err_body = reply.get("error") or {}
             raise StorageError(err_body.get("code", "MIGRATION_FAILED"), err_body.get("message", "migration failed"),
-                               **{k: v for k, v in err_body.items() if k not in ("code", "message")})
+                               **{k: v for k, v in err_body.items() if k not in ("code", "message")},
+                               **{k: reply[k] for k in REPLY_TOP_LEVEL if k in reply})
         reply.pop("heap_limited", None)
         return reply
 
