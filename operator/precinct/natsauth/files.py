@@ -11,11 +11,13 @@ import contextlib
 import ctypes
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-# Renames waiting for the end of a batched_writes() block (None: not batching).
-_pending: list[tuple[str, Path]] | None = None
+# Renames waiting for the end of this thread's batched_writes() block
+# (`pending` unset: not batching). Per thread: the operator syncs in a worker.
+_batch = threading.local()
 
 
 def private_dir(path: Path) -> Path:
@@ -42,12 +44,13 @@ def write_private(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
-            if _pending is None:
+            pending = getattr(_batch, "pending", None)
+            if pending is None:
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
-        if _pending is not None:
-            _pending.append((tmp, path))
+        if pending is not None:
+            pending.append((tmp, path))
             return
         os.replace(tmp, path)
     except BaseException:
@@ -68,15 +71,14 @@ def batched_writes(anchor: Path) -> Iterator[None]:
     so callers must not read back what they wrote in it. On an exception the
     writes made so far are still committed, as they would have been unbatched.
     """
-    global _pending
-    if _pending is not None:  # nested: the outer block commits
+    if getattr(_batch, "pending", None) is not None:  # nested: the outer block commits
         yield
         return
-    _pending = []
+    _batch.pending = []
     try:
         yield
     finally:
-        pending, _pending = _pending, None
+        pending, _batch.pending = _batch.pending, None
         if pending:
             _sync_filesystem(anchor)
             for tmp, path in pending:
