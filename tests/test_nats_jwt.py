@@ -194,3 +194,65 @@ def test_offline_removal_revokes_and_forgets_the_plugin(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "jwt" / f"{quotes_account}.jwt").exists()
     assert quotes_account not in config.preloaded
     assert set(config.preloaded) == {identity.account_key(r) for r in ("system", CORE, PLATFORM, "plugin:dice")}
+
+
+def _count_writes_and_signatures(monkeypatch) -> tuple[list[str], list[str]]:
+    """Every write_private() (by file name) and every JWT signed from now on."""
+    import tempfile
+
+    from precinct.natsauth import files
+
+    writes: list[str] = []
+    signed: list[str] = []
+    real_mkstemp, real_encode = tempfile.mkstemp, jwt.encode
+
+    def mkstemp(*args, prefix: str = "", **kwargs):
+        writes.append(prefix[1:-1])  # write_private's prefix is ".<name>."
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+    def encode(*args, **kwargs):
+        signed.append(kwargs.get("subject", "?"))
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(jwt, "encode", encode)
+    return writes, signed
+
+
+def test_a_sync_with_nothing_changed_signs_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+
+    plans = [make_plugin(f"quiet-{i}", commands={f"q{i}": f"quiet-{i}.run"}) for i in range(5)]
+    identity = Identity(tmp_path / "nats")
+    first = asyncio.run(identity.sync(plans))
+    assert plugin_account("quiet-0") in first.changed
+    before = {p: p.read_bytes() for p in (tmp_path / "nats").rglob("*") if p.is_file()}
+    writes, signed = _count_writes_and_signatures(monkeypatch)
+    again = asyncio.run(identity.sync(plans))
+    assert writes == [] and signed == []
+    assert {p: p.read_bytes() for p in (tmp_path / "nats").rglob("*") if p.is_file()} == before
+    assert again.removed == ()
+    # A change to one plugin re-signs that plugin and the shared accounts only.
+    changed = [*plans[:4], make_plugin("quiet-4", commands={"q4": "quiet-4.run", "q4b": "quiet-4.other"})]
+    asyncio.run(identity.sync(changed))
+    subjects = {identity.account_key(r) for r in (plugin_account("quiet-4"), CORE)}
+    assert subjects <= set(signed)
+    assert not {identity.account_key(plugin_account(f"quiet-{i}")) for i in range(4)} & set(signed)
+
+
+def test_revoking_many_plugins_in_one_sync_writes_removed_json_once(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+
+    plans = [make_plugin(f"gone-{i}", commands={f"g{i}": f"gone-{i}.run"}) for i in range(12)]
+    identity = Identity(tmp_path / "nats")
+    asyncio.run(identity.sync(plans))
+    writes, _signed = _count_writes_and_signatures(monkeypatch)
+    result = asyncio.run(identity.sync(plans[:2]))
+    assert writes.count("removed.json") == 1
+    assert result.removed == tuple(sorted(plugin_account(f"gone-{i}") for i in range(2, 12)))
+    removed = json.loads((tmp_path / "nats" / "removed.json").read_text())
+    assert sorted(e["role"] for e in removed.values()) == list(result.removed)
+    for i in range(2, 12):
+        assert not (tmp_path / "nats" / "creds" / "plugins" / f"gone-{i}.creds").exists()
+        assert not (tmp_path / "nats" / "keys" / "plugins" / f"gone-{i}").exists()
+    assert identity.keys.plugin_ids() == ["gone-0", "gone-1"]

@@ -38,7 +38,7 @@ from nats.aio.client import Client
 from ..plan.sandbox import CORE, PLATFORM, AccountPlan, SandboxPlan, plugin_account
 from . import jwt, live
 from .accounts import Claims, account_claims, account_plans, tombstone_claims, user_claims
-from .files import private_dir, write_private
+from .files import batched_writes, private_dir, write_private
 from .keys import PLUGIN_ROLE_PREFIX, SYSTEM, KeyStore, plugin_id_of
 from .server import HOST, ServerConfig, find_binary, free_port, write_config
 
@@ -68,6 +68,10 @@ class Identity:
         # Account key -> jti the server is known to hold. Filled by
         # server_config() (the server will preload exactly those) and by pushes.
         self._pushed: dict[str, str] = {}
+        # Role -> (plan, jti of its account JWT) as last issued by this
+        # object: a role whose plan is unchanged (and whose files still exist)
+        # is skipped without reading, comparing or signing anything.
+        self._issued: dict[str, tuple[AccountPlan, str]] = {}
         self._observe_issued()
 
     # -- paths ---------------------------------------------------------------
@@ -126,18 +130,25 @@ class Identity:
         """
         by_role = account_plans(plans)
         wanted_ids = {plan.id for plan in plans}
-        for plugin_id in self.keys.plugin_ids():
-            if plugin_id not in wanted_ids:
-                self._retire(plugin_id)
-        revocations: dict[str, dict[str, int]] = {}
-        for role, plan in by_role.items():
-            superseded = self._issue_user(role, plan)
-            if superseded:
-                revocations[role] = superseded
-        for role, plan in by_role.items():
-            self._issue_account(role, plan, revocations.get(role, {}))
-        self._issue_operator()
+        self._retire([i for i in self.keys.plugin_ids() if i not in wanted_ids])
+        stale = {role: plan for role, plan in by_role.items() if not self._unchanged(role, plan)}
+        # Every file of this prepare is made durable by one flush at the end.
+        with batched_writes(self.state):
+            revocations: dict[str, dict[str, int]] = {}
+            for role, plan in stale.items():
+                superseded = self._issue_user(role, plan)
+                if superseded:
+                    revocations[role] = superseded
+            for role, plan in stale.items():
+                jti = self._issue_account(role, plan, revocations.get(role, {}))
+                self._issued[role] = (plan, jti)
+            self._issue_operator()
         return [role for role in self._push_order(by_role) if self._pending(role)]
+
+    def _unchanged(self, role: str, plan: AccountPlan) -> bool:
+        issued = self._issued.get(role)
+        return (issued is not None and issued[0] == plan
+                and self._account_path(role).exists() and self._creds_path(role).exists())
 
     def _issue_user(self, role: str, plan: AccountPlan) -> dict[str, int]:
         """(Re)write the creds if the user's claims changed. Returns the
@@ -156,7 +167,8 @@ class Identity:
             return {}
         return {old_claims["sub"]: int(old_claims["iat"])}
 
-    def _issue_account(self, role: str, plan: AccountPlan, new_revocations: dict[str, int]) -> None:
+    def _issue_account(self, role: str, plan: AccountPlan, new_revocations: dict[str, int]) -> str:
+        """(Re)write the account JWT if its claims changed; returns its jti."""
         path = self._account_path(role)
         old_claims = self._decode_or_none(self._read(path))
         revocations = dict((old_claims or {}).get("nats", {}).get("revocations", {}))
@@ -165,9 +177,11 @@ class Identity:
         claims = account_claims(role, plan, self.keys, revocations=revocations)
         operator_key = jwt.public_key(self.keys.operator())
         if old_claims is not None and jwt.content(old_claims) == self._content(claims, operator_key):
-            return
+            return old_claims["jti"]
         private_dir(path.parent)
-        write_private(path, self._sign(claims, issuer=self.keys.operator()))
+        token = self._sign(claims, issuer=self.keys.operator())
+        write_private(path, token)
+        return jwt.decode(token)["jti"]
 
     def _issue_operator(self) -> str:
         op = self.keys.operator()
@@ -182,22 +196,30 @@ class Identity:
         write_private(path, token)
         return token
 
-    def _retire(self, plugin_id: str) -> None:
-        """Revoke a removed plugin: its account becomes a tombstone (no edges,
-        no connections, every user revoked) that awaits deletion."""
-        role = plugin_account(plugin_id)
-        account = self.account_key(role)
-        user = jwt.public_key(self.keys.user(role))
-        # A revocation covers JWTs issued at or before its time; ours may run
-        # ahead of the wall clock (IssueClock), so never revoke "before" them.
-        at = max(int(time.time()), self.clock.last(user))
-        tomb = tombstone_claims(role, account, {user: at, "*": at})
+    def _retire(self, plugin_ids: Sequence[str]) -> None:
+        """Revoke removed plugins: each account becomes a tombstone (no edges,
+        no connections, every user revoked) that awaits deletion. removed.json
+        is written once for all of them, and durably before any plugin's
+        keys and creds are deleted (so a crash never loses a revocation)."""
+        if not plugin_ids:
+            return
         removed = self._removed()
-        removed[account] = {"role": role, "jwt": self._sign(tomb, issuer=self.keys.operator())}
+        for plugin_id in plugin_ids:
+            role = plugin_account(plugin_id)
+            account = self.account_key(role)
+            user = jwt.public_key(self.keys.user(role))
+            # A revocation covers JWTs issued at or before its time; ours may run
+            # ahead of the wall clock (IssueClock), so never revoke "before" them.
+            at = max(int(time.time()), self.clock.last(user))
+            tomb = tombstone_claims(role, account, {user: at, "*": at})
+            removed[account] = {"role": role, "jwt": self._sign(tomb, issuer=self.keys.operator())}
         self._write_removed(removed)
-        self._creds_path(role).unlink(missing_ok=True)
-        self._account_path(role).unlink(missing_ok=True)
-        self.keys.remove_plugin(plugin_id)
+        for plugin_id in plugin_ids:
+            role = plugin_account(plugin_id)
+            self._issued.pop(role, None)
+            self._creds_path(role).unlink(missing_ok=True)
+            self._account_path(role).unlink(missing_ok=True)
+            self.keys.remove_plugin(plugin_id)
 
     # -- the server -----------------------------------------------------------
 
@@ -233,9 +255,10 @@ class Identity:
             self.http_port = http_port
         if not self._account_path(CORE).exists():
             self.prepare([])
-        for account in list(self._removed()):
+        removed = list(self._removed())
+        for account in removed:
             (self.resolver_dir / f"{account}.jwt").unlink(missing_ok=True)
-            self._forget_removed(account)
+        self._forget_removed(removed)
         preload = {self.account_key(role): self._preloadable(role) for role in self._current_roles()}
         config = write_config(
             self.config_path,
@@ -271,6 +294,7 @@ class Identity:
             token = jwt.encode(issuer=issuer, subject=ours["sub"], name=ours["name"],
                                nats=ours["nats"], iat=self.clock.next(ours["sub"]))
             write_private(path, token)
+            self._issued.pop(role, None)  # a new jti: let prepare() look again
         return self._read(path)
 
     async def connect(self, url: str, timeout: float = 5.0) -> None:
@@ -303,12 +327,16 @@ class Identity:
                 assert token is not None
                 await live.push(self._nc, token, timeout)
                 self._pushed[self.account_key(role)] = jwt.decode(token)["jti"]
-            for account, entry in sorted(removed.items()):
-                # The revocation alone already drops the plugin's connections
-                # and refuses new ones; deletion then frees the account.
-                await live.push(self._nc, entry["jwt"], timeout)
-                await live.delete(self._nc, self.keys.operator(), [account], int(time.time()), timeout)
-                self._forget_removed(account)
+            done: list[str] = []
+            try:
+                for account, entry in sorted(removed.items()):
+                    # The revocation alone already drops the plugin's connections
+                    # and refuses new ones; deletion then frees the account.
+                    await live.push(self._nc, entry["jwt"], timeout)
+                    await live.delete(self._nc, self.keys.operator(), [account], int(time.time()), timeout)
+                    done.append(account)
+            finally:
+                self._forget_removed(done)  # one write for all, even if one failed
             return SyncResult(changed=tuple(pending), removed=removed_roles, live=True)
 
     # -- helpers --------------------------------------------------------------
@@ -321,6 +349,9 @@ class Identity:
         return [SYSTEM, *plugins, PLATFORM, CORE]
 
     def _pending(self, role: str) -> bool:
+        issued = self._issued.get(role)
+        if issued is not None:
+            return self._pushed.get(self.account_key(role)) != issued[1]
         token = self._read(self._account_path(role))
         return token is not None and self._pushed.get(self.account_key(role)) != jwt.decode(token)["jti"]
 
@@ -361,11 +392,14 @@ class Identity:
     def _write_removed(self, removed: dict[str, dict[str, str]]) -> None:
         write_private(self._removed_path(), json.dumps(removed, indent=2, sort_keys=True) + "\n")
 
-    def _forget_removed(self, account: str) -> None:
+    def _forget_removed(self, accounts: Sequence[str]) -> None:
+        if not accounts:
+            return
         removed = self._removed()
-        removed.pop(account, None)
+        for account in accounts:
+            removed.pop(account, None)
+            self._pushed.pop(account, None)
         self._write_removed(removed)
-        self._pushed.pop(account, None)
 
     def _observe_issued(self) -> None:
         """Seed the clock with every `iat` we (or the server) hold, so nothing

@@ -48,6 +48,8 @@ class KeyStore:
     def __init__(self, root: Path | str) -> None:
         self.root = private_dir(Path(root))
         self._cache: dict[Path, nkeys.KeyPair] = {}
+        # Cached paths per plugin, so forgetting one plugin costs O(its keys).
+        self._plugin_paths: dict[str, set[Path]] = {}
 
     # -- where -------------------------------------------------------------
 
@@ -88,7 +90,8 @@ class KeyStore:
         path = self._plugin_dir(plugin_id)
         if path.exists():
             shutil.rmtree(path)
-        self._cache = {p: kp for p, kp in self._cache.items() if path not in p.parents}
+        for cached in self._plugin_paths.pop(plugin_id, ()):
+            self._cache.pop(cached, None)
 
     # -- how -----------------------------------------------------------------
 
@@ -98,8 +101,10 @@ class KeyStore:
         private_dir(path.parent)
         if not path.exists():
             seed = nkeys.encode_seed(os.urandom(32), _KINDS[kind]).decode("ascii")
+            # Not read back: inside batched_writes() it is on disk only later.
             write_private(path, seed + "\n")
-        seed = path.read_text().strip()
+        else:
+            seed = path.read_text().strip()
         try:
             kp = nkeys.from_seed(bytearray(seed.encode("ascii")))
         except nkeys.NkeysError as exc:
@@ -108,6 +113,8 @@ class KeyStore:
         if not kp.public_key.startswith(expected.encode()):
             raise KeyStoreError(f"{path}: holds a {kp.public_key[:1].decode()}-key, expected an {kind} key")
         self._cache[path] = kp
+        if path.parent.parent == self.root / "plugins":
+            self._plugin_paths.setdefault(path.parent.name, set()).add(path)
         return kp
 
 
