@@ -841,7 +841,8 @@ def compose(sections: dict[str, str], order: list[str], ran: list[str], args_lin
         *heads,
         "",
     ]
-    for name in order:
+    # Sections written by a standalone script (benchmarks/natsauth_sync.py) are kept as they are.
+    for name in order + [n for n in sections if n not in order]:
         if name in sections:
             out += [f"<!-- section: {name} -->", sections[name], ""]
     return "\n".join(out)
