@@ -311,6 +311,10 @@ async def test_command_conflict_goes_to_the_older_botplugin(h: Harness) -> None:
     assert h.deployment("first")["spec"]["replicas"] == 1
     with pytest.raises(KeyError):
         h.identity.creds_for(f"{NS}-second")
+    # Its Deployment's events make the operator observe it: the conflict stays (seen on a real server).
+    for _ in range(2):
+        await h.observe("second")
+        assert h.condition("second", cond.STALLED)["reason"] == cond.COMMAND_CONFLICT
     # The older one goes away: the claim moves, the daemon's observe notices.
     await h.api.patch("BotPlugin", NS, "first", {"metadata": {"finalizers": ["precinct.dev/revoke-nats-account"]}})
     await h.delete("first")

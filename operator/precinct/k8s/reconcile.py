@@ -329,7 +329,7 @@ async def observe(ctx: Context, body: dict[str, Any], observed: Observed) -> str
 
         facts = st.Facts(
             generation=generation, desired_hash=desired_hash, deployment=view, pods=observed.pods,
-            rejection=None, suspended=resource.spec.suspend,
+            rejection=ctx.claims.rejection(namespace, name), suspended=resource.spec.suspend,
             credentials=_credentials_fact(conditions), failed_rollouts=failed,
             limits_message=_limits_message(plan),
             last_violation=status.get("lastViolation"),
