@@ -5,6 +5,10 @@
   index deployments -> DeploymentViews per BotPlugin
   create/update/resume botplugin -> reconcile (level-based: apply everything)
   delete botplugin  -> finalize: revoke the NATS account, then let GC go
+  violation event   -> the suspend ladder (ladder.py): warn, rollout restart, suspend;
+                      a new precinct.dev/resume annotation wakes the daemon, which
+                      resumes (kopf leaves precinct.dev/* annotations out of its
+                      diff, so no update handler would see it)
   daemon per botplugin -> observe: wakes on its Pods'/Deployment's events
                       (not polling the API: it reads the indexes), rolls back
                       failed rollouts, retries them, keeps conditions current
@@ -24,6 +28,7 @@ import kopf
 
 from ..spec.identity import kubernetes_id
 from ..spec.model import API_GROUP, API_VERSION
+from . import ladder
 from . import reconcile as rc
 from . import render as r
 from . import status as st
@@ -42,6 +47,7 @@ class Runtime:
         self.fleet_seen: dict[str, tuple[Any, bool, bool]] = {}
         self.ids: dict[str, tuple[str, str]] = {}          # plugin id -> (namespace, name)
         self.background: list[asyncio.Task] = []
+        self.policy = ladder.policy_of(ctx.settings)
 
     async def on_violation(self, plugin_id: str, event: dict[str, Any]) -> None:
         where = self.ids.get(plugin_id)
@@ -49,7 +55,7 @@ class Runtime:
             log.info("violation event for unknown plugin %s ignored", plugin_id)
             return
         METRICS.violation(plugin_id, event)
-        await rc.record_violation(self.ctx, *where, event)
+        await ladder.on_violation(self.ctx, *where, event, self.policy)
         self.wake(*where)
 
     def wake(self, namespace: str, name: str) -> None:
@@ -101,6 +107,8 @@ def fleet_event(memo: kopf.Memo, body: kopf.Body, type: str | None, **_: Any) ->
         METRICS.forget(plugin_id)
     else:
         runtime.ids[plugin_id] = (meta.get("namespace", ""), meta.get("name", ""))
+        if ladder.resume_requested(body):
+            runtime.wake(meta.get("namespace", ""), meta.get("name", ""))
     seen = (meta.get("generation"), bool(meta.get("deletionTimestamp")), type == "DELETED")
     key = meta.get("uid", "")
     if runtime.fleet_seen.get(key) != seen:
@@ -149,12 +157,15 @@ async def watch_rollout(stopped: kopf.DaemonStopped, memo: kopf.Memo, namespace:
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             try:
+                if await ladder.resume_if_requested(ctx, body):
+                    await rc.reconcile(ctx, body, _fleet(botplugin_index), _observed(pod_index, namespace, name))
                 verdict = await rc.observe(ctx, body, _fleet(botplugin_index), _observed(pod_index, namespace, name))
             except Exception as exc:   # noqa: BLE001 - the daemon must outlive API hiccups
                 log.warning("%s/%s: observing failed: %s", namespace, name, exc)
                 verdict = "error"
             METRICS.observed(kubernetes_id(namespace, name), verdict, _observed(pod_index, namespace, name).pods,
-                             suspended=bool((body.get("spec") or {}).get("suspend")))
+                             suspended=bool((body.get("spec") or {}).get("suspend"))
+                             or ladder.suspension(body) is not None)
             if verdict == "rolled-back":
                 retry_at = loop.time() + ctx.retry_delay
             if retry_at is not None and loop.time() >= retry_at:

@@ -41,7 +41,7 @@ from ..spec.load import BotPluginResource
 from ..spec.model import load_botplugin_spec
 from ..spec.ownership import Ownership, Plugin, resolve
 from ..spec.identity import kubernetes_id
-from . import fleetmap
+from . import fleetmap, ladder
 from . import render as r
 from . import status as st
 from . import violations
@@ -250,6 +250,11 @@ async def post_event(ctx: Context, body: dict[str, Any], c: dict[str, Any]) -> N
     if c["type"] not in _EVENT_TYPES:
         return
     good = c["status"] == "True" if c["type"] != cond.STALLED else c["status"] != "True"
+    await emit(ctx, body, good, c["reason"], f"{c['type']}={c['status']}: {c['message']}")
+
+
+async def emit(ctx: Context, body: dict[str, Any], good: bool, reason: str, message: str) -> None:
+    """Post one Event on the BotPlugin (Normal when good, else Warning); best effort."""
     meta = body["metadata"]
     stamp = cond.now()
     event = {
@@ -258,8 +263,8 @@ async def post_event(ctx: Context, body: dict[str, Any], c: dict[str, Any]) -> N
         "involvedObject": {"apiVersion": body.get("apiVersion", "precinct.dev/v1alpha1"), "kind": "BotPlugin",
                            "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
         "type": "Normal" if good else "Warning",
-        "reason": c["reason"],
-        "message": f"{c['type']}={c['status']}: {c['message']}"[:1024],
+        "reason": reason,
+        "message": message[:1024],
         "source": {"component": "precinct-operator"},
         "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         "reportingComponent": "precinct.dev/operator", "reportingInstance": "precinct-operator",
@@ -382,7 +387,8 @@ async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntr
     template = desired
     if good is not None and good_hash != desired_hash and (failed >= st.MAX_FAILED_ROLLOUTS or not roll_forward):
         template = good            # stay on the last good template
-    running = rejection is None
+    suspended = ladder.suspension(body)        # by the violation ladder: zero replicas until resumed
+    running = rejection is None and suspended is None
     objects = r.render(resource, ctx.settings, creds=creds_text or "", owner_uid=meta.get("uid", ""),
                        template=template, running=running)
     for obj in objects:
@@ -401,7 +407,9 @@ async def _reconcile(ctx: Context, body: dict[str, Any], entries: list[FleetEntr
         pods=observed.pods, rejection=rejection, suspended=resource.spec.suspend,
         credentials=creds_state, failed_rollouts=failed, limits_message=_limits_message(plan),
         last_violation=_status(body).get("lastViolation"),
-        violation_recent=violations.recent(_status(body).get("lastViolation")),
+        violation_recent=violations.recent(_status(body).get("lastViolation"),
+                                           window=ctx.settings.violation_window_seconds),
+        suspension=suspended,
     )
     st.assess(facts, conditions)
     status = _status(body)
@@ -487,7 +495,8 @@ async def observe(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[Fl
             if good is not None and good_hash != desired_hash:
                 log.warning("%s/%s: rollout of %s missed its deadline; rolling back to %s (failure %d)",
                             namespace, name, desired_hash, good_hash, failed)
-                dep = r.deployment(resource, r.Owner(name, namespace, meta.get("uid", "")), good, ctx.settings)
+                dep = r.deployment(resource, r.Owner(name, namespace, meta.get("uid", "")), good, ctx.settings,
+                                   running=ladder.suspension(body) is None)
                 dep["metadata"]["annotations"] = {st.GOOD_TEMPLATE: json.dumps(good, sort_keys=True),
                                                   st.GOOD_HASH: good_hash}
                 live = await ctx.api.apply(dep)
@@ -500,7 +509,8 @@ async def observe(ctx: Context, body: dict[str, Any], fleet_entries: Iterable[Fl
             credentials=_credentials_fact(conditions), failed_rollouts=failed,
             limits_message=_limits_message(plan),
             last_violation=status.get("lastViolation"),
-            violation_recent=violations.recent(status.get("lastViolation")),
+            violation_recent=violations.recent(status.get("lastViolation"), window=ctx.settings.violation_window_seconds),
+            suspension=ladder.suspension(body),
         )
         st.assess(facts, conditions)
         new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
