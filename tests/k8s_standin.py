@@ -59,6 +59,17 @@ RESOURCES = [
     Res("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False),
 ]
 BY_PATH = {(r.prefix, r.plural): r for r in RESOURCES}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the server saw it (tests map these to RBAC verbs)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    authorization: str
 BY_KIND = {r.kind: r for r in RESOURCES}
 
 
@@ -124,6 +135,8 @@ class StandIn:
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []            # (rv, kind, type, object)
         self.changed = asyncio.Condition()
         self.requests: list[tuple[str, str]] = []
+        self.calls: list[Call] = []                                               # every request, for RBAC checks
+        self.created_by_apply: set[tuple[str, str | None, str]] = set()           # SSA that created: RBAC `create`
         self.fail: dict[tuple[str, str], int] = {}                                # (method, kind) -> times
         self.hang: dict[tuple[str, str], asyncio.Event] = {}                      # (method, kind) -> released when set
         self.app = web.Application()
@@ -134,7 +147,8 @@ class StandIn:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> "StandIn":
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        # shutdown_timeout: watches of a client that is gone end at once, not after 60 s
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -249,6 +263,8 @@ class StandIn:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        self.calls.append(Call(request.method, path, dict(request.query), request.content_type,
+                               request.headers.get("Authorization", "")))
         if request.method == "GET":
             discovery = self._discovery(path)
             if discovery is not None:
@@ -296,6 +312,7 @@ class StandIn:
         key = (res.kind, namespace, name)
         apply = request.content_type == "application/apply-patch+yaml"
         if apply and key not in self.objects:
+            self.created_by_apply.add(key)
             return self._create(res, namespace, copy.deepcopy(body))
         old = self._existing(res, namespace, name)
         new = copy.deepcopy(old)

@@ -372,6 +372,10 @@ def operator_command(
                                                  help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PRECINCT_OPERATOR_METRICS_PORT",
                                                help="Serve Prometheus /metrics on this port (docs/monitoring.md)."),
+    liveness: Optional[str] = typer.Option(None, "--liveness", envvar="PRECINCT_OPERATOR_LIVENESS",
+                                           help="Serve kopf's health endpoint at this URL, e.g. "
+                                                "http://0.0.0.0:8080/healthz: 200 when logged in and healthy "
+                                                "(for the Pod's probes; docs/operator.md)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
@@ -379,9 +383,11 @@ def operator_command(
 
     if bool(namespace) == all_namespaces:
         _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
+    if liveness is not None and not liveness.startswith("http://"):
+        _fail(f"--liveness must be an http:// URL (host, port and path), not {liveness!r}", 2)
     raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
                                   runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
-                                  settings_file=settings_file, metrics_port=metrics_port))
+                                  settings_file=settings_file, metrics_port=metrics_port, liveness=liveness))
 
 
 @app.command()

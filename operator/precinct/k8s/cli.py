@@ -61,7 +61,8 @@ def render_command(path: Path, *, as_json: bool, namespace: str, runtime_class: 
 
 def operator_command(*, namespaces: list[str], nats_url: str | None, state_dir: Path,
                      runtime_class: str | None, runner_image: str | None, verbose: bool,
-                     settings_file: Path | None = None, metrics_port: int | None = None) -> int:
+                     settings_file: Path | None = None, metrics_port: int | None = None,
+                     liveness: str | None = None) -> int:
     from .operator import OperatorConfig, run
 
     try:
@@ -76,7 +77,7 @@ def operator_command(*, namespaces: list[str], nats_url: str | None, state_dir: 
     if runner_image:
         settings = replace(settings, runner_image=runner_image)
     config = OperatorConfig(state_dir=state_dir, nats_url=nats_url, render=settings,
-                            namespaces=tuple(namespaces), metrics_port=metrics_port)
+                            namespaces=tuple(namespaces), metrics_port=metrics_port, liveness_endpoint=liveness)
     try:
         return run(config, verbose=verbose)
     except KeyboardInterrupt:

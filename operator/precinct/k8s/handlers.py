@@ -48,6 +48,7 @@ class Runtime:
         self.ids: dict[str, tuple[str, str]] = {}          # plugin id -> (namespace, name)
         self.background: list[asyncio.Task] = []
         self.policy = ladder.policy_of(ctx.settings)
+        self.violations_subscribed: bool | None = None     # None: no NATS URL configured (health.py)
 
     async def on_violation(self, plugin_id: str, event: dict[str, Any]) -> None:
         where = self.ids.get(plugin_id)
