@@ -252,6 +252,12 @@ async def test_resume_command_refuses_what_is_not_suspended(h: Harness, tmp_path
     assert done.returncode == 1 and "is not suspended" in done.stderr, done.stderr
     assert kl.RESUME_ANNOTATION not in (h.body()["metadata"].get("annotations") or {})
 
+    # suspended, but no operator runs: the request is made, and the command says nobody acted
+    await h.k8s.set_status("BotPlugin", NS, "dice", {"ladder": {"suspendedAt": kl.stamp(T0), "strikes": []}})
+    done = await asyncio.to_thread(precinct, "plugin", "resume", "--namespace", NS, "dice", "--wait", "1", env=env)
+    assert done.returncode == 1 and "has not acted on it within 1 s" in done.stderr, done.stderr
+    assert h.body()["metadata"]["annotations"][kl.RESUME_ANNOTATION]
+
 
 # -- the whole operator, violations over a real nats-server --------------------------------
 
