@@ -8,6 +8,8 @@ Modules, one job each:
   api        a small async REST client (server-side apply, merge patches)
   reconcile  the operator's logic without kopf: reconcile, observe, finalize
   handlers   kopf wiring: indexes, create/update/resume, delete, daemons
+  ladder     the suspend ladder: violation events -> warn, rollout restart, suspend; resume
+  health     the probe behind kopf's liveness endpoint (the Pod's probes)
   operator   `precinct operator`: kopf settings, login, standalone run
   cli        the bodies of `precinct render` and `precinct operator`
 
