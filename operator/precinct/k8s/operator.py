@@ -39,7 +39,7 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()          # empty: all namespaces
     server: str | None = None                 # API server override (tests); else in-cluster or kubeconfig
     retry_delay: float = 60.0
-    server_timeout: float = 300.0
+    server_timeout: int = 300                 # whole seconds: the API server refuses "300.0" (issue 15)
     client_timeout: float = 330.0
     metrics_port: int | None = None           # Prometheus /metrics (k8s/metrics.py); None = off
     liveness_endpoint: str | None = None      # kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz (k8s/health.py)
