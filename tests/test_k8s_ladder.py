@@ -262,7 +262,7 @@ async def test_resume_command_refuses_what_is_not_suspended(h: Harness, tmp_path
 # -- the whole operator, violations over a real nats-server --------------------------------
 
 
-async def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+async def wait_for(check: Any, timeout: float = 90.0, what: str = "condition") -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

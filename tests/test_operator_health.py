@@ -178,3 +178,16 @@ def test_chart_probes_and_service_monitor_reach_the_operator() -> None:
     matching = [s["metadata"]["name"] for s in by_kind(objs, "Service")
                 if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
     assert matching == ["precinct-operator-metrics"]
+
+
+def test_kubeconfig_data_fields_are_decoded_before_use_as_pem() -> None:
+    """kopf hands a kubeconfig's certificate-authority-data (and client
+    cert/key data) over still base64-encoded; loading that as PEM failed on a
+    real cluster ("cadata does not contain a certificate")."""
+    import base64
+
+    from precinct.k8s.operator import _pem
+
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    assert _pem(base64.b64encode(pem).decode()) == pem
+    assert _pem(pem.decode()) == pem and _pem(None) is None

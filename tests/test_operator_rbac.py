@@ -124,7 +124,7 @@ def botplugin(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"version": "1.0.0", "image": f"registry.example/{name}@{DIGEST}", **spec}}
 
 
-async def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
+async def wait_for(check: Any, what: str, timeout: float = 90.0) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
