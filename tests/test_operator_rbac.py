@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,11 @@ async def wait_for(check: Any, what: str, timeout: float = 90.0) -> Any:
         await asyncio.sleep(0.05)
 
 
+def stamp_now() -> str:
+    """A creationTimestamp as the API server writes one (whole seconds)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def condition(k8s: StandIn, name: str, type_: str) -> dict[str, Any]:
     bp = k8s.get("BotPlugin", PLUGINS_NS, name) or {}
     return next(c for c in (bp.get("status") or {}).get("conditions", []) if c["type"] == type_)
@@ -200,8 +206,13 @@ async def lifecycle(k8s: StandIn, tmp_path: Path, namespaced: bool, monkeypatch:
             "status": {"phase": "Running", "containerStatuses": [{"name": r.CONTAINER, "restartCount": 2,
                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                        "lastState": {"terminated": {"reason": "Error", "exitCode": 3}}}]}})
-        # a second claimant of the same command: rejected, its Secret deleted
+        # a second claimant of the same command: rejected, its Secret deleted. The older
+        # BotPlugin wins by creationTimestamp, which has whole seconds (ties go by name, and
+        # "copycat" < "dice"): create it in a later second than dice, as a real one would be.
+        born = k8s.get("BotPlugin", PLUGINS_NS, "dice")["metadata"]["creationTimestamp"]
+        await wait_for(lambda: stamp_now() > born, "a second after dice's creation")
         await api.create(botplugin("copycat", commands={"roll": "dice.roll"}))
+        await wait_for(lambda: k8s.get("Deployment", PLUGINS_NS, "copycat")["spec"]["replicas"] == 0, "zero replicas")
         await wait_for(lambda: condition(k8s, "copycat", cond.STALLED)["reason"] == cond.COMMAND_CONFLICT, "conflict")
         # the violation ladder to suspension (the NATS subscription's callback), then a resume
         runtime = holder["runtime"]
