@@ -93,6 +93,18 @@ RESOURCES = [
 BY_PATH = {(r.prefix, r.plural): r for r in RESOURCES}
 BY_KIND = {r.kind: r for r in RESOURCES}
 
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the server saw it (tests map these to RBAC verbs)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    authorization: str
+
+
 MAX_DATA = 1024 * 1024                     # ConfigMap / Secret data, as the apiserver checks it
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _INT = re.compile(r"-?[0-9]+\Z")
@@ -333,6 +345,8 @@ class StandIn:
         self.uids: dict[str, Key] = {}
         self.changed = asyncio.Condition()
         self.requests: list[tuple[str, str]] = []
+        self.calls: list[Call] = []                                 # every request, for RBAC checks
+        self.created_by_apply: set[Key] = set()                    # SSA that created: RBAC `create`
         self.fail: dict[tuple[str, str], int] = {}                 # (method, kind) -> times to answer 500
         self.hang: dict[tuple[str, str], asyncio.Event] = {}       # (method, kind) -> released when set
         self._orphans: set[Key] = set()                            # dependents to check for collection
@@ -346,7 +360,8 @@ class StandIn:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> "StandIn":
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        # shutdown_timeout: watches of a client that is gone end at once, not after 60 s
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -637,6 +652,8 @@ class StandIn:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        self.calls.append(Call(request.method, path, dict(request.query), request.content_type,
+                               request.headers.get("Authorization", "")))
         if request.method == "GET":
             discovery = self._discovery(path)
             if discovery is not None:
@@ -817,6 +834,7 @@ class StandIn:
         if key not in self.objects:
             if sub == "status":
                 self._existing(res, key[1], key[2])
+            self.created_by_apply.add(key)
             return self._create(res, key[1], copy.deepcopy(body), manager, operation="Apply")
         old = self.objects[key]
         self._precondition(old, meta.get("resourceVersion"))

@@ -228,6 +228,26 @@ async def test_update_rolls_the_deployment_and_counts_a_revision(h: Harness) -> 
     assert dep["metadata"]["uid"] == h.deployment("dice")["metadata"]["uid"]
 
 
+async def test_an_observe_that_waited_for_a_newer_reconcile_leaves_its_status(h: Harness) -> None:
+    """An observe holding the old spec that waits for the lock while the new
+    spec is reconciled must not write the old generation back over the new
+    revision (found by the RBAC lifecycle: observedGeneration 2 with revision
+    3, so the new rollout was never observed)."""
+    await h.create(botplugin("dice", config={"max": 6}))
+    await h.reconcile("dice")
+    stale = h.body("dice")
+    await h.api.patch("BotPlugin", NS, "dice", {"spec": {"config": {"max": 20}}})
+    h.index()
+    async with h.ctx.lock(NS, "dice"):
+        waiting = asyncio.create_task(rc.observe(h.ctx, stale, h.observed("dice")))
+        await asyncio.sleep(0.1)          # the observe passed its first check and waits for the lock
+        assert not waiting.done()
+        await rc._reconcile(h.ctx, h.body("dice"), h.observed("dice"), True)    # what the update handler does
+    assert await waiting == "pending"
+    status = h.body("dice")["status"]
+    assert (status["observedGeneration"], status["revision"]) == (2, 2)
+
+
 async def test_failed_rollout_is_rolled_back_without_touching_spec(h: Harness) -> None:
     await h.create(botplugin("dice", config={"max": 6}))
     await h.reconcile("dice")
@@ -311,6 +331,10 @@ async def test_command_conflict_goes_to_the_older_botplugin(h: Harness) -> None:
     assert h.deployment("first")["spec"]["replicas"] == 1
     with pytest.raises(KeyError):
         h.identity.creds_for(f"{NS}-second")
+    # Its Deployment's events make the operator observe it: the conflict stays (seen on a real server).
+    for _ in range(2):
+        await h.observe("second")
+        assert h.condition("second", cond.STALLED)["reason"] == cond.COMMAND_CONFLICT
     # The older one goes away: the claim moves, the daemon's observe notices.
     await h.api.patch("BotPlugin", NS, "first", {"metadata": {"finalizers": ["precinct.dev/revoke-nats-account"]}})
     await h.delete("first")
@@ -374,9 +398,10 @@ async def test_deletion_revokes_the_account_on_a_live_nats_server(k8s: StandIn, 
 
 async def test_gateway_violations_reach_the_status(k8s: StandIn, nats_env: Any, tmp_path: Path) -> None:
     """The gateway's event on precinct.violations.<id> (platform account)
-    counts on the BotPlugin and turns PermissionsCompliant False."""
+    counts on the BotPlugin and turns PermissionsCompliant False (the
+    ladder's first strike: a warning; tests/test_k8s_ladder.py has the rest)."""
     from conftest import eventually
-    from precinct.k8s import violations
+    from precinct.k8s import ladder, violations
 
     h = Harness(k8s, tmp_path / "unused", identity=nats_env.identity)
     nc = None
@@ -387,7 +412,7 @@ async def test_gateway_violations_reach_the_status(k8s: StandIn, nats_env: Any, 
         seen: list[str] = []
 
         async def handle(plugin_id: str, event: dict[str, Any]) -> None:
-            await rc.record_violation(h.ctx, NS, "dice", event)
+            await ladder.on_violation(h.ctx, NS, "dice", event, ladder.policy_of(h.ctx.settings))
             seen.append(plugin_id)
 
         nc = await violations.subscribe(nats_env.server.url, str(nats_env.identity.platform_creds()), handle)

@@ -348,14 +348,29 @@ app.add_typer(market_app, name="market")
 
 @plugin_app.command("resume")
 def plugin_resume(
-    name: str = typer.Argument(..., help="The plugin's name or id, e.g. markov_plugin or markov-plugin."),
+    name: str = typer.Argument(..., help="The plugin's name or id, e.g. markov_plugin or markov-plugin "
+                                         "(with --namespace: the BotPlugin's name)."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the supervisor's answer as JSON."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n",
+                                            help="Kubernetes: resume the BotPlugin NAME in this namespace "
+                                                 "(the cluster KUBECONFIG points at)."),
+    wait: float = typer.Option(60.0, "--wait", min=0,
+                               help="Kubernetes: seconds to wait for the operator to act (0: do not wait)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
 ) -> None:
     """Start a plugin that was suspended for repeated violations, with a clean record.
 
-    Exits 1 when no supervisor runs, the plugin is unknown, or it is not suspended.
+    On a single host it asks the running supervisor. With --namespace it sets
+    the BotPlugin's `precinct.dev/resume` annotation to a new value (never the
+    spec) and waits until the operator has acted on it.
+
+    Exits 1 when no supervisor (or no cluster) answers, the plugin is unknown,
+    it is not suspended, or the operator did not act within --wait seconds.
     """
+    if namespace is not None:
+        from .k8s.cli import resume_command
+
+        raise typer.Exit(resume_command(namespace, name, wait=wait, as_json=as_json))
     from .runtime.control import ControlError, call
 
     try:
@@ -404,6 +419,10 @@ def operator_command(
                                                  help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PRECINCT_OPERATOR_METRICS_PORT",
                                                help="Serve Prometheus /metrics on this port (docs/monitoring.md)."),
+    liveness: Optional[str] = typer.Option(None, "--liveness", envvar="PRECINCT_OPERATOR_LIVENESS",
+                                           help="Serve kopf's health endpoint at this URL, e.g. "
+                                                "http://0.0.0.0:8080/healthz: 200 when logged in and healthy "
+                                                "(for the Pod's probes; docs/operator.md)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
@@ -411,9 +430,11 @@ def operator_command(
 
     if bool(namespace) == all_namespaces:
         _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
+    if liveness is not None and not liveness.startswith("http://"):
+        _fail(f"--liveness must be an http:// URL (host, port and path), not {liveness!r}", 2)
     raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
                                   runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
-                                  settings_file=settings_file, metrics_port=metrics_port))
+                                  settings_file=settings_file, metrics_port=metrics_port, liveness=liveness))
 
 
 @app.command()

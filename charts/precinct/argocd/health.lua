@@ -1,6 +1,8 @@
 -- Argo CD health check for precinct.dev/BotPlugin (docs/kubernetes.md).
 -- Reads the kstatus conditions the operator writes (docs/operator.md):
---   Suspended   spec.suspend, or Ready=False with reason Suspended
+--   Suspended   spec.suspend, or Ready=False with reason Suspended (paused on purpose)
+--   Degraded    suspended by the violation ladder (Stalled=True, reason Suspended):
+--               a person must look at it and resume it
 --   Progressing no status yet, a generation not yet observed, Reconciling=True,
 --               or Ready=False while Starting
 --   Degraded    Stalled=True, Ready=False for any other reason (OOMKilled,
@@ -52,6 +54,12 @@ local ready = condition(conditions, "Ready")
 local stalled = condition(conditions, "Stalled")
 local reconciling = condition(conditions, "Reconciling")
 local latest = condition(conditions, "LatestRevisionReady")
+
+if stalled ~= nil and stalled.status == "True" and stalled.reason == "Suspended" then
+  hs.status = "Degraded"
+  hs.message = say(stalled, "Suspended after repeated violations")
+  return hs
+end
 
 if ready ~= nil and ready.status == "False" and ready.reason == "Suspended" then
   hs.status = "Suspended"

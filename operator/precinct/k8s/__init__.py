@@ -8,7 +8,9 @@ Modules, one job each:
   client     API calls through kubernetes_asyncio (server-side apply, merge
              patches, pagination, retries, token refresh)
   reconcile  the operator's logic without kopf: reconcile, observe, finalize
-  handlers   kopf wiring: indexes, create/update/resume, delete, daemons
+  handlers   kopf wiring: indexes, create/update/resume, delete, event-driven observe
+  ladder     the suspend ladder: violation events -> warn, rollout restart, suspend; resume
+  health     the probe behind kopf's liveness endpoint (the Pod's probes)
   operator   `precinct operator`: kopf settings, login, standalone run
   cli        the bodies of `precinct render` and `precinct operator`
 

@@ -61,7 +61,8 @@ def render_command(path: Path, *, as_json: bool, namespace: str, runtime_class: 
 
 def operator_command(*, namespaces: list[str], nats_url: str | None, state_dir: Path,
                      runtime_class: str | None, runner_image: str | None, verbose: bool,
-                     settings_file: Path | None = None, metrics_port: int | None = None) -> int:
+                     settings_file: Path | None = None, metrics_port: int | None = None,
+                     liveness: str | None = None) -> int:
     from .operator import OperatorConfig, run
 
     try:
@@ -76,8 +77,73 @@ def operator_command(*, namespaces: list[str], nats_url: str | None, state_dir: 
     if runner_image:
         settings = replace(settings, runner_image=runner_image)
     config = OperatorConfig(state_dir=state_dir, nats_url=nats_url, render=settings,
-                            namespaces=tuple(namespaces), metrics_port=metrics_port)
+                            namespaces=tuple(namespaces), metrics_port=metrics_port, liveness_endpoint=liveness)
     try:
         return run(config, verbose=verbose)
     except KeyboardInterrupt:
         return 0
+
+
+def resume_command(namespace: str, name: str, *, wait: float, as_json: bool) -> int:
+    """`precinct plugin resume --namespace NS NAME`: set the BotPlugin's resume
+    annotation to a new value (k8s/ladder.py) and wait for the operator to act."""
+    import asyncio
+
+    return asyncio.run(_resume(namespace, name, wait, as_json))
+
+
+async def _resume(namespace: str, name: str, wait: float, as_json: bool) -> int:
+    import asyncio
+    import time
+
+    import aiohttp
+
+    from .client import Api, ApiError
+    from .ladder import RESUME_ANNOTATION, stamp, state
+
+    try:
+        api = await Api.connect(attempts=3)
+    except Exception as exc:  # noqa: BLE001 - ConfigException, file and YAML errors alike
+        _say(f"no cluster to talk to: set KUBECONFIG (or run inside a Pod with a service account): {exc}")
+        return 1
+    server = api.cfg.host
+    where = f"{namespace}/{name}"
+    acknowledged = False
+    try:
+        body = await api.get("BotPlugin", namespace, name)
+        if body is None:
+            _say(f"no BotPlugin {where} in the cluster at {server}")
+            return 1
+        before = state(body)
+        if not before.get("suspendedAt"):
+            _say(f"{where} is not suspended (nothing to resume); `kubectl describe botplugin {name} -n {namespace}`")
+            return 1
+        token = stamp(time.time())
+        await api.patch("BotPlugin", namespace, name, {"metadata": {"annotations": {RESUME_ANNOTATION: token}}})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while wait > 0:
+            body = await api.get("BotPlugin", namespace, name)
+            if body is None or state(body).get("resumed") == token:
+                acknowledged = body is not None
+                break
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        _say(f"the Kubernetes API at {server} refused or did not answer: {exc}")
+        return 1
+    finally:
+        await api.close()
+    reply = {"namespace": namespace, "name": name, "resumed": token, "was_suspended": True,
+             "suspended_because": before.get("suspendedBecause"), "acknowledged": acknowledged}
+    if as_json:
+        print(json.dumps(reply))
+    elif acknowledged:
+        print(f"{where} resumed: the operator scales it back up")
+    else:
+        print(f"{where}: asked to resume ({RESUME_ANNOTATION}={token})")
+    if wait > 0 and not acknowledged:
+        _say(f"the operator has not acted on it within {wait:g} s: is it running? It will act when it runs")
+        return 1
+    return 0

@@ -157,7 +157,7 @@ class Api:
                     raise ApiError(exc.status, f"{what}: {exc.message}") from None
                 wait = exc.after or delay
             log.debug("%s: retrying in %.1f s (attempt %d)", what, wait, attempt)
-            await asyncio.sleep(wait * (0.5 + random.random()))   # jitter: no retry storms in step
+            await asyncio.sleep(wait * (0.5 + random.random()))   # nosec B311 - jitter spreads retries, not a secret
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 

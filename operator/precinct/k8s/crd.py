@@ -291,6 +291,24 @@ def status_schema() -> dict[str, Any]:
                 "x-kubernetes-list-map-keys": ["type"],
             },
             "failedRollouts": _counter("Rollouts of the current spec that failed and were rolled back."),
+            "ladder": {
+                "type": "object",
+                "description": "The suspend ladder for reported violations: warn, rollout restart, suspend "
+                               "(docs/operator.md). Resume with the precinct.dev/resume annotation.",
+                "properties": {
+                    "lastAction": {"type": "string", "description": "What the last strike did.",
+                                   "enum": ["warn", "restart", "suspend", "none"]},
+                    "restarts": _counter("Rollout restarts the ladder made."),
+                    "resumed": {"type": "string", "maxLength": 256,
+                                "description": "The last precinct.dev/resume annotation value acted on."},
+                    "strikes": {"type": "array", "maxItems": 50,
+                                "description": "When the strikes still within the window happened.",
+                                "items": {"type": "string", "format": "date-time"}},
+                    "suspendedAt": {"type": "string", "format": "date-time",
+                                    "description": "Set while the ladder keeps the plugin at zero replicas."},
+                    "suspendedBecause": {"type": "string", "maxLength": 512, "description": "Why it was suspended."},
+                },
+            },
             "lastViolation": {
                 "type": "object",
                 "description": "The most recent violation reported by the gateway or the NATS server.",

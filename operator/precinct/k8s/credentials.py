@@ -166,8 +166,8 @@ class Credentials:
             # waited for: its writes are atomic files, and the thread dies with the process.
             try:
                 await asyncio.wait_for(self._in_worker(self.identity.close()), timeout=3)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing anyway
+                log.debug("closing the NATS connection of the credentials worker: %s", exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop = None
         else:

@@ -8,6 +8,10 @@
   delete botplugin  -> finalize: revoke the NATS account, then let GC go
   event pods/deployments -> observe that one plugin (rollout, rollback, crashes)
   claims moved      -> reconcile only the BotPlugins whose decision flipped
+  violation event   -> the suspend ladder (ladder.py): warn, rollout restart, suspend
+  resume annotation -> a new precinct.dev/resume value wakes an observe of that
+                       plugin, which resumes it (kopf leaves precinct.dev/*
+                       annotations out of its diff: no update handler sees it)
 
 No daemon per BotPlugin: thousands of daemons cost memory and wake-ups, and
 kopf stops each one on shutdown. Observation is driven by the children's
@@ -31,6 +35,7 @@ import kopf
 
 from ..spec.identity import kubernetes_id
 from ..spec.model import API_GROUP, API_VERSION
+from . import ladder
 from . import reconcile as rc
 from . import render as r
 from . import status as st
@@ -59,6 +64,8 @@ class Runtime:
         self._retry: set[Key] = set()
         self._slots = asyncio.Semaphore(CONCURRENT_OBSERVES)
         self.closing = False
+        self.policy = ladder.policy_of(ctx.settings)
+        self.violations_subscribed: bool | None = None      # None: no NATS URL configured (health.py)
 
     # -- violations ------------------------------------------------------------------
 
@@ -68,7 +75,7 @@ class Runtime:
             log.info("violation event for unknown plugin %s ignored", plugin_id)
             return
         METRICS.violation(plugin_id, event)
-        await rc.record_violation(self.ctx, *where, event)
+        await ladder.on_violation(self.ctx, *where, event, self.policy)
         self.wake(*where)
 
     # -- wake-ups ------------------------------------------------------------------------
@@ -131,6 +138,8 @@ class Runtime:
                 self.forget(key)
                 return
             observed = self.observed(namespace, name)
+            if await ladder.resume_if_requested(ctx, body):
+                await rc.reconcile(ctx, body, observed)      # scales it back up
             if key in self._retry:
                 self._retry.discard(key)
                 assert ctx.status is not None
@@ -143,18 +152,26 @@ class Runtime:
             self.later(key, 10.0)
             METRICS.observed(kubernetes_id(namespace, name), "error", [], suspended=False)
             return
+        assert ctx.status is not None
+        status = ctx.status.current(body)
         METRICS.observed(kubernetes_id(namespace, name), verdict, observed.pods,
-                         suspended=bool((body.get("spec") or {}).get("suspend")))
+                         suspended=bool((body.get("spec") or {}).get("suspend"))
+                         or ladder.suspension(body, status) is not None)
         if verdict == "rolled-back":
             self.later(key, ctx.retry_delay, retry=True)
-        assert ctx.status is not None
-        last = ctx.status.current(body).get("lastViolation")
-        if violations.recent(last):
-            self.later(key, _window_left(last) + 1.0)
+        last = status.get("lastViolation")
+        window = ctx.settings.violation_window_seconds
+        if violations.recent(last, window=window):
+            self.later(key, _window_left(last, window) + 1.0)
 
     def observed(self, namespace: str, name: str) -> rc.Observed:
         pods = list(self.pod_index.get((namespace, name), [])) if self.pod_index is not None else []
         return rc.Observed(pods=pods)
+
+    @property
+    def observing(self) -> int:
+        """Observes under way now (the health probe reports it)."""
+        return len(self._running)
 
     async def stop(self) -> None:
         self.closing = True
@@ -166,14 +183,14 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _window_left(last: dict[str, Any]) -> float:
+def _window_left(last: dict[str, Any], window: float) -> float:
     try:
         at = datetime.fromisoformat(str(last.get("at", "")).replace("Z", "+00:00"))
     except ValueError:
-        return violations.WINDOW
+        return window
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
-    return max(0.0, violations.WINDOW - (datetime.now(timezone.utc) - at).total_seconds())
+    return max(0.0, window - (datetime.now(timezone.utc) - at).total_seconds())
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -207,12 +224,17 @@ async def child_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, pod_
 
 
 async def fleet_event(memo: kopf.Memo, body: kopf.Body, type: str | None, **_: Any) -> None:
-    """A BotPlugin is gone for good: its claims free up (the finalizer
-    already did this unless the finalizer was removed by hand)."""
-    if type != "DELETED":
-        return
+    """A new resume annotation wakes the plugin's observe (ladder.py). A
+    BotPlugin gone for good: its claims free up (the finalizer already did
+    this unless the finalizer was removed by hand)."""
     runtime: Runtime = memo.precinct
     meta = body.get("metadata", {})
+    if type != "DELETED":
+        assert runtime.ctx.status is not None
+        plain = _plain(body)
+        if ladder.resume_requested(plain, runtime.ctx.status.current(plain)):
+            runtime.wake(meta.get("namespace", ""), meta.get("name", ""))
+        return
     key = (meta.get("namespace", ""), meta.get("name", ""))
     plugin_id = kubernetes_id(*key)
     runtime.ids.pop(plugin_id, None)

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from . import handlers, violations
+from . import handlers, health, violations
 from . import reconcile as rc
 from .client import Api, configuration, connection_info
 from .credentials import Credentials
@@ -42,6 +42,7 @@ class OperatorConfig:
     server_timeout: int = 300                 # an integer: the API server parses timeoutSeconds with ParseInt
     client_timeout: float = 330.0
     metrics_port: int | None = None           # Prometheus /metrics (k8s/metrics.py); None = off
+    liveness_endpoint: str | None = None      # kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz (k8s/health.py)
 
 
 class DigestDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -97,6 +98,7 @@ def make_registry(config: OperatorConfig, holder: dict[str, Any],
                   credentials: Credentials | None = None) -> kopf.OperatorRegistry:
     """The handlers' registry plus startup/login/cleanup bound to `config`."""
     registry = handlers.register(kopf.OperatorRegistry())
+    health.register(registry, holder)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -109,6 +111,7 @@ def make_registry(config: OperatorConfig, holder: dict[str, Any],
             runtime = build_runtime(config, api, credentials)
             holder["runtime"] = memo.precinct = runtime
             if config.nats_url:
+                runtime.violations_subscribed = False
                 runtime.background.append(asyncio.create_task(_watch_violations(config.nats_url, runtime)))
         else:   # a re-login (kopf saw a 401): our client re-reads a rotated token by itself
             await api.close()
@@ -143,6 +146,7 @@ async def _watch_violations(url: str, runtime: handlers.Runtime) -> None:
             try:
                 creds = identity.platform_creds()
                 nc = await violations.subscribe(url, str(creds), runtime.on_violation)
+                runtime.violations_subscribed = True
             except (KeyError, OSError, asyncio.TimeoutError) as exc:
                 logging.getLogger("precinct.operator").debug("violations: not subscribed yet: %s", exc)
                 await asyncio.sleep(5)
@@ -166,6 +170,7 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | None = Non
     await kopf.operator(
         registry=registry, standalone=True, memo=memo, stop_flag=stop_flag,
         clusterwide=not config.namespaces, namespaces=list(config.namespaces),
+        liveness_endpoint=config.liveness_endpoint,
     )
 
 

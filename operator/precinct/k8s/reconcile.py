@@ -37,7 +37,7 @@ from ..plan.sandbox import SandboxPlan
 from ..spec.identity import kubernetes_id
 from ..spec.load import BotPluginResource
 from ..spec.model import load_botplugin_spec
-from . import fleetmap
+from . import fleetmap, ladder
 from . import render as r
 from . import status as st
 from . import violations
@@ -50,7 +50,7 @@ from .status_writer import StatusWriter
 log = logging.getLogger("precinct.operator")
 
 INVALID_SPEC = "InvalidSpec"
-__all__ = ["ApiError", "Context", "Observed", "reconcile", "observe", "finalize", "needs_retry", "record_violation"]
+__all__ = ["ApiError", "Context", "Observed", "reconcile", "observe", "finalize", "needs_retry"]
 
 
 @dataclass
@@ -212,8 +212,9 @@ async def _reconcile(ctx: Context, body: dict[str, Any], observed: Observed, rol
     template = desired
     if good is not None and good_hash != desired_hash and (failed >= st.MAX_FAILED_ROLLOUTS or not roll_forward):
         template = good            # stay on the last good template
+    suspended = ladder.suspension(body, status)     # by the violation ladder: zero replicas until resumed
     objects = r.render(resource, ctx.settings, creds=creds_text or "", owner_uid=meta.get("uid", ""),
-                       template=template, running=rejection is None)
+                       template=template, running=rejection is None and suspended is None)
     for obj in objects:
         if obj["kind"] == "Secret" and creds_text is None:
             await ctx.api.delete("Secret", namespace, obj["metadata"]["name"])
@@ -231,7 +232,8 @@ async def _reconcile(ctx: Context, body: dict[str, Any], observed: Observed, rol
         pods=observed.pods, rejection=rejection, suspended=resource.spec.suspend,
         credentials=creds_state, failed_rollouts=failed, limits_message=_limits_message(plan),
         last_violation=status.get("lastViolation"),
-        violation_recent=violations.recent(status.get("lastViolation")),
+        violation_recent=violations.recent(status.get("lastViolation"), window=ctx.settings.violation_window_seconds),
+        suspension=suspended,
     )
     st.assess(facts, conditions)
     new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
@@ -286,6 +288,11 @@ async def observe(ctx: Context, body: dict[str, Any], observed: Observed) -> str
 
     async with ctx.lock(namespace, name):
         status = ctx.status.current(body)
+        if status.get("observedGeneration") != generation:
+            # A reconcile of a newer spec ran while this waited for the lock:
+            # `body` is stale now (writing it would put the old generation
+            # back over the new revision); the new Deployment's events observe again.
+            return "pending"
         try:
             resource = _resource(body)
         except ValidationError:
@@ -320,7 +327,8 @@ async def observe(ctx: Context, body: dict[str, Any], observed: Observed) -> str
             if good is not None and good_hash != desired_hash:
                 log.warning("%s/%s: rollout of %s missed its deadline; rolling back to %s (failure %d)",
                             namespace, name, desired_hash, good_hash, failed)
-                dep = r.deployment(resource, r.Owner(name, namespace, meta.get("uid", "")), good, ctx.settings)
+                dep = r.deployment(resource, r.Owner(name, namespace, meta.get("uid", "")), good, ctx.settings,
+                                   running=ladder.suspension(body, status) is None)
                 dep["metadata"]["annotations"] = {st.GOOD_TEMPLATE: json.dumps(good, sort_keys=True),
                                                   st.GOOD_HASH: good_hash}
                 live = await ctx.api.apply(dep)
@@ -329,11 +337,13 @@ async def observe(ctx: Context, body: dict[str, Any], observed: Observed) -> str
 
         facts = st.Facts(
             generation=generation, desired_hash=desired_hash, deployment=view, pods=observed.pods,
-            rejection=None, suspended=resource.spec.suspend,
+            rejection=ctx.claims.rejection(namespace, name), suspended=resource.spec.suspend,
             credentials=_credentials_fact(conditions), failed_rollouts=failed,
             limits_message=_limits_message(plan),
             last_violation=status.get("lastViolation"),
-            violation_recent=violations.recent(status.get("lastViolation")),
+            violation_recent=violations.recent(status.get("lastViolation"),
+                                               window=ctx.settings.violation_window_seconds),
+            suspension=ladder.suspension(body, status),
         )
         st.assess(facts, conditions)
         new = {"observedGeneration": generation, "revision": revision, "failedRollouts": failed,
@@ -354,18 +364,6 @@ def needs_retry(body: dict[str, Any], status: dict[str, Any] | None = None) -> b
     status = status if status is not None else dict(body.get("status") or {})
     failed = int(status.get("failedRollouts", 0))
     return 0 < failed < st.MAX_FAILED_ROLLOUTS and status.get("observedGeneration") == body["metadata"].get("generation")
-
-
-async def record_violation(ctx: Context, namespace: str, name: str, event: dict[str, Any]) -> None:
-    """Count a gateway-reported violation on the BotPlugin's status."""
-    assert ctx.status is not None
-    async with ctx.lock(namespace, name):
-        body = await ctx.api.get("BotPlugin", namespace, name)
-        if body is None:
-            return
-        fields = violations.record(ctx.status.current(body), event)
-        await ctx.api.patch("BotPlugin", namespace, name, {"status": fields}, subresource="status", reply=False)
-        ctx.status.remember(body, fields)
 
 
 # -- deletion ---------------------------------------------------------------------

@@ -90,12 +90,21 @@ class Settings:
     tmp_size: str = "16Mi"
     fetch_cpu: str = "200m"
     fetch_memory: str = "128Mi"
+    # The suspend ladder (k8s/ladder.py), the same defaults as `precinct up`:
+    # strikes are forgotten after the window, events within the cooldown of a
+    # strike join it, the suspend_after-th strike suspends (0: never).
+    violation_window_seconds: int = 600
+    violation_cooldown_seconds: int = 10
+    suspend_after: int = 3
 
     def __post_init__(self) -> None:
         for cidr in self.cluster_cidrs:
             ipaddress.ip_network(cidr, strict=True)   # ValueError with the bad CIDR in it
         if self.run_as_user <= 0:
             raise ValueError("run_as_user must be a non-root uid (> 0)")
+        if self.violation_window_seconds <= 0 or self.violation_cooldown_seconds < 0 or self.suspend_after < 0:
+            raise ValueError("violation_window_seconds must be > 0; violation_cooldown_seconds and "
+                             "suspend_after must be >= 0")
 
 
 def load_settings(data: dict[str, Any] | None, base: Settings | None = None) -> Settings:

@@ -9,7 +9,8 @@ Condition meanings (True = good, except Reconciling and Stalled):
   Ready                at least one Pod serves the plugin (any revision)
   Reconciling          a rollout of the current spec is under way
   Stalled              no progress without a change: 3 failed rollouts in a
-                       row, or a claim conflict with an older BotPlugin
+                       row, a claim conflict with an older BotPlugin, or a
+                       suspension by the violation ladder (until resumed)
   CredentialsReady     its NATS account is issued and pushed to the server
   LimitsEnforced       limits are set on the Pod and it stays within them
                        (False, OOMKilled, when the kernel killed it for memory)
@@ -188,6 +189,7 @@ class Facts:
     limits_message: str = ""
     last_violation: dict[str, Any] | None = None
     violation_recent: bool = False               # the last one is within the quiet window
+    suspension: str | None = None                # suspended by the ladder (k8s/ladder.py): why, how to resume
 
 
 def assess(facts: Facts, current: cond.Conditions) -> bool:
@@ -225,7 +227,7 @@ def assess(facts: Facts, current: cond.Conditions) -> bool:
     # LatestRevisionReady: does the current spec run?
     if facts.rejection:
         put(cond.LATEST_REVISION_READY, False, facts.rejection[0], facts.rejection[1])
-    elif facts.suspended:
+    elif facts.suspended or facts.suspension:
         put(cond.LATEST_REVISION_READY, True, cond.SUSPENDED, "suspended: scaled to zero")
     elif state == "complete":
         put(cond.LATEST_REVISION_READY, True, "RolloutComplete", f"template {facts.desired_hash} is available")
@@ -242,6 +244,8 @@ def assess(facts: Facts, current: cond.Conditions) -> bool:
     # Ready: is anything serving?
     if facts.rejection:
         put(cond.READY, False, facts.rejection[0], facts.rejection[1])
+    elif facts.suspension:
+        put(cond.READY, False, cond.SUSPENDED, facts.suspension)
     elif facts.suspended:
         put(cond.READY, False, cond.SUSPENDED, "spec.suspend is true")
     elif not ok:
@@ -258,12 +262,16 @@ def assess(facts: Facts, current: cond.Conditions) -> bool:
     # kstatus pair.
     if facts.rejection:
         put(cond.STALLED, True, facts.rejection[0], facts.rejection[1])
+    elif facts.suspension:
+        # no progress until a person resumes it (kstatus: Stalled; Argo CD: Degraded)
+        put(cond.STALLED, True, cond.SUSPENDED, facts.suspension)
     elif stalled_rollouts:
         put(cond.STALLED, True, ROLLOUT_FAILED,
             f"{facts.failed_rollouts} rollouts in a row failed; change the spec to try again")
     else:
         put(cond.STALLED, False, "Progressing" if state == "progressing" else "AsExpected", "")
-    busy = not facts.rejection and not stalled_rollouts and not facts.suspended and state == "progressing"
+    busy = (not facts.rejection and not stalled_rollouts and not facts.suspended and not facts.suspension
+            and state == "progressing")
     put(cond.RECONCILING, busy, "RollingOut" if busy else "Reconciled",
         f"rolling out template {facts.desired_hash}" if busy else "")
     return changed

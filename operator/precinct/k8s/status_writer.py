@@ -84,8 +84,18 @@ class StatusWriter:
         merged = {**self.current(body), **fields}
         self.known[(meta["namespace"], meta["name"])] = (meta.get("uid", ""), merged)
 
+    def drop(self, body: dict[str, Any], field: str) -> None:
+        """A field removed elsewhere (the ladder's resume clears lastViolation)."""
+        meta = body["metadata"]
+        current = self.current(body)
+        current.pop(field, None)
+        self.known[(meta["namespace"], meta["name"])] = (meta.get("uid", ""), current)
+
     async def event(self, body: dict[str, Any], c: dict[str, Any]) -> None:
-        good = _good(c)
+        await self.notice(body, _good(c), c["reason"], f"{c['type']}={c['status']}: {c['message']}")
+
+    async def notice(self, body: dict[str, Any], good: bool, reason: str, message: str) -> None:
+        """Post one Event on the BotPlugin (Normal when good, else Warning); best effort."""
         meta = body["metadata"]
         stamp = cond.now()
         event = {
@@ -94,8 +104,8 @@ class StatusWriter:
             "involvedObject": {"apiVersion": body.get("apiVersion", "precinct.dev/v1alpha1"), "kind": "BotPlugin",
                                "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
             "type": "Normal" if good else "Warning",
-            "reason": c["reason"],
-            "message": f"{c['type']}={c['status']}: {c['message']}"[:1024],
+            "reason": reason,
+            "message": message[:1024],
             "source": {"component": "precinct-operator"},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": "precinct.dev/operator", "reportingInstance": "precinct-operator",
@@ -103,4 +113,4 @@ class StatusWriter:
         try:
             await self.api.create(event, reply=False)
         except ApiError as exc:   # events are best effort
-            log.info("%s/%s: event %s not posted: %s", meta["namespace"], meta["name"], c["reason"], exc)
+            log.info("%s/%s: event %s not posted: %s", meta["namespace"], meta["name"], reason, exc)

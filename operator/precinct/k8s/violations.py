@@ -5,10 +5,11 @@ platform account (services/gateway.py has the format). The operator
 subscribes as the platform user, adds each event's count to
 `status.violations`, keeps it as `status.lastViolation`, and the plugin's
 daemon turns that into PermissionsCompliant: False (RateLimited or
-PermissionViolation) until WINDOW quiet seconds have passed.
+PermissionViolation) until the ladder's window (setting
+violation_window_seconds, default WINDOW) has passed quietly.
 
-The operator only reports; it does not restart or suspend plugins (the
-single-host supervisor's strike ladder has no Kubernetes counterpart yet).
+What the operator then does about the plugin (warn, rollout restart,
+suspend) is the suspend ladder: k8s/ladder.py.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import conditions as cond
+from ..ladder import reason_of
 
 log = logging.getLogger("precinct.operator")
 
 SUBJECT = "precinct.violations.*"
 WINDOW = 600.0       # seconds PermissionsCompliant stays False after the last violation
-
-
-def reason_of(kind: str) -> str:
-    return cond.RATE_LIMITED if kind == "rate_limit" else cond.PERMISSION_VIOLATION
 
 
 def record(status: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:

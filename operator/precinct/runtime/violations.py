@@ -38,16 +38,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import conditions as cond
+from ..ladder import NONE, RESTART, SUSPEND, WARN, LadderPolicy, reason_of, strike
 from .slot import SUSPENDED, Slot
 
 log = logging.getLogger("precinct.violations")
 
 SUBJECT = "precinct.violations.*"
-WARN, RESTART, SUSPEND, NONE = "warn", "restart", "suspend", "none"
-REASONS = {"rate_limit": cond.RATE_LIMITED, "permission": cond.PERMISSION_VIOLATION,
-           "duplicate_reply": cond.PERMISSION_VIOLATION, "seccomp": cond.PERMISSION_VIOLATION,
-           "landlock": cond.PERMISSION_VIOLATION, "egress": cond.PERMISSION_VIOLATION}
 COMPLIANT = "NoViolations"
+__all__ = ["NONE", "RESTART", "SUSPEND", "WARN", "Ladder", "LadderPolicy", "LaunchRefused", "SUBJECT"]
 
 
 class LaunchRefused(RuntimeError):
@@ -57,13 +55,6 @@ class LaunchRefused(RuntimeError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
-
-
-@dataclass
-class LadderPolicy:
-    window: float = 600.0        # strikes older than this are forgotten
-    cooldown: float = 10.0       # events this soon after a strike join it
-    suspend_after: int = 3       # this strike suspends; 0 = never suspend
 
 
 @dataclass
@@ -162,24 +153,17 @@ class Ladder:
         record.last_event, record.last_kind, record.last_subject = now, kind, subject
         record.counts[kind] = record.counts.get(kind, 0) + count
         slot = self.slot_of(plugin_id)
-        reason = REASONS.get(kind, cond.PERMISSION_VIOLATION)
+        reason = reason_of(kind)
         message = f"{count} × {kind} on {subject} (source {event.get('source', '?')}, last at {event.get('last', '?')})"
         if slot is not None:
             slot.conditions.set(cond.PERMISSIONS_COMPLIANT, False, reason, message)
         if self.is_suspended(plugin_id):
             return NONE
-        if record.strikes and now - record.strikes[-1] < self.policy.cooldown:
+        record.strikes, action = strike(record.strikes, now, self.policy)
+        if action == NONE:
             return NONE
-        record.strikes = [t for t in record.strikes if now - t < self.policy.window] + [now]
-        n = len(record.strikes)
-        if n == 1:
-            action = WARN
-        elif self.policy.suspend_after and n >= self.policy.suspend_after:
-            action = SUSPEND
-        else:
-            action = RESTART
         record.last_action = action
-        log.warning("plugin %s: strike %d (%s) -> %s", plugin_id, n, message, action)
+        log.warning("plugin %s: strike %d (%s) -> %s", plugin_id, len(record.strikes), message, action)
         return action
 
     def _mark_suspended(self, plugin_id: str) -> None:
