@@ -9,6 +9,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from precinct.spec.identity import kubernetes_id
+
 from e2e_support import (
     PLUGINS_NS, RELEASE, SYSTEM_NS, apply, botplugin, botplugin_manifest, condition, get_json, helm, kubectl,
     wait_condition, wait_for,
@@ -49,7 +51,7 @@ def test_example_plugin_becomes_ready(release, images):
     bp = botplugin("dice-roller")
     assert bp["status"]["observedGeneration"] == bp["metadata"]["generation"]
     assert condition(bp, "CredentialsReady")["reason"] == "Pushed"
-    assert bp["status"]["pluginId"] == f"{PLUGINS_NS}-dice-roller"
+    assert bp["status"]["pluginId"] == kubernetes_id(PLUGINS_NS, "dice-roller")
 
 
 def test_roll_round_trip_through_nats(core_nats):
