@@ -214,7 +214,7 @@ def _run(argv: list[str], what: str, timeout: float = 900) -> str:
     return done.stdout
 
 
-def _open_up(root: Path) -> None:
+def open_up(root: Path) -> None:
     """World-readable, and executable where the owner may execute. Symlinks
     are skipped: bin/python points at the system interpreter."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -275,7 +275,7 @@ def _build(env_dir: Path, python: str, probe: dict, source: Path, digest: str) -
     if not Path(report["runner"]).resolve().is_relative_to(env_dir.resolve()):
         raise RunnerEnvError(f"precinct_runner imported from {report['runner']}, not from {env_dir}")
 
-    _open_up(env_dir)
+    open_up(env_dir)
     (env_dir / BUILDING).unlink()
     marker = {"hash": digest, "python": python, "python_version": probe["version"], "runner": report["version"],
               "source": str(source), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
