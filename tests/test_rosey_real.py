@@ -132,8 +132,6 @@ def test_countdown_with_its_migration_fixed(rosey_up):
     assert code == 0 and text.startswith("⏰"), text
     when = (datetime.now(timezone.utc) + timedelta(days=3)).strftime("%Y-%m-%d %H:%M")
     code, text = say(rosey_up, f"!countdown movie {when}")
-    if code != 0 and "KeyError: 'id'" in stderr_of(rosey_up, "countdown"):
-        pytest.xfail("countdown's insert is refused by storage (it writes created_at): issue 16, item 4")
     assert code == 0 and "Countdown 'movie' created" in text, text
     for line, expected in (("!countdown movie", "movie"), ("!countdown alerts movie 15,5", "15, 5"),
                            ("!countdown list", "movie"), ("!countdown delete movie", "deleted")):
