@@ -23,8 +23,6 @@ nothing behind and is retried on the plugin's next start.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +33,7 @@ import time
 from pathlib import Path
 
 from ..spec import requirements as reqs
-from .runner_env import open_up
+from .runner_env import file_lock, open_up
 
 MARKER = "installed.json"
 PIP_TIMEOUT = 600.0
@@ -74,17 +72,6 @@ def _pip_env(index: str | None) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def installed(site: Path) -> list[str]:
     """`name==version` of every distribution in a site folder."""
     out = []
@@ -106,7 +93,7 @@ def ensure(requirements: list[str], *, runner_python: str, state_dir: Path, inde
     key = cache_key(wanted, runner_python, index)
     home = root / key
     site = home / "site"
-    with _locked(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock"):
         if (home / MARKER).is_file():
             return site
         if home.exists():
