@@ -8,7 +8,6 @@ so only the check under test can reject it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 from precinct.cli import app
 from precinct.market import bundle, client, index, install, keys, scan
 from precinct.market.errors import BundleError, InstallError, ScanBlocked, TrustError
+from wheel_support import make_wheel
 
 ROOT = Path(__file__).parents[1]
 cli = CliRunner()
@@ -57,28 +57,6 @@ def run(*args: str):
 
 
 # -- fixtures built on the fly ----------------------------------------------------------
-
-
-def make_wheel(folder: Path, name: str = "tinydep", version: str = "0.1", body: str = "VALUE = 42\n") -> Path:
-    """A minimal, valid pure-Python wheel."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": body.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for arc, data in files.items():
-            zf.writestr(arc, data)
-    return path
 
 
 def make_plugin(folder: Path, version: str = "1.0.0", code: str = PLUGIN_CODE, permissions=(),

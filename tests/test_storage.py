@@ -560,6 +560,7 @@ CREATE TABLE countdowns (
     target_time TIMESTAMP NOT NULL,
     created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL,
     completed BOOLEAN DEFAULT FALSE NOT NULL,
+    snoozed INTEGER DEFAULT 0,
     UNIQUE(channel, name)
 );
 -- DOWN
@@ -610,12 +611,14 @@ async def test_countdown_shaped_select_update_delete_by_filters(storage, nats_en
                                   ("launch", "lobby", "2026-12-02T09:00:00+00:00"),
                                   ("movie", "other", "2026-12-03T20:00:00+00:00")):
         await call("insert", {"data": {"name": name, "channel": channel, "target_time": target,
-                                       "created_at": "2026-11-30T12:00:00+00:00", "completed": False}})
+                                       "created_at": "2026-11-30T12:00:00+00:00", "completed": False,
+                                       "snoozed": False}})   # a boolean for an INTEGER column, as countdown sends is_paused
 
     # select by filters, with countdown's order_by/direction and limit: rows, as search answers.
     one = await call("select", {"filters": {"channel": {"$eq": "lobby"}, "name": {"$eq": "movie"}}, "limit": 1})
     assert [r["name"] for r in one["rows"]] == ["movie"] and one["rows"][0]["channel"] == "lobby"
     assert one["rows"][0]["created_at"].startswith("2026-11-30T12:00:00") and one["rows"][0]["completed"] is False
+    assert one["rows"][0]["snoozed"] == 0
     ordered = await call("select", {"filters": {"channel": {"$eq": "lobby"}, "completed": {"$eq": False}},
                                     "order_by": [{"field": "target_time", "direction": "desc"}], "limit": 2})
     assert [r["name"] for r in ordered["rows"]] == ["party", "launch"] and ordered["truncated"] is True

@@ -48,16 +48,25 @@ def validate(
     manifest is plugin.yaml or plugin.yml (not both); a folder inside a
     plugins dir without one is not a plugin and gets a warning (as in `up`).
     """
+    from dataclasses import asdict
+
     from .plan.fleet import check_fleet
+    from .spec import requirements as reqs
 
     report = check_fleet(paths)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        body = report.to_dict()
+        body["dependencies"] = {p.id: asdict(reqs.plan(p.spec.dependencies))
+                                for p in report.plugins if p.spec.dependencies}
+        typer.echo(json.dumps(body, indent=2))
     else:
         for warning in report.warnings:
             typer.echo(f"warning: {warning}", err=True)
         for problem in report.problems:
             typer.echo(str(problem), err=False)
+        for p in report.plugins:
+            for line in reqs.describe(p.id, p.spec.dependencies):
+                typer.echo(line)
         if not report.problems:
             typer.echo(f"{len(report.plugins)} plugin(s) valid: " + ", ".join(p.id for p in report.plugins))
     raise typer.Exit(0 if not report.problems else 1)
@@ -132,6 +141,10 @@ def up(
         0, "--dashboard-port", min=0, help="Loopback port of the health dashboard (0: a free one; the URL with "
         "its token is logged and printed by `precinct dashboard --url`)."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the health dashboard."),
+    wheel_index: Optional[str] = typer.Option(
+        None, "--wheel-index", envvar="PRECINCT_WHEEL_INDEX",
+        help="Where plugins' `dependencies` come from: a PEP 503 index URL or a folder of wheels; then the only "
+        "source (pip's own configuration is ignored). Default: pip's configured index."),
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", min=0, help="Serve Prometheus /metrics on this loopback port, no token "
         "(default: off; docs/monitoring.md suggests 9470)."),
@@ -161,6 +174,7 @@ def up(
                                                 suspend_after=suspend_after)
     supervisor.dashboard_port = None if no_dashboard else dashboard_port
     supervisor.metrics_port = metrics_port
+    supervisor.wheel_index = wheel_index
     try:
         asyncio.run(supervisor.run())
     except SupervisorError as exc:

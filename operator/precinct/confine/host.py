@@ -53,6 +53,7 @@ IN_RUNNER = SANDBOX / "runner"
 IN_CREDS = SANDBOX / "nats.creds"
 IN_CONFIG = SANDBOX / "config.json"
 IN_DATA = SANDBOX / "data"
+IN_DEPS = SANDBOX / "deps"            # the plugin's installed dependencies (runtime/plugin_deps.py), read-only
 
 LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view")
 DISABLE_ENV = "PRECINCT_CONFINE_DISABLE"
@@ -84,6 +85,11 @@ MISSING = "MISSING"
 
 def missing(why: str) -> str:
     return f"{MISSING}: {why}"
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value after `name` in a command line, if it is there."""
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
 def _init_command() -> list[str]:
@@ -334,6 +340,10 @@ class HostConfinement(Confinement):
         if (env_dir / "pyvenv.cfg").is_file():
             binds.append({"src": str(env_dir), "dst": "runner", "kind": "dir", "ro": True})
             mapping[str(runner_python)] = str(IN_RUNNER / "bin" / runner_python.name)
+        deps = _option(spec.argv, "--deps")
+        if deps is not None:      # shared, root-owned and read-only: one plugin cannot alter another's wheels
+            binds.append({"src": deps, "dst": "deps", "kind": "dir", "ro": True})
+            mapping[deps] = str(IN_DEPS)
         data_host: Path | None = None
         enf["disk"] = "no data dir granted"
         if data_mode != "none":
@@ -430,7 +440,7 @@ class HostConfinement(Confinement):
         # Landlock and seccomp.
         landlock_spec = None
         if self._layer("landlock") and caps.landlock_abi >= 1:
-            read_exec = [*SYSTEM_READ_EXEC, str(IN_CODE), str(IN_RUNNER)]
+            read_exec = [*SYSTEM_READ_EXEC, str(IN_CODE), str(IN_RUNNER), *([str(IN_DEPS)] if deps else [])]
             if not (env_dir / "pyvenv.cfg").is_file():
                 read_exec.append(str(env_dir))
             landlock_spec = {

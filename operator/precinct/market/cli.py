@@ -169,6 +169,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         block_on: str = typer.Option("high", "--block-on", help="Lowest severity that blocks: high, medium, low or none."),
     ) -> None:
         """Bandit (nosec ignored) + imports/calls versus declared permissions. Exit 1 when the policy blocks."""
+        from ..spec import requirements as reqs
         from .scan import scan_path
 
         policy = _policy(allow_warnings, block_on)
@@ -178,6 +179,8 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         else:
             for finding in report.findings:
                 typer.echo(str(finding))
+            for line in reqs.describe(report.plugin, report.dependencies):
+                typer.echo(f"{line} (dependencies are not scanned: the sandbox confines them like the plugin)")
             typer.echo(report.summary(policy))
         raise typer.Exit(0 if report.passes(policy) else 1)
 

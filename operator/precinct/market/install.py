@@ -19,8 +19,10 @@ Every operation is one atomic change to the live folder `<plugins-dir>/<id>`:
 
 Any failure before step 3 deletes the staging folder and changes nothing.
 
-The runner finds the dependencies because it prepends `<plugin-dir>/.deps`
-to `sys.path` before importing the plugin (precinct_runner.loader).
+The runner finds the dependencies because it appends `<plugin-dir>/.deps`
+to `sys.path` before importing the plugin (precinct_runner.loader): after its
+own packages, so the runner's nats-py always wins. `precinct up` installs
+nothing more for a folder that has `.deps/` (runtime/plugin_deps.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ plugin with different names. The mapping, field by field:
 | resources.cpu_limit, memory_limit | same (`100M` means 10^8 bytes, as in Kubernetes)     |
 | resources.storage_limit      | resources.disk_limit                                      |
 | config_schema                | same; its `default`s become `config`                      |
-| dependencies, python_requires | not a field: the wheels in the bundle are checked against `dependencies` |
+| dependencies                 | same: the bundle's wheels must cover them (spec/requirements.py) |
+| python_requires              | dropped: the runner's Python decides                      |
 | display_name, homepage, license, tags | dropped (informational)                          |
 
 Precinct's own fields (`commands`, `command_groups`, `subject_namespace`, `events`, `config`,
@@ -28,7 +29,6 @@ manifest: without `commands` the dispatcher routes nothing to the plugin.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 PERMISSION_MAP: dict[str, tuple[str, ...]] = {
@@ -50,21 +50,13 @@ PERMISSION_MAP: dict[str, tuple[str, ...]] = {
 }
 REFUSED = ("control_media", "config_write", "bot_control", "plugin_management", "system_commands")
 PASS_THROUGH = ("name", "version", "author", "description", "commands", "command_groups", "subject_namespace",
-                "events", "config", "config_schema", "entrypoint")
-DROPPED = ("display_name", "homepage", "license", "tags", "python_requires", "dependencies",
+                "events", "config", "config_schema", "entrypoint", "dependencies")
+DROPPED = ("display_name", "homepage", "license", "tags", "python_requires",
            "entry_point", "main_class", "permissions", "resources")
 
 
 class RoseyManifestError(ValueError):
     pass
-
-
-def dependency_names(data: dict[str, Any]) -> list[str]:
-    """Project names in Rosey's `dependencies` list (`markovify>=0.9` -> markovify)."""
-    deps = data.get("dependencies") or []
-    if not isinstance(deps, list):
-        raise RoseyManifestError("dependencies: expected a list of requirement strings")
-    return [re.split(r"[\s<>=!~;\[(]", str(d).strip(), maxsplit=1)[0] for d in deps if str(d).strip()]
 
 
 def to_precinct(data: dict[str, Any]) -> dict[str, Any]:

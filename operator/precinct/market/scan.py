@@ -93,6 +93,7 @@ class ScanReport:
     plugin: str
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)   # the manifest's; installed as wheels, not scanned
 
     def blocking(self, policy: Policy) -> list[Finding]:
         return [f for f in self.findings if policy.blocks(f)]
@@ -112,7 +113,8 @@ class ScanReport:
 
     def to_dict(self, policy: Policy) -> dict:
         return {"plugin": self.plugin, "verdict": self.verdict(policy), "policy": asdict(policy),
-                "files": self.files, "findings": [asdict(f) for f in self.findings]}
+                "files": self.files, "findings": [asdict(f) for f in self.findings],
+                "dependencies": self.dependencies}
 
     def summary(self, policy: Policy) -> str:
         counts = {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
@@ -298,7 +300,8 @@ def scan_folder(root: Path, manifest: Manifest | None = None) -> ScanReport:
             raise MarketError("cannot scan: " + "; ".join(map(str, problems or ["not a plugin manifest"])), "manifest")
         manifest = loaded
     files = _python_files(root)
-    report = ScanReport(plugin=manifest.id, files=[p.relative_to(root).as_posix() for p in files])
+    report = ScanReport(plugin=manifest.id, files=[p.relative_to(root).as_posix() for p in files],
+                        dependencies=list(manifest.dependencies))
     report.findings.extend(_permission_findings(root, files, manifest.granted))
     report.findings.extend(_bandit_findings(root, files))
     for path in sorted(root.rglob("*")):

@@ -188,7 +188,8 @@ def _is_complete(env_dir: Path, digest: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def file_lock(lock_path: Path):
+    """An exclusive flock on `lock_path` (created if missing) while inside."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -214,7 +215,7 @@ def _run(argv: list[str], what: str, timeout: float = 900) -> str:
     return done.stdout
 
 
-def _open_up(root: Path) -> None:
+def open_up(root: Path) -> None:
     """World-readable, and executable where the owner may execute. Symlinks
     are skipped: bin/python points at the system interpreter."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -275,7 +276,7 @@ def _build(env_dir: Path, python: str, probe: dict, source: Path, digest: str) -
     if not Path(report["runner"]).resolve().is_relative_to(env_dir.resolve()):
         raise RunnerEnvError(f"precinct_runner imported from {report['runner']}, not from {env_dir}")
 
-    _open_up(env_dir)
+    open_up(env_dir)
     (env_dir / BUILDING).unlink()
     marker = {"hash": digest, "python": python, "python_version": probe["version"], "runner": report["version"],
               "source": str(source), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -315,7 +316,7 @@ def ensure_runner_env(base: Path | None = None, *, source: Path | None = None, p
         env_dir.parent.mkdir(parents=True, exist_ok=True)
         if created:
             os.chmod(env_dir.parent, 0o755)  # nosec B103 - the shared runner venv's root-owned parent dir; plugins need to traverse it, never write
-        with _locked(env_dir.parent / f".{env_dir.name}.lock"):
+        with file_lock(env_dir.parent / f".{env_dir.name}.lock"):
             if not _is_complete(env_dir, digest):       # another process may have built it meanwhile
                 _build(env_dir, interpreter, probe, source, digest)
     except OSError as exc:

@@ -122,6 +122,9 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.nats_port = nats_port
         self.runner_python = runner_python
+        # Where plugins' dependencies come from (runtime/plugin_deps.py): a
+        # wheel index URL or folder; None = pip's configured index.
+        self.wheel_index: str | None = None
         self.entries: dict[str, PluginEntry] = {}
         self.rejected: dict[str, dict] = {}     # folder name -> why it does not run
         self.owners: dict[str, str] = {}        # plugin id -> folder name (owners.json)
@@ -475,6 +478,9 @@ class Supervisor:
                     "--plugin-dir", str(entry.folder), "--plugin-id", plugin_id, "--instance", instance,
                     "--server", self.server_url, "--creds", str(self.identity.creds_for(plugin_id)),
                     "--config", str(config_path)]
+            deps = await self._dependencies(entry.folder, entry.plugin.spec.dependencies)
+            if deps is not None:
+                argv += ["--deps", str(deps)]
             if entry.plugin.spec.entrypoint:
                 argv += ["--entrypoint", entry.plugin.spec.entrypoint]
             for subject in entry.plan.command_subjects():
@@ -485,6 +491,21 @@ class Supervisor:
                          config=config_path, nats=(self.identity.host, self.identity.port))
             return LaunchSpec(argv=argv, env=self._base_env(), cwd=str(entry.folder), instance=instance)
         return launch
+
+    async def _dependencies(self, folder: Path, requirements: list[str]) -> Path | None:
+        """The plugin's installed dependencies (runtime/plugin_deps.py), or
+        None when it lists none or was installed from a bundle (whose wheels,
+        hash-checked, are in its .deps/, which the runner finds itself).
+        Failing to install them is a refused launch."""
+        if not requirements or (folder / ".deps").is_dir():
+            return None
+        from .plugin_deps import DependencyError, ensure
+
+        try:
+            return await asyncio.to_thread(ensure, requirements, runner_python=self.runner_python,
+                                           state_dir=self.state_dir, index=self.wheel_index)
+        except DependencyError as exc:
+            raise LaunchRefused(exc.reason, str(exc)) from None
 
     def _ping_for(self, plugin_id: str):
         async def ping(instance: str, deadline: float) -> bool:

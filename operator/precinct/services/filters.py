@@ -112,7 +112,9 @@ def coerce(field: str, ftype: str, value: Any, *, max_length: int | None = None)
         return value
     if ftype == "integer":
         if isinstance(value, bool):
-            raise invalid(f"field {field!r}: expected an integer, got a boolean")
+            # Rosey's service stores a boolean in an INTEGER column as 0/1 (its
+            # migrations declare flags either way: countdown's is_paused INTEGER).
+            return int(value)
         if isinstance(value, float):
             if not value.is_integer():
                 raise invalid(f"field {field!r}: expected an integer, got {value!r}")

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from . import quantity
+from . import requirements as reqs
 from .identity import (
     ACTION,
     CHAT_WORD,
@@ -375,11 +376,24 @@ class PluginSpec(_Model):
         description="Chat word -> subcommands and default actions: `!countdown list`, `!countdown movie 20:00`.",
     )
     events: list[Token] = Field(default_factory=list, max_length=MAX_EVENT_ROOTS, description="Extra event roots.")
+    dependencies: list[Annotated[str, StringConstraints(max_length=reqs.MAX_LENGTH)]] = Field(
+        default_factory=list, max_length=reqs.MAX_DEPENDENCIES,
+        description="Python packages the plugin imports, as requirements ('httpx>=0.27'): installed as wheels "
+                    "only, from the operator's wheel index, into the plugin's own environment.",
+    )
     permissions: list[Permission] = Field(default_factory=list, max_length=len(Permission),
                                           description="Grants; see docs/permissions.md.")
     resources: Resources = Field(default_factory=Resources)
     config: dict[str, Any] = Field(default_factory=dict, description="Passed to the plugin's constructor.")
     config_schema: dict[str, Any] | None = Field(None, description="JSON Schema the config must satisfy.")
+
+    @field_validator("dependencies")
+    @classmethod
+    def _dependencies(cls, value: list[str]) -> list[str]:
+        problems = reqs.check(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("commands", mode="before")
     @classmethod

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="this instance's name, a NATS token [PRECINCT_INSTANCE] (default: random)")
     p.add_argument("--server", help=f"NATS URL(s), comma-separated [PRECINCT_SERVER] (default {DEFAULT_SERVER})")
     p.add_argument("--creds", help="NATS credentials file [PRECINCT_CREDS] (default: no auth)")
+    p.add_argument("--deps", help="a folder of the plugin's installed dependencies, searched after the runner's "
+                   "own packages [PRECINCT_DEPS] (default: none; <plugin-dir>/.deps is always searched)")
     p.add_argument("--entrypoint", help="module:Class in the plugin folder [PRECINCT_ENTRYPOINT] "
                    "(default: the one class in plugin.py with initialize() and/or shutdown())")
     p.add_argument("--config", help="JSON file with the plugin's config object [PRECINCT_CONFIG]; "
@@ -132,6 +134,7 @@ class Options(argparse.Namespace):
     servers: list[str]
     creds: str | None
     entrypoint: str | None
+    deps: Path | None
     config: dict[str, Any]
     commands: list[str]
     connect_timeout: float
@@ -176,6 +179,10 @@ def resolve_options(argv: list[str] | None = None) -> Options:
         raise UsageError(f"credentials file {opts.creds} does not exist or is not readable")
 
     opts.entrypoint = ns.entrypoint or _env("ENTRYPOINT")
+    deps = ns.deps or _env("DEPS")
+    opts.deps = Path(deps).resolve() if deps else None
+    if opts.deps is not None and not opts.deps.is_dir():
+        raise UsageError(f"dependencies folder {opts.deps} does not exist")
     opts.config = _resolve_config(ns.config)
     opts.commands = _resolve_commands(ns.command)
 
@@ -364,7 +371,7 @@ class Runner:
             loop.add_signal_handler(sig, self._on_signal, sig)
 
         try:
-            cls = load_plugin_class(opts.plugin_dir, opts.entrypoint)
+            cls = load_plugin_class(opts.plugin_dir, opts.entrypoint, deps=opts.deps)
         except LoadError as exc:
             self.fail(f"plugin failed to load from {opts.plugin_dir}: {exc}", exc)
             return EXIT_LOAD

@@ -127,14 +127,17 @@ def find_default_class(module) -> type:
     )
 
 
-def add_deps_path(plugin_dir: Path) -> None:
-    """Put the plugin's installed wheels (`<plugin-dir>/.deps`) first on sys.path."""
-    deps = plugin_dir / DEPS_DIR
-    if deps.is_dir() and str(deps) not in sys.path:
-        sys.path.insert(0, str(deps))
+def add_deps_paths(plugin_dir: Path, deps: Path | None = None) -> None:
+    """Make the plugin's dependencies importable: `deps` (installed for it by
+    the platform) and `<plugin-dir>/.deps` (a bundle's wheels). Appended
+    after the runner's own site-packages, so the runner's nats-py (and
+    everything else it ships) always wins over a copy a dependency brought."""
+    for folder in (deps, plugin_dir / DEPS_DIR):
+        if folder is not None and folder.is_dir() and str(folder) not in sys.path:
+            sys.path.append(str(folder))
 
 
-def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None) -> type:
+def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None, *, deps: Path | None = None) -> type:
     """Import the plugin folder and return its plugin class."""
     if not plugin_dir.is_dir():
         raise LoadError(f"plugin folder {plugin_dir} does not exist or is not a directory")
@@ -145,7 +148,7 @@ def load_plugin_class(plugin_dir: Path, entrypoint: str | None = None) -> type:
         module_name, class_name = match["module"], match["cls"]
     else:
         module_name, class_name = DEFAULT_MODULE, None
-    add_deps_path(plugin_dir)
+    add_deps_paths(plugin_dir, deps)
     package = load_package(plugin_dir)
     module = _import_entry_module(plugin_dir, package, module_name)
     if class_name is None:
