@@ -149,6 +149,41 @@ async def test_observe_grant_sees_chat_and_events_but_nothing_private(nats_env: 
     await watcher.violation('publish to "rosey.chat.lobby.send"')
 
 
+async def test_an_observer_still_answers_each_request_once(nats_env: NatsEnv) -> None:
+    """Its `>` subscription receives its own commands and pings as well: they
+    are still answered, once (Rosey's inspector is such a plugin); a second
+    answer is still refused, and without `>` the core still gets one answer."""
+    await nats_env.sync(*make_plugins(("watcher", {"permissions": ["observe_chat_and_events"],
+                                                   "commands": {"w": "watcher.w", "v": "watcher.v"}})))
+    core, platform, watcher = await nats_env.core(), await nats_env.platform(), await nats_env.plugin("watcher")
+
+    async def twice(msg: Msg) -> None:
+        await msg.respond(b"one")
+        await msg.respond(b"two")
+
+    async def pong(msg: Msg) -> None:
+        await msg.respond(b"pong")
+
+    await watcher.nc.subscribe("rosey.command.watcher.v", cb=twice)   # before `>`: the only delivery
+    await settle(watcher.nc)
+    alone = await core.collect("_INBOX.test.v")
+    await core.nc.publish("rosey.command.watcher.v", b"{}", reply="_INBOX.test.v")
+    await eventually(lambda: len(alone) == 1, what="the answer without `>`")
+
+    everything = await watcher.collect(">")
+    await watcher.nc.subscribe("precinct.ping.watcher.*", cb=pong)
+    await watcher.nc.subscribe("rosey.command.watcher.w", cb=twice)
+    await settle(watcher.nc)
+    assert (await platform.nc.request("precinct.ping.watcher.a1", b"", timeout=2)).data == b"pong"
+    replies = await core.collect("_INBOX.test.w")
+    await core.nc.publish("rosey.command.watcher.w", b"{}", reply="_INBOX.test.w")
+    await eventually(lambda: len(replies) == 1, what="the command's answer in core")
+    await watcher.violation('publish to "_r_.')    # its second answer, refused
+    await asyncio.sleep(QUIET)
+    assert [m.data for m in replies] == [b"one"] and [m.data for m in alone] == [b"one"]
+    assert "precinct.ping.watcher.a1" in [m.subject for m in everything]   # `>` did see the ping
+
+
 async def test_observe_grant_combines_with_read_messages(nats_env: NatsEnv) -> None:
     """The server takes one import of a subject from an account, so with
     read_messages too, core's chat arrives once, unprefixed; the rest is

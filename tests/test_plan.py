@@ -84,6 +84,8 @@ def test_observe_grant_imports_chat_and_events_under_its_prefix_and_nothing_else
     assert all(i.kind == "stream" for i in plan.account.imports)     # no service: no commands, storage, replies
     assert not any("pm" in i.subject or "reply" in i.subject or "command" in i.subject for i in plan.account.imports)
     assert plan.account.user.subscribe == (">",)
+    # `>` delivers each request it answers twice; the server spends an answer per delivery.
+    assert (plan.account.user.max_responses, plain.account.user.max_responses) == (2, 1)
     assert plan.account.user.publish == plain.account.user.publish   # observing publishes nothing more
     # The rest of its sandbox is the same as without the grant.
     assert (plan.account.exports, plan.core_imports, plan.platform_imports, plan.platform_exports, plan.storage) == (

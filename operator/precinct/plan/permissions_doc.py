@@ -47,6 +47,10 @@ def _nats(plan: SandboxPlan, base: SandboxPlan | None) -> str:
                      f"may subscribe to {_code(sub)} in its own account, where nothing else of anyone "
                      f"else's is imported (never commands, replies, storage, credentials or `pm`); "
                      f"with `read_messages` too, chat in arrives once, unprefixed")
+    if base is not None and plan.account.user.max_responses != base.account.user.max_responses:
+        parts.append(f"the server spends one of a request's {plan.account.user.max_responses} allowed answers "
+                     f"on each delivery, and `>` receives its own requests a second time, so each is "
+                     f"still answered once")
     elif sub:
         parts.append(f"receive {_code(sub)}")
     if base is None:
@@ -90,7 +94,7 @@ def _services(plan: SandboxPlan, base: SandboxPlan | None, grant: Permission | N
     if grant is Permission.database_write:
         return "storage: same, plus `disk_limit`; migrations are applied by the platform, never the plugin"
     if grant is Permission.observe_chat_and_events:
-        return ("**privileged**: `precinct validate`, `plan` and `up` warn for every plugin granted it; "
+        return ("**privileged**: `precinct validate`, `plan`, `render`, `up` and the operator warn for every plugin granted it; "
                 "grant it only to plugins you trust with all chat")
     return ""
 

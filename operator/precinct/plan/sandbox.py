@@ -51,6 +51,14 @@ FLEET_EVENTS = "rosey.event.>"
 # (`precinct.observe.rosey.platform.cytube.chatMsg`, ...): a prefix of its own,
 # so the copies never collide with subjects it publishes or is asked on.
 OBSERVE_PREFIX = "precinct.observe"
+# An observer's `>` subscription also receives every request it answers (its
+# commands, pings, config), so each request reaches its connection twice, and
+# nats-server (2.15.1, checked) spends one of the user's per-request responses
+# on each repeated delivery. Two leaves it exactly one answer with `>` plus
+# the answering subscription; a further answer is refused as for every plugin.
+# (Without `>` it could answer twice: the Singleton export forwards only the
+# first to the requester, the second is dropped unreported.)
+OBSERVER_MAX_RESPONSES = 2
 
 ROW_READS = ("select", "search")
 ROW_WRITES = ("insert", "update", "delete", "schema.register")
@@ -287,7 +295,8 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
         *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
         "_INBOX.>",  # replies to its own storage requests, inside its own account
     )
-    user = UserPermissions(publish=tuple([*outbound, *storage_publish]), subscribe=tuple(subscribe))
+    user = UserPermissions(publish=tuple([*outbound, *storage_publish]), subscribe=tuple(subscribe),
+                           max_responses=OBSERVER_MAX_RESPONSES if observer else 1)
     account = AccountPlan(exports=tuple(exports), imports=tuple(imports), user=user)
 
     core_imports = tuple(Import(me, s, "service") for s in command_subjects)
