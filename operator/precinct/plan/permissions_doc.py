@@ -47,12 +47,12 @@ def _nats(plan: SandboxPlan, base: SandboxPlan | None) -> str:
                      f"may subscribe to {_code(sub)} in its own account, where nothing else of anyone "
                      f"else's is imported (never commands, replies, storage, credentials or `pm`); "
                      f"with `read_messages` too, chat in arrives once, unprefixed")
+    elif sub:
+        parts.append(f"receive {_code(sub)}")
     if base is not None and plan.account.user.max_responses != base.account.user.max_responses:
         parts.append(f"the server spends one of a request's {plan.account.user.max_responses} allowed answers "
                      f"on each delivery, and `>` receives its own requests a second time, so each is "
                      f"still answered once")
-    elif sub:
-        parts.append(f"receive {_code(sub)}")
     if base is None:
         parts.append(
             f"each request is answered at most {plan.account.user.max_responses} time; "

@@ -196,7 +196,8 @@ class SandboxPlan:
 
 def observer_warning(plan: SandboxPlan) -> str | None:
     """The one warning every tool shows for a plugin granted observation
-    (`precinct validate`, `precinct up`, `precinct plan`); None otherwise."""
+    (`precinct validate`, `plan`, `render`, `up` and the operator's log);
+    None otherwise."""
     if Permission.observe_chat_and_events.value not in plan.permissions:
         return None
     return (f"{plan.id} is granted {Permission.observe_chat_and_events.value}: it reads every chat message "
