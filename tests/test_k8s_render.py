@@ -235,6 +235,18 @@ def test_render_cli_reads_botplugin_files(tmp_path: Path) -> None:
     assert out.exit_code == 1
 
 
+def test_render_cli_warns_about_an_observer_on_stderr(tmp_path: Path) -> None:
+    path = tmp_path / "bp.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "precinct.dev/v1alpha1", "kind": "BotPlugin",
+                                    "metadata": {"name": "inspector", "namespace": "bots"},
+                                    "spec": {"version": "1.0.0", "image": DIGEST_IMAGE,
+                                             "permissions": ["observe_chat_and_events"]}}))
+    out = CliRunner().invoke(app, ["render", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    assert [o["kind"] for o in json.loads(out.stdout)][-1] == "Deployment"   # stdout stays clean JSON
+    assert out.stderr.startswith("warning: bots-inspector is granted observe_chat_and_events: it reads every chat")
+
+
 def test_settings_file_configures_render_and_operator(tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({

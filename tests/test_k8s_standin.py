@@ -226,6 +226,27 @@ def test_claims_index_decides_as_resolve_does() -> None:
             assert {p.id for p in claims.accepted_plans()} == {p.id for p in want.accepted}
 
 
+def test_claims_index_warns_when_a_botplugin_first_holds_the_observe_grant(caplog) -> None:
+    """The operator's counterpart of `precinct up`'s warning: logged when the
+    grant first appears, not again for a later edit that keeps it."""
+    from precinct.k8s.claims import Claims
+
+    def body(generation: int, permissions: list[str]) -> dict:
+        return {"metadata": {"namespace": NS, "name": "inspector", "uid": "u", "generation": generation,
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"version": f"1.0.{generation}", "image": "r/x@sha256:" + "a" * 64, "permissions": permissions}}
+
+    claims = Claims()
+    with caplog.at_level("WARNING", logger="precinct.operator"):
+        claims.observe(body(1, []))
+        claims.observe(body(2, ["observe_chat_and_events"]))
+        claims.observe(body(3, ["observe_chat_and_events", "read_messages"]))
+    said = [r.getMessage() for r in caplog.records if "observe_chat_and_events" in r.getMessage()]
+    assert said == [f"{NS}/inspector: {NS}-inspector is granted observe_chat_and_events: it reads every chat message "
+                    "and bot event in the fleet (not commands, replies, storage or credentials). Grant it only to "
+                    "plugins you trust with all chat."]
+
+
 async def test_kubeconfig_with_embedded_certificate_data(tmp_path, monkeypatch) -> None:
     """kopf hands embedded data over base64-encoded; the operator's client
     loads the kubeconfig itself (the official loader decodes it into files),

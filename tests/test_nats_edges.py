@@ -102,6 +102,104 @@ async def test_database_write_grant(nats_env: NatsEnv) -> None:
     ]
 
 
+async def test_observe_grant_sees_chat_and_events_but_nothing_private(nats_env: NatsEnv) -> None:
+    """observe_chat_and_events (Rosey's inspector): `>` in its own account shows
+    the fleet's chat in, relayed chat out and events under precinct.observe,
+    and none of what another plugin is asked, answers or stores, nor PMs."""
+    await nats_env.sync(*make_plugins(
+        ("watcher", {"permissions": ["observe_chat_and_events"]}),
+        ("dice", {"commands": {"roll": "dice.roll"}, "permissions": ["database_write", "send_messages"]}),
+    ))
+    storage = await storage_standin(nats_env)
+    core, platform = await nats_env.core(), await nats_env.platform()
+    watcher, dice = await nats_env.plugin("watcher"), await nats_env.plugin("dice")
+    seen = await watcher.collect(">")
+
+    async def roll(msg: Msg) -> None:
+        await msg.respond(b'{"success":true,"result":{"formatted":"6"}}')
+
+    await dice.nc.subscribe("rosey.command.dice.roll", cb=roll)
+    await settle(dice.nc)
+    # Everything below happens in the fleet; only the first three are observable.
+    await core.nc.publish("rosey.platform.cytube.chatMsg", b'{"msg":"hi"}')        # chat in
+    await platform.nc.publish("rosey.chat.lobby.send", b'{"text":"relayed"}')      # chat out, as the gateway relays it
+    await platform.nc.publish("rosey.event.x.y", b'{"what":"scored"}')             # an event, as the gateway republishes it
+    await core.nc.publish("rosey.platform.cytube.pm", b'{"msg":"secret"}')          # a private message
+    reply = await core.nc.request("rosey.command.dice.roll", b'{"args":"1d6"}', timeout=2)   # command + inbox reply
+    assert b'"6"' in reply.data
+    await dice.nc.publish("rosey.reply.dice.n0nce", b'{"answer":"6"}')              # a payload reply...
+    await platform.nc.publish("rosey.reply.dice.n0nce", b'{"answer":"6"}')          # ...as the gateway forwards it
+    assert json.loads((await dice.nc.request("rosey.db.kv.set", b'{"key":"k"}', timeout=2)).data)["success"]
+    await dice.nc.publish("rosey.chat.lobby.send", b"unrelayed")                    # before the gateway's checks
+    await platform.nc.publish("precinct.violations.dice", b"{}")
+
+    observed = ["precinct.observe.rosey.platform.cytube.chatMsg",
+                "precinct.observe.rosey.chat.lobby.send",
+                "precinct.observe.rosey.event.x.y"]
+    await eventually(lambda: len(seen) >= len(observed), what="the chat and event at the observer")
+    await asyncio.sleep(QUIET)
+    assert sorted(m.subject for m in seen) == sorted(observed)
+    assert [m.subject for m in storage] == ["precinct.storage.dice.kv.set"]   # the storage request did happen
+    assert not watcher.violations()
+    assert "has issues importing" not in nats_env.server.config.log_file.read_text()   # every import taken
+    # Read-only: observing grants no publishing, not even onto what it observes.
+    await watcher.nc.publish("precinct.observe.rosey.chat.lobby.send", b"forged")
+    await watcher.violation('publish to "precinct.observe.rosey.chat.lobby.send"')
+    await watcher.nc.publish("rosey.chat.lobby.send", b"forged")
+    await watcher.violation('publish to "rosey.chat.lobby.send"')
+
+
+async def test_an_observer_still_answers_each_request_once(nats_env: NatsEnv) -> None:
+    """Its `>` subscription receives its own commands and pings as well: they
+    are still answered, once (Rosey's inspector is such a plugin); a second
+    answer is still refused, and without `>` the core still gets one answer."""
+    await nats_env.sync(*make_plugins(("watcher", {"permissions": ["observe_chat_and_events"],
+                                                   "commands": {"w": "watcher.w", "v": "watcher.v"}})))
+    core, platform, watcher = await nats_env.core(), await nats_env.platform(), await nats_env.plugin("watcher")
+
+    async def twice(msg: Msg) -> None:
+        await msg.respond(b"one")
+        await msg.respond(b"two")
+
+    async def pong(msg: Msg) -> None:
+        await msg.respond(b"pong")
+
+    await watcher.nc.subscribe("rosey.command.watcher.v", cb=twice)   # before `>`: the only delivery
+    await settle(watcher.nc)
+    alone = await core.collect("_INBOX.test.v")
+    await core.nc.publish("rosey.command.watcher.v", b"{}", reply="_INBOX.test.v")
+    await eventually(lambda: len(alone) == 1, what="the answer without `>`")
+
+    everything = await watcher.collect(">")
+    await watcher.nc.subscribe("precinct.ping.watcher.*", cb=pong)
+    await watcher.nc.subscribe("rosey.command.watcher.w", cb=twice)
+    await settle(watcher.nc)
+    assert (await platform.nc.request("precinct.ping.watcher.a1", b"", timeout=2)).data == b"pong"
+    replies = await core.collect("_INBOX.test.w")
+    await core.nc.publish("rosey.command.watcher.w", b"{}", reply="_INBOX.test.w")
+    await eventually(lambda: len(replies) == 1, what="the command's answer in core")
+    await watcher.violation('publish to "_r_.')    # its second answer, refused
+    await asyncio.sleep(QUIET)
+    assert [m.data for m in replies] == [b"one"] and [m.data for m in alone] == [b"one"]
+    assert "precinct.ping.watcher.a1" in [m.subject for m in everything]   # `>` did see the ping
+
+
+async def test_observe_grant_combines_with_read_messages(nats_env: NatsEnv) -> None:
+    """The server takes one import of a subject from an account, so with
+    read_messages too, core's chat arrives once, unprefixed; the rest is
+    still observed under the prefix."""
+    await nats_env.sync(*make_plugins(("watcher", {"permissions": ["read_messages", "observe_chat_and_events"]})))
+    core, platform, watcher = await nats_env.core(), await nats_env.platform(), await nats_env.plugin("watcher")
+    seen = await watcher.collect(">")
+    await core.nc.publish("rosey.platform.cytube.chatMsg", b"{}")
+    await platform.nc.publish("rosey.event.x.y", b"{}")
+    await eventually(lambda: len(seen) >= 2, what="the chat and the event")
+    await asyncio.sleep(QUIET)
+    assert sorted(m.subject for m in seen) == ["precinct.observe.rosey.event.x.y", "rosey.platform.cytube.chatMsg"]
+    assert not watcher.violations()
+    assert "has issues importing" not in nats_env.server.config.log_file.read_text()
+
+
 # -- the edges ----------------------------------------------------------------------
 
 async def test_command_reaches_owner_and_only_one_reply_returns(nats_env: NatsEnv) -> None:

@@ -7,8 +7,21 @@ from pathlib import Path
 import pytest
 
 from precinct.plan import permissions_doc
-from precinct.plan.sandbox import CHAT_IN_SUBJECTS, compile_plan, core_account, platform_account
-from precinct.spec.model import load_manifest
+from precinct.plan.render_text import describe_plan
+from precinct.plan.sandbox import (
+    CHAT_IN_SUBJECTS,
+    CHAT_OUT_SUBJECTS,
+    CORE,
+    CORE_EXPORTS,
+    OBSERVE_PREFIX,
+    PLATFORM,
+    PLATFORM_TO_CORE,
+    compile_plan,
+    core_account,
+    observer_warning,
+    platform_account,
+)
+from precinct.spec.model import Permission, load_manifest
 from precinct.spec.ownership import COMMAND_CONFLICT, ID_CONFLICT, SUBJECT_CONFLICT, Plugin, resolve
 
 ROOT = Path(__file__).parents[1]
@@ -55,6 +68,60 @@ def test_read_messages_never_includes_private_messages():
     plan = compile_plan(plugin("listener", permissions=["read_messages"]))
     assert set(plan.account.user.subscribe) >= set(CHAT_IN_SUBJECTS)
     assert not any(s.endswith(".pm") for s in plan.account.user.subscribe)
+
+
+OBSERVE = "observe_chat_and_events"
+
+
+def test_observe_grant_imports_chat_and_events_under_its_prefix_and_nothing_else():
+    plain = compile_plan(plugin("watcher", commands={"i": "watcher.events"}))
+    plan = compile_plan(plugin("watcher", commands={"i": "watcher.events"}, permissions=[OBSERVE]))
+    streams = {(i.account, i.subject, i.prefix) for i in plan.account.imports}
+    assert streams == {
+        *((CORE, s, OBSERVE_PREFIX) for s in CHAT_IN_SUBJECTS),
+        *((PLATFORM, s, OBSERVE_PREFIX) for s in (*CHAT_OUT_SUBJECTS, "rosey.event.>")),
+    }
+    assert all(i.kind == "stream" for i in plan.account.imports)     # no service: no commands, storage, replies
+    assert not any("pm" in i.subject or "reply" in i.subject or "command" in i.subject for i in plan.account.imports)
+    assert plan.account.user.subscribe == (">",)
+    # `>` delivers each request it answers twice; the server spends an answer per delivery.
+    assert (plan.account.user.max_responses, plain.account.user.max_responses) == (2, 1)
+    assert plan.account.user.publish == plain.account.user.publish   # observing publishes nothing more
+    # The rest of its sandbox is the same as without the grant.
+    assert (plan.account.exports, plan.core_imports, plan.platform_imports, plan.platform_exports, plan.storage) == (
+        plain.account.exports, plain.core_imports, plain.platform_imports, plain.platform_exports, plain.storage)
+    assert ">" not in plain.account.user.subscribe and plain.account.imports == ()
+
+
+def test_observed_streams_are_what_core_and_platform_already_export():
+    exported = {CORE: {(e.subject, e.kind) for e in CORE_EXPORTS},
+                PLATFORM: {(e.subject, e.kind) for e in PLATFORM_TO_CORE}}
+    plan = compile_plan(plugin("watcher", permissions=[OBSERVE]))
+    for imp in plan.account.imports:
+        assert (imp.subject, "stream") in exported[imp.account], imp
+
+
+@pytest.mark.parametrize("grants", [[p.value for p in Permission]] + [[OBSERVE, p.value] for p in Permission if p.value != OBSERVE])
+def test_no_plan_imports_one_stream_twice_from_one_account(grants):
+    """The server drops a second stream import of the same subject from the
+    same account (even under another local subject), so none may be planned.
+    (Service imports may repeat: storage maps two Rosey subjects onto one.)"""
+    plan = compile_plan(plugin("watcher", permissions=grants))
+    pairs = [(i.account, i.subject) for i in plan.account.imports if i.kind == "stream"]
+    assert len(pairs) == len(set(pairs)), pairs
+    if "read_messages" in grants:   # chat in then arrives once, unprefixed; the rest still observed
+        assert {s for a, s in pairs if a == CORE} == set(CHAT_IN_SUBJECTS)
+        assert (PLATFORM, "rosey.event.>") in pairs
+
+
+def test_observer_warning_only_for_the_grant_and_in_the_plan_text():
+    plan = compile_plan(plugin("inspector", permissions=[OBSERVE]))
+    warning = observer_warning(plan)
+    assert warning is not None and warning.startswith("inspector is granted observe_chat_and_events: it reads every chat")
+    assert "Grant it only to plugins you trust with all chat." in warning
+    assert warning in describe_plan(plan)
+    others = compile_plan(plugin("inspector", permissions=[p.value for p in Permission if p.value != OBSERVE]))
+    assert observer_warning(others) is None and "WARNING" not in describe_plan(others)
 
 
 def test_shared_accounts_carry_each_plugins_edges():

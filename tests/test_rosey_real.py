@@ -126,6 +126,43 @@ def test_inspector_answers_its_commands(rosey_up):
     assert code == 3 and text == "Plugin manager not available", text
 
 
+def test_inspector_with_the_observe_grant_records_chat_but_no_other_plugins_commands(tmp_path):
+    """The operator's opt-in (docs/rosey-compat.md): the same inspector with
+    observe_chat_and_events records the chat it observes, never dice-roller's
+    command or reply, and its `>` subscription is no longer a violation."""
+    rosey = checkout()
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("inspector", "dice-roller"):
+        stage(rosey / "plugins" / name, plugins / name)
+    manifest = plugins / "inspector" / "plugin.yaml"
+    granted = manifest.read_text().replace("permissions: []", "permissions: [observe_chat_and_events]")
+    assert "observe_chat_and_events" in granted
+    manifest.write_text(granted)
+    (tmp_path / "state").mkdir()
+    up = Up(plugins, tmp_path / "state")
+    try:
+        up.wait_running("inspector", "dice-roller")
+        assert "inspector is granted observe_chat_and_events: it reads every chat message" in up.output()
+        code, text = say(up, "!roll 2d6")
+        assert code == 0, text
+        code, text = say(up, "!inspect events")
+        assert code == 0, text
+        # One "[hh:mm:ss.mmm] <subject> (<n>B)" line per recorded message.
+        subjects = set(re.findall(r"^\[[\d:.]+\] (\S+) \(\d+B\)$", text, re.MULTILINE))
+        assert "precinct.observe.rosey.platform.console.chatMsg" in subjects, text
+        assert any(s.startswith("precinct.observe.rosey.event.dice") for s in subjects), text   # dice-roller's event
+        # The rest is its own: its command, its health ping and its answer to it. Never dice-roller's
+        # command or reply.
+        own = ("precinct.observe.", "rosey.command.inspect.", "precinct.ping.inspector.", "_R_.")
+        assert all(s.startswith(own) for s in subjects), text
+        inspector = up.status()["plugins"]["inspector"]
+        compliant = next(c for c in inspector["conditions"] if c["type"] == "PermissionsCompliant")
+        assert compliant["status"] == "True", inspector
+    finally:
+        up.stop()
+
+
 def test_countdown_with_its_migration_fixed(rosey_up):
     rosey_up.wait_running("countdown")
     code, text = say(rosey_up, "!countdown list")

@@ -71,6 +71,24 @@ def test_a_running_plugin_keeps_its_id_live_and_across_restarts(tmp_path):
     assert status["vault"]["state"] == "Rejected" and ready(status["vault"])["reason"] == "InvalidManifest"
 
 
+def test_up_warns_once_about_an_observer(tmp_path, caplog):
+    """`precinct up` logs the observer warning when it starts the plugin, not
+    on every later scan."""
+    plugins = tmp_path / "plugins"
+    folder(plugins, "watcher", "name: watcher\nversion: '1'\npermissions: [observe_chat_and_events]\n")
+    folder(plugins, "quiet", "name: quiet\nversion: '1'\n")
+    sup = supervisor(tmp_path)
+    with caplog.at_level("WARNING", logger=sup_module.log.name):
+        scan(sup)
+        (plugins / "watcher" / "plugin.yaml").write_text(
+            "name: watcher\nversion: '2'\npermissions: [observe_chat_and_events]\n")
+        scan(sup)   # a new version, still an observer: already said
+    said = [r.getMessage() for r in caplog.records if "observe_chat_and_events" in r.getMessage()]
+    assert said == ["watcher is granted observe_chat_and_events: it reads every chat message and bot event in the "
+                    "fleet (not commands, replies, storage or credentials). Grant it only to plugins you trust with "
+                    "all chat."]
+
+
 def test_without_a_recorded_owner_folder_name_order_decides(tmp_path):
     plugins = tmp_path / "plugins"
     folder(plugins, "my_bot", "name: my_bot\nversion: '1'\n")

@@ -116,6 +116,27 @@ def test_fleet_past_the_ceiling_is_refused_per_plugin(tmp_path):
     assert refused[0].startswith(f"{tmp_path}/big") and "(fleet): FleetFull: the fleet is full" in refused[0]
     assert "core account's JWT would be" in refused[0] and "over the limit of 786,432" in refused[0]
     assert refused[-1].startswith(f"{tmp_path}/big39/")
+def test_observe_grant_is_valid_but_warned_about_loudly(tmp_path):
+    watcher = tmp_path / "watcher"; watcher.mkdir()
+    write(watcher, "name: watcher\nversion: '1'\npermissions: [observe_chat_and_events]\n")
+    quiet = tmp_path / "quiet"; quiet.mkdir()
+    write(quiet, "name: quiet\nversion: '1'\npermissions: [read_messages]\n")
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    assert "2 plugin(s) valid" in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {watcher / 'plugin.yaml'}: permissions: watcher is granted observe_chat_and_events: it reads "
+        "every chat message and bot event in the fleet (not commands, replies, storage or credentials). "
+        "Grant it only to plugins you trust with all chat."
+    ], out
+    report = json.loads(runner.invoke(app, ["validate", "--json", str(tmp_path)]).output)
+    assert [(w["file"], w["field"]) for w in report["warnings"]] == [(str(watcher / "plugin.yaml"), "permissions")]
+    # `precinct plan` says it too, in the plugin's own block.
+    plan = runner.invoke(app, ["plan", str(watcher)])
+    assert plan.exit_code == 0 and "WARNING:     watcher is granted observe_chat_and_events" in plan.output
+
+
 def test_plugin_yml_folders_without_a_manifest_and_both_spellings_follow_one_rule(tmp_path):
     """validate, up and pack agree: plugin.yml is a manifest like plugin.yaml;
     a folder in a plugins dir without either is warned about, never silently

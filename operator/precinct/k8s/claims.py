@@ -16,16 +16,19 @@ the credentials and the fleet ConfigMaps read them from here.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..plan.sandbox import SandboxPlan, compile_plan
+from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning
 from ..spec.identity import kubernetes_id
 from ..spec.model import load_botplugin_spec
 from ..spec.ownership import COMMAND_CONFLICT, SUBJECT_CONFLICT, Plugin
+
+log = logging.getLogger("precinct.operator")
 
 Key = tuple[str, str]                  # (namespace, name)
 Claim = tuple[str, str]                # ("id" | "subject" | "word" | "ns", value)
@@ -109,6 +112,10 @@ class Claims:
                     entry.plan = old.plan
                 else:
                     entry.plan = compile_plan(entry.plugin)
+                    warning = observer_warning(entry.plan)
+                    # As `precinct up` says it: when a plugin first holds the grant.
+                    if warning and not (old is not None and old.plan is not None and observer_warning(old.plan)):
+                        log.warning("%s/%s: %s", *key, warning)
                 entry.claims = _claims(entry.plugin)
         return self._replace(key, entry)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from ..plan.sandbox import observer_warning
 from ..spec.load import BotPluginResource, load_path
 from ..spec.model import Manifest
-from .render import CREDS_PLACEHOLDER, Settings, render, resource_from_manifest
+from .render import CREDS_PLACEHOLDER, Settings, plan_for, render, resource_from_manifest
 
 
 def _say(message: str) -> None:
@@ -51,6 +52,9 @@ def render_command(path: Path, *, as_json: bool, namespace: str, runtime_class: 
     assert isinstance(resource, BotPluginResource)
     if runtime_class:
         settings = replace(settings, runtime_class_name=runtime_class)
+    warning = observer_warning(plan_for(resource))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     objects = render(resource, settings, creds=CREDS_PLACEHOLDER)
     if as_json:
         sys.stdout.write(json.dumps(objects, indent=2) + "\n")

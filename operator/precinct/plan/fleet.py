@@ -9,14 +9,14 @@ from pathlib import Path
 from ..spec.load import SKIPPED_MESSAGE, BotPluginResource, Problem, expand_paths, find_manifest, load_path, skipped_folders
 from ..spec.model import Manifest
 from ..spec.ownership import ID_CONFLICT, Ownership, Plugin, resolve
-from .sandbox import SandboxPlan, compile_plan
+from .sandbox import SandboxPlan, compile_plan, observer_warning
 
 
 @dataclass
 class FleetReport:
     plugins: list[Plugin] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)    # e.g. a folder in a plugins dir that is no plugin
+    warnings: list[Problem] = field(default_factory=list)    # a folder that is no plugin; a privileged grant
     plans: list[SandboxPlan] = field(default_factory=list)
     ownership: Ownership | None = None
 
@@ -65,4 +65,8 @@ def check_fleet(paths: list[Path]) -> FleetReport:
         report.problems.append(Problem(sources[refusal.plan.id] or refusal.plan.id, "(fleet)",
                                        f"{FLEET_FULL}: {refusal.message}"))
     report.plans = fitted.admitted
+    for plan in report.plans:
+        warning = observer_warning(plan)
+        if warning:
+            report.warnings.append(Problem(sources[plan.id] or plan.id, "permissions", warning))
     return report

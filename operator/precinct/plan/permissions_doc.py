@@ -35,13 +35,24 @@ def _nats(plan: SandboxPlan, base: SandboxPlan | None) -> str:
     pub = new(plan.account.user.publish, base and base.account.user.publish)
     sub = new(plan.account.user.subscribe, base and base.account.user.subscribe)
     storage = new(plan.storage.operations, base and base.storage.operations)
+    observed = new([f"{i.prefix}.{i.subject}" for i in plan.account.imports if i.prefix],
+                   base and [f"{i.prefix}.{i.subject}" for i in base.account.imports if i.prefix])
     parts = []
     if storage:
         parts.append(f"storage operations {_code(storage)} on its own data, sent as {_code(pub)}")
     elif pub:
         parts.append(f"publish {_code(pub)}")
-    if sub:
+    if observed:
+        parts.append(f"receive read-only copies of the fleet's chat and events: {_code(observed)}; "
+                     f"may subscribe to {_code(sub)} in its own account, where nothing else of anyone "
+                     f"else's is imported (never commands, replies, storage, credentials or `pm`); "
+                     f"with `read_messages` too, chat in arrives once, unprefixed")
+    elif sub:
         parts.append(f"receive {_code(sub)}")
+    if base is not None and plan.account.user.max_responses != base.account.user.max_responses:
+        parts.append(f"the server spends one of a request's {plan.account.user.max_responses} allowed answers "
+                     f"on each delivery, and `>` receives its own requests a second time, so each is "
+                     f"still answered once")
     if base is None:
         parts.append(
             f"each request is answered at most {plan.account.user.max_responses} time; "
@@ -82,6 +93,9 @@ def _services(plan: SandboxPlan, base: SandboxPlan | None, grant: Permission | N
         return "storage: `database_queries_per_second`; identity from the account, never the payload"
     if grant is Permission.database_write:
         return "storage: same, plus `disk_limit`; migrations are applied by the platform, never the plugin"
+    if grant is Permission.observe_chat_and_events:
+        return ("**privileged**: `precinct validate`, `plan`, `render`, `up` and the operator warn for every plugin granted it; "
+                "grant it only to plugins you trust with all chat")
     return ""
 
 
@@ -118,6 +132,12 @@ def render() -> str:
         "`read_messages` never includes `pm` (private messages stay with the core). No grant lets a",
         "plugin receive another plugin's commands, replies or storage requests, or publish under",
         "another plugin's namespace.",
+        "",
+        "`observe_chat_and_events` is the one privileged grant: a plugin holding it reads every public",
+        "chat event, every chat message plugins send and every `rosey.event.…` event plugins publish",
+        "(Rosey's inspector wants this). It still never sees `pm`, commands, replies, storage or",
+        "credentials, and cannot publish anything more. Manifests never get it by default; see",
+        "[secure-plugins.md](secure-plugins.md#observing-the-whole-fleet).",
         "",
     ]
     return "\n".join(lines)

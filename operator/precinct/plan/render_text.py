@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..spec.quantity import format_bytes, format_millicores
-from .sandbox import SandboxPlan
+from .sandbox import SandboxPlan, observer_warning
 
 
 def _commands(plan: SandboxPlan) -> list[str]:
@@ -16,8 +16,10 @@ def _commands(plan: SandboxPlan) -> list[str]:
 
 def describe_plan(plan: SandboxPlan) -> str:
     lim, rates = plan.limits, plan.rates
+    warning = observer_warning(plan)
     lines = [
         f"plugin {plan.id} (subject namespace {plan.namespace})",
+        *([f"  WARNING:     {warning}"] if warning else []),
         f"  permissions: {', '.join(plan.permissions) or '(none)'}",
         "  commands:    " + (", ".join(_commands(plan)) or "(none)"),
         f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "

@@ -21,6 +21,12 @@ The NATS edges (architecture.md):
   health         plugin exports precinct.ping.<id>.* to platform.
   config         plugin exports precinct.config.<id>.* to platform: the
                  supervisor's hot config reload (only platform can send it).
+  observe        observe_chat_and_events only: the plugin imports core's chat
+                 in and platform's relayed chat out and rosey.event.> (the
+                 streams those accounts already export) under precinct.observe,
+                 and may subscribe to `>` in its own account, which holds
+                 nothing else of anyone else's: no commands, replies, storage
+                 or PMs are ever imported into it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,21 @@ PLATFORM = "platform"
 CHAT_EVENTS = ("chatMsg", "addUser", "userLeave", "usercount", "changeMedia", "mediaUpdate", "playlist", "queue")
 CHAT_IN_SUBJECTS = tuple(f"rosey.platform.*.{event}" for event in CHAT_EVENTS)
 CHAT_OUT_SUBJECTS = ("rosey.chat.*.send", "rosey.channel.*.message")
+# Every plugin's events as the gateway republishes them in the platform account.
+FLEET_EVENTS = "rosey.event.>"
+
+# Where an observe_chat_and_events plugin receives the fleet's chat and events
+# (`precinct.observe.rosey.platform.cytube.chatMsg`, ...): a prefix of its own,
+# so the copies never collide with subjects it publishes or is asked on.
+OBSERVE_PREFIX = "precinct.observe"
+# An observer's `>` subscription also receives every request it answers (its
+# commands, pings, config), so each request reaches its connection twice, and
+# nats-server (2.15.1, checked) spends one of the user's per-request responses
+# on each repeated delivery. Two leaves it exactly one answer with `>` plus
+# the answering subscription; a further answer is refused as for every plugin.
+# (Without `>` it could answer twice: the Singleton export forwards only the
+# first to the requester, the second is dropped unreported.)
+OBSERVER_MAX_RESPONSES = 2
 
 ROW_READS = ("select", "search")
 ROW_WRITES = ("insert", "update", "delete", "schema.register")
@@ -173,6 +194,32 @@ class SandboxPlan:
         return sorted({*self.commands.values(), *grouped})
 
 
+def observer_warning(plan: SandboxPlan) -> str | None:
+    """The one warning every tool shows for a plugin granted observation
+    (`precinct validate`, `plan`, `render`, `up` and the operator's log);
+    None otherwise."""
+    if Permission.observe_chat_and_events.value not in plan.permissions:
+        return None
+    return (f"{plan.id} is granted {Permission.observe_chat_and_events.value}: it reads every chat message "
+            f"and bot event in the fleet (not commands, replies, storage or credentials). "
+            f"Grant it only to plugins you trust with all chat.")
+
+
+def observe_imports(chat_in: bool = True) -> tuple[Import, ...]:
+    """The streams an observer imports, all under OBSERVE_PREFIX. Each is one
+    core or platform already exports to every account (CORE_EXPORTS,
+    PLATFORM_TO_CORE); a test checks they stay exported and stay streams.
+
+    `chat_in=False` when read_messages already imports core's chat: the server
+    refuses a second import of the same subject from the same account, even
+    under another local subject (2.15.1 logs "has issues importing account"
+    and drops it), so such a plugin sees chat in once, unprefixed."""
+    return (
+        *(Import(CORE, s, "stream", prefix=OBSERVE_PREFIX) for s in (CHAT_IN_SUBJECTS if chat_in else ())),
+        *(Import(PLATFORM, s, "stream", prefix=OBSERVE_PREFIX) for s in (*CHAT_OUT_SUBJECTS, FLEET_EVENTS)),
+    )
+
+
 # Never reachable by an http_requests plugin, in either runtime.
 DENIED_DESTINATIONS = (
     "127.0.0.0/8", "::1/128",                                # loopback
@@ -223,9 +270,12 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     outbound = [*chat_out, *event_subjects, reply_subject]
     exports += [Export(s, "stream") for s in outbound]
 
+    observer = Permission.observe_chat_and_events in grants
     imports: list[Import] = []
     if Permission.read_messages in grants:
         imports += [Import(CORE, s, "stream") for s in CHAT_IN_SUBJECTS]
+    if observer:
+        imports += observe_imports(chat_in=Permission.read_messages not in grants)
     storage_ops = _storage_operations(grants)
     storage_publish: list[str] = []
     for op, templates in storage_ops:
@@ -234,16 +284,20 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
             imports.append(Import(PLATFORM, f"{storage_root(pid)}.{op}", "service", local=local))
             storage_publish.append(local)
 
-    user = UserPermissions(
-        publish=tuple([*outbound, *storage_publish]),
-        subscribe=tuple([
-            *command_subjects,
-            ping_subject(pid),
-            config_subject(pid),
-            *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
-            "_INBOX.>",  # replies to its own storage requests, inside its own account
-        ]),
+    # An observer subscribes to everything in its own account: that is only
+    # what was imported into it (the observed streams, its granted chat in),
+    # its own commands, pings and config, and its own inboxes. The server never
+    # delivers another account's subjects unless they are imported, so `>`
+    # here cannot reach other plugins' commands, replies or storage, or PMs.
+    subscribe = (">",) if observer else (
+        *command_subjects,
+        ping_subject(pid),
+        config_subject(pid),
+        *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
+        "_INBOX.>",  # replies to its own storage requests, inside its own account
     )
+    user = UserPermissions(publish=tuple([*outbound, *storage_publish]), subscribe=tuple(subscribe),
+                           max_responses=OBSERVER_MAX_RESPONSES if observer else 1)
     account = AccountPlan(exports=tuple(exports), imports=tuple(imports), user=user)
 
     core_imports = tuple(Import(me, s, "service") for s in command_subjects)
@@ -290,13 +344,15 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
 
 # -- the shared accounts -----------------------------------------------------
 
-# What core offers every plugin (streams plugins with read_messages import).
+# What core offers every plugin (streams plugins with read_messages or
+# observe_chat_and_events import).
 CORE_EXPORTS = tuple(Export(s, "stream") for s in CHAT_IN_SUBJECTS)
 
 # What the gateway republishes to core after its checks (platform -> core).
+# Exports are public, so observers import the chat and event streams too.
 PLATFORM_TO_CORE = (
     *(Export(s, "stream") for s in CHAT_OUT_SUBJECTS),
-    Export("rosey.event.>", "stream"),
+    Export(FLEET_EVENTS, "stream"),
     Export("rosey.reply.>", "stream"),
 )
 

@@ -35,7 +35,7 @@ import nats
 
 from .. import conditions as cond
 from ..plan.fleet import as_plugin
-from ..plan.sandbox import SandboxPlan, compile_plan, ping_subject, plugin_account
+from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, ping_subject, plugin_account
 from ..spec.load import SKIPPED_MESSAGE, Problem, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
@@ -299,6 +299,10 @@ class Supervisor:
                 continue
             try:
                 plans[plugin.id] = compile_plan(plugin)
+                warning = observer_warning(plans[plugin.id])
+                # Said at start, and again only when a running plugin newly gains the grant.
+                if warning and not (existing and observer_warning(existing.plan)):
+                    log.warning("%s", warning)
             except Exception as exc:  # noqa: BLE001 - any bug or limit in compilation stays with this plugin
                 log.exception("plugin %s: cannot compile its sandbox plan", plugin.id)
                 ownership.withdraw(plugin.id, INVALID_PLAN, f"cannot compile its sandbox plan: {exc}")

@@ -78,6 +78,10 @@ class Permission(str, enum.Enum):
     http_requests = "http_requests"
     file_system_read = "file_system_read"
     file_system_write = "file_system_write"
+    # Privileged and never implied: read-only observation of the whole fleet's
+    # chat and bot events (Rosey's inspector). Tools warn wherever it is granted
+    # (plan/sandbox.py: observer_warning).
+    observe_chat_and_events = "observe_chat_and_events"
 
 
 class _Model(BaseModel):
