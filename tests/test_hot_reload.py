@@ -164,7 +164,8 @@ def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
     in-process with the no-op confinement to exercise that path."""
     import logging
 
-    from precinct.runtime.slot import Confinement, RestartPolicy
+    from precinct.confine.launch import Confinement
+    from precinct.runtime.slot import RestartPolicy
     from precinct.runtime.supervisor import Supervisor
 
     plugins = tmp_path / "plugins"

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..plan.sandbox import SandboxPlan
-from ..runtime.procstats import ProcessStats
-from ..runtime.procstats import sample as proc_sample
-from ..runtime.slot import Confinement, LaunchSpec
 from . import disk, landlock, seccomp
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
+from .launch import Confinement, LaunchSpec
+from .procstats import ProcessStats
+from .procstats import sample as proc_sample
 from .refusals import EGRESS, KernelRecords, Ledger
 from .relay import ListenerServer, nats_relay
 from .uids import UID_BASE, UID_COUNT, UidError, allocate

@@ -34,13 +34,13 @@ from pathlib import Path
 import nats
 
 from .. import conditions as cond
-from ..plan.fleet import as_plugin
 from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, ping_subject, plugin_account
-from ..spec.load import SKIPPED_MESSAGE, Problem, find_manifest, load_path, skipped_folders
+from ..spec.load import SKIPPED_MESSAGE, Problem, as_plugin, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
-from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
+from ..confine.launch import Confinement, LaunchSpec
+from .slot import REJECTED, RestartPolicy, Slot
 from .violations import SUBJECT as VIOLATIONS_SUBJECT, Ladder, LadderPolicy, LaunchRefused
 
 log = logging.getLogger("precinct.supervisor")
