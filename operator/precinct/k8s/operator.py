@@ -26,9 +26,8 @@ from . import reconcile as rc
 from .client import Api, configuration, connection_info
 from .credentials import Credentials
 from .render import Settings, digest
+from ..wire.kubernetes import FINALIZER, OPERATOR_PREFIX as ANNOTATIONS_PREFIX
 
-FINALIZER = "precinct.dev/revoke-nats-account"
-ANNOTATIONS_PREFIX = "precinct.dev"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from .. import metrics
+from ..wire import subjects as wire
 
 log = logging.getLogger("precinct.dashboard")
 
@@ -46,7 +47,6 @@ DASHBOARD_FILE = "dashboard.json"
 HISTORY = 90                  # samples kept per plugin (3 minutes at the default interval)
 INTERVAL = 2.0                # seconds between samples
 STATS_TIMEOUT = 0.5           # seconds to wait for the gateway's / storage's counters
-DISPATCH_RESULTS = "precinct.dispatch.*.result"
 # What counts as an error (docs/monitoring.md). A plugin that answers
 # `{"success": false, "error": "no quote #42"}` has done its job: that is an
 # ordinary answer ("error" in the dispatcher's outcome), counted as a reply.
@@ -95,7 +95,7 @@ class Monitor:
 
     async def start(self) -> None:
         if self.core_nc is not None:
-            self._sub = await self.core_nc.subscribe(DISPATCH_RESULTS, cb=self._on_result)
+            self._sub = await self.core_nc.subscribe(wire.DISPATCH_RESULTS, cb=self._on_result)
         await self.sample()
         self._task = asyncio.create_task(self._loop(), name="monitor")
 
@@ -151,11 +151,9 @@ class Monitor:
             return await self._sample(record)
 
     async def _sample(self, record: bool) -> dict[str, Any]:
-        from ..services.gateway import STATS_SUBJECT
-        from ..services.storage import ADMIN_STATS
 
         status = await self.status_fn()
-        gateway, storage = await asyncio.gather(self._request(STATS_SUBJECT), self._request(ADMIN_STATS))
+        gateway, storage = await asyncio.gather(self._request(wire.GATEWAY_STATS), self._request(wire.STORAGE_STATS))
         now = time.time()
         old = self._view.get("plugins", {})
         plugins: dict[str, Any] = {}

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import conditions as cond
-from ..plan.sandbox import config_subject
+from ..wire import subjects as wire
 from ..spec.load import find_manifest
 from .slot import CRASH_LOOP, RUNNING, SUSPENDED, Slot
 
@@ -252,7 +252,7 @@ class Rollouts:
             return False
         body = json.dumps({"config": new.plugin.spec.config}).encode()
         try:
-            msg = await sup._nc.request(config_subject(pid, instance), body, timeout=CONFIG_TIMEOUT)
+            msg = await sup._nc.request(wire.config(pid, instance), body, timeout=CONFIG_TIMEOUT)
             answer = json.loads(msg.data)
         except Exception as exc:  # no hook subscription (old runner), timeout, garbage
             log.info("plugin %s: config reload not answered (%r)", pid, exc)

@@ -34,14 +34,15 @@ from pathlib import Path
 import nats
 
 from .. import conditions as cond
-from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, ping_subject, plugin_account
+from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, plugin_account
 from ..spec.load import SKIPPED_MESSAGE, Problem, as_plugin, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
 from ..confine.launch import Confinement, LaunchSpec
 from .slot import REJECTED, RestartPolicy, Slot
-from .violations import SUBJECT as VIOLATIONS_SUBJECT, Ladder, LadderPolicy, LaunchRefused
+from ..wire import subjects as wire
+from .violations import Ladder, LadderPolicy, LaunchRefused
 
 log = logging.getLogger("precinct.supervisor")
 
@@ -199,7 +200,7 @@ class Supervisor:
         self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
                                       name="precinct-supervisor", max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
-        await self._nc.subscribe(VIOLATIONS_SUBJECT, cb=self.violations.on_message)
+        await self._nc.subscribe(wire.VIOLATIONS, cb=self.violations.on_message)
         for entry in plans:
             self.entries[entry.plugin.id] = entry
         self._publish_fleet()
@@ -516,7 +517,7 @@ class Supervisor:
             end = time.monotonic() + deadline
             while time.monotonic() < end:
                 try:
-                    await self._nc.request(ping_subject(plugin_id, instance), b"{}", timeout=0.5)
+                    await self._nc.request(wire.ping(plugin_id, instance), b"{}", timeout=0.5)
                     return True
                 except Exception:
                     await asyncio.sleep(0.1)
@@ -574,15 +575,13 @@ class Supervisor:
     async def _migrate(self, plugin_id: str, folder: Path, wait: float = 60.0) -> None:
         """Ask storage to apply the folder's migrations/NNN_name.sql; waits for
         storage to come up (it starts alongside the plugins)."""
-        from ..services.storage import ADMIN_MIGRATE
-
         if not any((folder / "migrations").glob("*.sql")):
             return
         body = json.dumps({"plugin": plugin_id, "folder": str(folder)}).encode()
         deadline = time.monotonic() + wait
         while True:
             try:
-                msg = await self._nc.request(ADMIN_MIGRATE, body, timeout=MIGRATION_TIMEOUT)
+                msg = await self._nc.request(wire.STORAGE_MIGRATE, body, timeout=MIGRATION_TIMEOUT)
                 break
             except Exception as exc:  # no responders / timeout while storage (re)starts
                 if time.monotonic() > deadline:

@@ -17,7 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from .identity import IdError, kubernetes_id
-from .model import API_GROUP, API_VERSION, KIND, BotPluginSpec, Manifest, load_botplugin_spec, load_manifest
+from ..wire.kubernetes import API_GROUP, API_VERSION, KIND
+from .model import BotPluginSpec, Manifest, load_botplugin_spec, load_manifest
 from .ownership import Plugin
 
 MAX_MANIFEST_BYTES = 1 << 20
