@@ -110,9 +110,12 @@ STATE_HELP = "State dir (keys, credentials, databases). Default: $PRECINCT_STATE
 
 
 def _state(state_dir: Optional[Path]) -> Path:
-    from ..runtime.supervisor import default_state_dir
+    from ..settings import HostSettings, SettingsError
 
-    return state_dir or default_state_dir()
+    try:
+        return HostSettings.load(state_dir=state_dir).default_state_dir()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -142,9 +145,9 @@ def up(
         "its token is logged and printed by `precinct dashboard --url`)."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the health dashboard."),
     wheel_index: Optional[str] = typer.Option(
-        None, "--wheel-index", envvar="PRECINCT_WHEEL_INDEX",
+        None, "--wheel-index",
         help="Where plugins' `dependencies` come from: a PEP 503 index URL or a folder of wheels; then the only "
-        "source (pip's own configuration is ignored). Default: pip's configured index."),
+        "source (pip's own configuration is ignored). Default: pip's configured index. [PRECINCT_WHEEL_INDEX]"),
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", min=0, help="Serve Prometheus /metrics on this loopback port, no token "
         "(default: off; docs/monitoring.md suggests 9470)."),
@@ -157,6 +160,7 @@ def up(
     from ..runtime.slot import RestartPolicy
     from ..runtime.supervisor import Supervisor, SupervisorError
     from ..runtime.violations import LadderPolicy
+    from ..settings import HostSettings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -174,7 +178,7 @@ def up(
                                                 suspend_after=suspend_after)
     supervisor.dashboard_port = None if no_dashboard else dashboard_port
     supervisor.metrics_port = metrics_port
-    supervisor.wheel_index = wheel_index
+    supervisor.wheel_index = HostSettings.load(wheel_index=wheel_index).wheel_index
     try:
         asyncio.run(supervisor.run())
     except SupervisorError as exc:
@@ -423,32 +427,40 @@ def render(
 def operator_command(
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch this namespace (repeat for more)."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch BotPlugins in every namespace."),
-    nats_url: Optional[str] = typer.Option(None, "--nats-url", envvar="PRECINCT_NATS_URL",
-                                           help="NATS URL the operator pushes accounts to, and plugins connect to."),
-    state_dir: Path = typer.Option(..., "--state-dir", envvar="PRECINCT_OPERATOR_STATE",
-                                   help="NATS keys and JWTs (a mounted Secret or PVC)."),
+    nats_url: Optional[str] = typer.Option(None, "--nats-url", help="NATS URL the operator pushes accounts to, "
+                                           "and plugins connect to. [PRECINCT_NATS_URL]"),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="NATS keys and JWTs (a mounted Secret or "
+                                             "PVC); required. [PRECINCT_OPERATOR_STATE]"),
     runtime_class: Optional[str] = typer.Option(None, "--runtime-class", help="runtimeClassName for plugin Pods."),
     runner_image: Optional[str] = typer.Option(None, "--runner-image", help="The generic runner image for bundles."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", envvar="PRECINCT_OPERATOR_SETTINGS",
-                                                 help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PRECINCT_OPERATOR_METRICS_PORT",
-                                               help="Serve Prometheus /metrics on this port (docs/monitoring.md)."),
-    liveness: Optional[str] = typer.Option(None, "--liveness", envvar="PRECINCT_OPERATOR_LIVENESS",
-                                           help="Serve kopf's health endpoint at this URL, e.g. "
-                                                "http://0.0.0.0:8080/healthz: 200 when logged in and healthy "
-                                                "(for the Pod's probes; docs/operator.md)."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="YAML: NATS/DNS/index peers, cluster "
+                                                 "CIDRs, images (docs/operator.md). [PRECINCT_OPERATOR_SETTINGS]"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this "
+                                               "port (docs/monitoring.md). [PRECINCT_OPERATOR_METRICS_PORT]"),
+    liveness: Optional[str] = typer.Option(None, "--liveness", help="Serve kopf's health endpoint at this URL, "
+                                           "e.g. http://0.0.0.0:8080/healthz: 200 when logged in and healthy (for "
+                                           "the Pod's probes; docs/operator.md). [PRECINCT_OPERATOR_LIVENESS]"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
+    from ..settings import OperatorSettings, SettingsError
     from .kubernetes import operator_command as run_operator
 
     if bool(namespace) == all_namespaces:
         _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
-    if liveness is not None and not liveness.startswith("http://"):
-        _fail(f"--liveness must be an http:// URL (host, port and path), not {liveness!r}", 2)
-    raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
+    try:
+        opts = OperatorSettings.load(nats_url=nats_url, operator_state=state_dir, operator_settings=settings_file,
+                                     operator_metrics_port=metrics_port, operator_liveness=liveness)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+    if opts.operator_state is None:
+        _fail("--state-dir (or PRECINCT_OPERATOR_STATE) is required", 2)
+    if opts.operator_liveness is not None and not opts.operator_liveness.startswith("http://"):
+        _fail(f"--liveness must be an http:// URL (host, port and path), not {opts.operator_liveness!r}", 2)
+    raise typer.Exit(run_operator(namespaces=namespace, nats_url=opts.nats_url, state_dir=opts.operator_state,
                                   runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
-                                  settings_file=settings_file, metrics_port=metrics_port, liveness=liveness))
+                                  settings_file=opts.operator_settings, metrics_port=opts.operator_metrics_port,
+                                  liveness=opts.operator_liveness))
 
 
 @app.command()

@@ -27,9 +27,12 @@ market_app = typer.Typer(help="Run a plugin index: a TUF repository of signed re
 
 
 def _state(state_dir: Optional[Path]) -> Path:
-    from ..runtime.supervisor import default_state_dir
+    from ..settings import HostSettings, SettingsError
 
-    return state_dir or default_state_dir()
+    try:
+        return HostSettings.load(state_dir=state_dir).default_state_dir()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1, check: str | None = None, as_json: bool = False) -> None:

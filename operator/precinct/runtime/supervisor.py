@@ -69,15 +69,6 @@ class PluginEntry:
     slot: Slot
 
 
-def default_state_dir() -> Path:
-    if env := os.environ.get("PRECINCT_STATE_DIR"):
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/precinct/state")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "precinct"
-
-
 class StateLock:
     """One supervisor per state dir: a second `precinct up` refuses to start."""
 
@@ -718,4 +709,4 @@ def _limits_condition(slot: Slot, enforcement: dict[str, str]) -> None:
                             ", ".join(f"{k}={v}" for k, v in sorted(enforcement.items()))[:2000])
 
 
-__all__ = ["Supervisor", "SupervisorError", "default_state_dir", "ControlError", "Problem"]
+__all__ = ["Supervisor", "SupervisorError", "ControlError", "Problem"]
