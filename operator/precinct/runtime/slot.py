@@ -141,11 +141,6 @@ class Slot:
         self.status.conditions = self.conditions.to_list()
         return self.status
 
-    @property
-    def _stderr(self):
-        """The output tail (rollout.py reads the last line of it)."""
-        return self.log.tail
-
     # -- the loop -------------------------------------------------------------
 
     async def _run(self) -> None:

@@ -118,6 +118,7 @@ class Supervisor:
         # wheel index URL or folder; None = pip's configured index.
         self.wheel_index: str | None = None
         self.entries: dict[str, PluginEntry] = {}
+        self.routes: dict[str, dict] = {}       # chat word -> route (Ownership.routes()): routes.json
         self.rejected: dict[str, dict] = {}     # folder name -> why it does not run
         self.owners: dict[str, str] = {}        # plugin id -> folder name (owners.json)
         self._retry_at: float | None = None
@@ -171,6 +172,14 @@ class Supervisor:
     def stop(self) -> None:
         self._stop.set()
 
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """A NATS request as the platform user (hot reload's config hook); the reply's data."""
+        msg = await self._nc.request(subject, payload, timeout=timeout)
+        return msg.data
+
     async def _start(self) -> None:
         from ..natsauth.identity import Identity  # heavy imports only when running
         from .runner_env import ensure_runner_env
@@ -194,7 +203,7 @@ class Supervisor:
         await self._nc.subscribe(wire.VIOLATIONS, cb=self.violations.on_message)
         for entry in plans:
             self.entries[entry.plugin.id] = entry
-        self._publish_fleet()
+        self.publish_fleet()
         for name, launcher in self.service_launchers.items():
             self.services[name] = Slot(name, launcher, self._alive, self.policy)
             self.services[name].start()
@@ -407,7 +416,7 @@ class Supervisor:
             self.rollouts.reroute()  # a rollout was rolled back: routes follow the versions that run
         if added:
             added = await self._sync_newcomers(added)
-        self._publish_fleet()
+        self.publish_fleet()
         for pid in added:
             log.info("starting plugin %s", pid)
             wanted[pid].slot.start()
@@ -439,7 +448,7 @@ class Supervisor:
                 await self.identity.sync([e.plan for e in self.entries.values()])
         return kept
 
-    def _publish_fleet(self) -> None:
+    def publish_fleet(self) -> None:
         """Tell the trusted services what changed: routes.json (chat word ->
         its route and owner, Ownership.routes()) and fleet.json (every running
         plugin's plan, folder and account key), written atomically, then
