@@ -1,6 +1,7 @@
 """`precinct operator`: run the kopf operator standalone.
 
-Settings chosen against the known kopf pitfalls (anchors.md):
+Settings chosen against the kopf pitfalls other operators have hit (silent
+watch streams, peering freezes, an oversized last-handled annotation):
   - standalone: no peering (its freezes); deploy the operator with
     `strategy: Recreate` so two never run at once;
   - watch streams time out on both ends (server 5 min, client a bit later)

@@ -6,7 +6,7 @@ No I/O and no keys here: accounts are named by role (`core`, `platform`,
 plan drives the single-host runtime, the Kubernetes operator, `precinct
 render`, and docs/permissions.md, so what we document is what we enforce.
 
-The NATS edges (architecture.md):
+The NATS edges (also tabled in docs/nats.md, "The edges"):
   commands       plugin exports each claimed rosey.command.<ns>.<action> as a
                  singleton service; only core imports it.
   payload reply  plugin publishes rosey.reply.<id>.<nonce>, exported as a

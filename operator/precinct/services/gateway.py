@@ -2,7 +2,7 @@
 
 What a plugin publishes toward the core never reaches it directly. The NATS
 server delivers it to the platform account under the plugin's import prefix
-(architecture.md), and only this process republishes it:
+(docs/nats.md, "The edges"), and only this process republishes it:
 
   plugin.<id>.rosey.chat.<ch>.send          -> rosey.chat.<ch>.send
   plugin.<id>.rosey.channel.<ch>.message    -> rosey.channel.<ch>.message

@@ -67,7 +67,7 @@ MAX_CONFIG_SCHEMA_BYTES = 64 * 1024
 
 
 class Permission(str, enum.Enum):
-    """What a plugin may ask for; architecture.md's table says what each means."""
+    """What a plugin may ask for; docs/permissions.md (generated from the sandbox plan) says what each means."""
 
     read_messages = "read_messages"
     send_messages = "send_messages"
