@@ -52,7 +52,7 @@ RELEASE = "precinct-e2e"
 SYSTEM_NS = "precinct-e2e"
 PLUGINS_NS = "bots-e2e"
 REGISTRY = os.environ.get("PRECINCT_E2E_REGISTRY", "localhost:5001")
-PLUGINS = {"dice-roller": "plugins/dice-roller", "hog": "tests/fixtures/attacks/hog",
+PLUGINS = {"dice-roller": "plugins/dice-roller", "hog": "tests/attacks/plugins/hog",
            "crasher": "tests/fixtures/plugins/crasher"}
 FULL, NO_KUBELET = "full", "no-kubelet"
 

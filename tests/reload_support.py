@@ -20,7 +20,7 @@ from pathlib import Path
 import nats
 
 from precinct.runtime.chat import chat_event, read_endpoint
-from precinct.services.dispatcher import result_subject
+from precinct.wire.subjects import dispatch_result as result_subject
 
 ANSWER = re.compile(r"rev=(\d+) pid=(\w+) greeting=(.*)")
 

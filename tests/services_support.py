@@ -24,7 +24,7 @@ DEADLINE = 30.0
 
 def write_fleet(path: Path, plans: list[SandboxPlan], identity: Identity,
                 folders: dict[str, Path] | None = None) -> Path:
-    """fleet.json exactly as the supervisor's _publish_fleet writes it."""
+    """fleet.json exactly as the supervisor's publish_fleet writes it."""
     fleet = {
         plan.id: {"folder": str((folders or {}).get(plan.id, path.parent / "no-folder" / plan.id)),
                   "plan": plan.to_dict(), "account_key": identity.account_key(plugin_account(plan.id))}

@@ -1,8 +1,9 @@
 """Kernel confinement on a single host, proven with real attacks.
 
-Real processes, real cgroups, a real nats-server: one `precinct up` runs the
-attack plugins in tests/fixtures/attacks/ and each test asks one of them to
-try something through chat (`precinct say`), then checks the outcome from
+Real processes, real cgroups, a real nats-server: one `precinct up` runs five of
+the attack plugins in tests/attacks/plugins/ (staged by tests/attack_support.py,
+like the attack suite's) and each test asks one of them to try something
+through chat (`precinct say`), then checks the outcome from
 outside. Every hog is armed by a command, and each test checks the cgroup
 (status, /proc/<pid>/cgroup, the limit files) BEFORE arming it: an
 unconfined memory hog takes a machine without swap down.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from attack_support import AttackFleet
 from netns_support import LoopbackHTTP, OwnedNetwork, UnixListener, can_own_networks
-from runtime_support import ROOT, Up, cleanup_cgroups, copy_plugin, pid_alive, processes_mentioning, structured_answer
+from runtime_support import pid_alive, processes_mentioning
 
-ATTACKS = ROOT / "tests" / "fixtures" / "attacks"
-PLUGINS = ("hog", "spinner", "forkbomb", "prober", "fetcher")
+PLUGINS = ("hog", "spinner", "orphanbomb", "prober", "fetcher")
 MiB = 2**20
 
 needs_root = pytest.mark.skipif(
@@ -112,28 +112,7 @@ class Listener:
         self.sock.close()
 
 
-class Fleet:
-    def __init__(self, up: Up, state: Path, tmp: Path) -> None:
-        self.up, self.state, self.tmp = up, state, tmp
-        self.service_pids: list[int] = []
-        self.cgroup_dirs: set[str] = set()
-
-    def status(self) -> dict:
-        status = self.up.status()
-        assert status is not None, self.up.output()[-2000:]
-        self.service_pids = [s["pid"] for s in status["services"].values() if s.get("pid")]
-        for plugin in status["plugins"].values():
-            self.cgroup_dirs |= set((plugin.get("confinement") or {}).get("cgroups", {}).values())
-        return status
-
-    def plugin(self, plugin_id: str) -> dict:
-        return self.status()["plugins"][plugin_id]
-
-    def ask(self, text: str, timeout: float = 20) -> object:
-        done = self.up.say(text, "--timeout", str(timeout), "--json")
-        assert done.returncode == 0, f"{text}: {done.stdout} {done.stderr}"
-        return structured_answer(done.stdout)
-
+class Fleet(AttackFleet):
     def probe(self, kind: str, *args: str, plugin: str = "probe") -> object:
         return self.ask(" ".join([f"!{plugin}", kind, *args]))
 
@@ -168,29 +147,16 @@ class Fleet:
 def fleet(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("confinement tests need root (own uids, cgroups, namespaces); CI runs them as root")
-    tmp = tmp_path_factory.mktemp("confine")
-    plugins = tmp / "plugins"
-    plugins.mkdir()
-    for name in PLUGINS:
-        copy_plugin(ATTACKS / name, plugins)
-    state = tmp / "state"
     # A loopback stand-in for a public site: the one destination the fetcher's
     # proxy is told to allow (the positive control for the egress refusals).
     standin = LoopbackHTTP()
-    up = Up(plugins, state, env={"PRECINCT_EGRESS_TEST_ALLOW": standin.address})
-    fleet = Fleet(up, state, tmp)
-    fleet.standin = standin
     try:
-        up.wait_running(*PLUGINS, timeout=180)
-        fleet.status()
-        yield fleet
+        with Fleet.started(tmp_path_factory.mktemp("confine"), PLUGINS, running=PLUGINS, timeout=180,
+                           env={"PRECINCT_EGRESS_TEST_ALLOW": standin.address}) as fleet:
+            fleet.standin = standin
+            yield fleet
     finally:
         standin.close()
-        up.stop()
-        for pid in fleet.service_pids:      # services orphaned by the SIGKILL test
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        cleanup_cgroups(fleet.cgroup_dirs)
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +466,7 @@ def test_cannot_signal_ptrace_or_see_other_processes(fleet):
 
 @needs_root
 def test_fork_bomb_is_stopped_and_nothing_outlives_a_sigkilled_supervisor(fleet):
-    info = fleet.assert_confined("forkbomb")
+    info = fleet.assert_confined("orphanbomb")
     pids_dir = Path(info["confinement"]["cgroups"]["pids"])
     limit = info["limits"]["pids"]
     assert limit == 16

@@ -15,7 +15,8 @@ from nats.aio.msg import Msg
 
 from conftest import NatsEnv, eventually, make_plugins
 from precinct.services.fleetfile import FleetFile
-from precinct.services.gateway import STATS_SUBJECT, Aggregator, Gateway
+from precinct.services.gateway import Aggregator, Gateway
+from precinct.wire.subjects import GATEWAY_STATS as STATS_SUBJECT
 from precinct.services.serverlog import LogTail, parse_violation
 from services_support import ask, wait_until, write_fleet
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 from conftest import NatsEnv, make_plugins
-from precinct.services.gateway import STATS_SUBJECT
+from precinct.wire.subjects import GATEWAY_STATS as STATS_SUBJECT
 from services_support import ServiceProcess, ask, wait_until, write_fleet
 
 EVENT_BYTES = 400 * 1024     # under the account's 512 KiB max payload

@@ -164,7 +164,8 @@ def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
     in-process with the no-op confinement to exercise that path."""
     import logging
 
-    from precinct.runtime.slot import Confinement, RestartPolicy
+    from precinct.confine.launch import Confinement
+    from precinct.runtime.slot import RestartPolicy
     from precinct.runtime.supervisor import Supervisor
 
     plugins = tmp_path / "plugins"
@@ -272,3 +273,27 @@ def test_config_change_without_a_hook_is_a_rolling_restart(tmp_path):
         assert "no working reconfigure()" in up.output()
     finally:
         up.stop()
+
+
+def test_rollouts_reach_the_supervisor_only_through_fleet_host(tmp_path):
+    """rollout.py uses no supervisor member outside FleetHost (no private
+    attributes), and the Supervisor provides every member FleetHost lists."""
+    import ast
+
+    from precinct.runtime import rollout
+    from precinct.runtime.slot import Confinement
+    from precinct.runtime.supervisor import Supervisor
+
+    members = set(rollout.FleetHost.__annotations__)
+    members |= {n for n, v in vars(rollout.FleetHost).items() if callable(v) and not n.startswith("_")}
+    assert {"publish_fleet", "request", "stopping", "entries", "state_dir"} <= members, members
+    used = set()
+    for node in ast.walk(ast.parse(Path(rollout.__file__).read_text())):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id == "sup") or (
+                    isinstance(owner, ast.Attribute) and owner.attr == "sup"):
+                used.add(node.attr)
+    assert used and used <= members, f"rollout.py uses supervisor members outside FleetHost: {used - members}"
+    sup = Supervisor(tmp_path / "plugins", tmp_path / "state", confinement=Confinement())
+    assert isinstance(sup, rollout.FleetHost)

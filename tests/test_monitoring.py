@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from precinct import metrics
-from precinct.runtime.dashboard import HttpServer, Monitor, Monotonic
+from precinct.runtime.monitor import Monitor, Monotonic
+from precinct.runtime.web import HttpServer
 from runtime_support import EXAMPLES, Up, copy_plugin, precinct
 
 ROOT = Path(__file__).parents[1]
@@ -188,6 +189,41 @@ async def test_dashboard_server_needs_the_token_and_is_read_only():
     finally:
         await server.close()
         await metrics_only.close()
+
+
+async def test_the_page_is_package_data_served_with_a_fresh_nonce():
+    """The page ships as package data (pyproject.toml's package-data globs
+    cover it, so a wheel carries it) and `/` serves exactly that file, each
+    response with its own CSP nonce."""
+    import fnmatch
+    import tomllib
+    from importlib import resources
+
+    from precinct.runtime import web
+
+    resource = resources.files("precinct.runtime").joinpath(web.PAGE_RESOURCE)
+    assert resource.is_file(), resource
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch(web.PAGE_RESOURCE, g) for g in package_data["precinct.runtime"]), package_data
+    page = resource.read_text(encoding="utf-8")
+    assert "{{NONCE}}" in page
+
+    async def status():
+        return _status(2048, 1.0)
+
+    server = HttpServer(Monitor(status), 0, token="s3cret")
+    await server.start()
+    try:
+        first, second = await asyncio.to_thread(lambda: (_get(server.url), _get(server.url + "index.html")))
+    finally:
+        await server.close()
+    nonces = []
+    for code, body, headers in (first, second):
+        assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+        nonce = re.search(r"script-src 'nonce-([^']+)'", headers["Content-Security-Policy"]).group(1)
+        assert body.decode() == page.replace("{{NONCE}}", nonce)
+        nonces.append(nonce)
+    assert nonces[0] != nonces[1]
 
 
 # -- the real thing: `precinct up`, the browser, `precinct top` --------------------------

@@ -14,7 +14,8 @@ import sys
 import time
 
 from precinct.runtime.plugin_log import DEFAULT_BURST, PluginLog, clean
-from precinct.runtime.slot import LaunchSpec, RestartPolicy, Slot
+from precinct.confine.launch import LaunchSpec
+from precinct.runtime.slot import RestartPolicy, Slot
 
 
 async def _run(code: str, log: PluginLog, timeout: float = 60) -> int:

@@ -15,7 +15,8 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from conftest import NatsEnv, make_plugins
 from precinct.services.fleetfile import FleetFile
-from precinct.services.storage import ADMIN_MIGRATE, ADMIN_STATS, MAX_REQUEST, StorageService
+from precinct.services.storage import MAX_REQUEST, StorageService
+from precinct.wire.subjects import STORAGE_MIGRATE as ADMIN_MIGRATE, STORAGE_STATS as ADMIN_STATS
 from services_support import DEADLINE, ServiceProcess, ask, code_of, wait_until, write_fleet
 
 FAST = {"rate_limits": {"database_queries_per_second": 10_000, "burst": 10_000}}

@@ -15,7 +15,8 @@ from conftest import NatsEnv, make_plugins
 from precinct.services import sqliteheap
 from precinct.services.fleetfile import FleetFile
 from precinct.services.plugindb import MAX_LIKE_PATTERN, QUERY_SECONDS, heap_budget
-from precinct.services.storage import ADMIN_MIGRATE, ADMIN_STATS, PLUGIN_INFLIGHT, StorageService
+from precinct.services.storage import PLUGIN_INFLIGHT, StorageService
+from precinct.wire.subjects import STORAGE_MIGRATE as ADMIN_MIGRATE, STORAGE_STATS as ADMIN_STATS
 from services_support import ask, code_of, wait_until, write_fleet
 
 MiB = 2**20

@@ -13,7 +13,7 @@ import pytest
 
 from precinct.natsauth import budget
 from precinct.runtime import supervisor as sup_module
-from precinct.runtime.slot import Confinement
+from precinct.confine.launch import Confinement
 from precinct.runtime.supervisor import Supervisor
 
 

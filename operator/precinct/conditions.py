@@ -19,7 +19,8 @@ LIMITS_ENFORCED = "LimitsEnforced"
 PERMISSIONS_COMPLIANT = "PermissionsCompliant"
 LATEST_REVISION_READY = "LatestRevisionReady"
 
-# Reasons, CamelCase, as architecture.md lists them.
+# Reasons, CamelCase, the same words in both runtimes (docs/operator.md#status
+# lists where each appears).
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoopBackOff"
 PERMISSION_VIOLATION = "PermissionViolation"

@@ -125,7 +125,7 @@ def plugin_rows(view: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
 
 
 def families(view: dict[str, Any]) -> list:
-    """Metric families from one monitor view (runtime/dashboard.py `Monitor.view()`):
+    """Metric families from one monitor view (runtime/monitor.py `Monitor.view()`):
 
     {"plugins": {id: {"state", "cpu_seconds", "memory_bytes", "limits": {...},
                       "restarts", "oom_kills", "log_dropped_bytes", "traffic": {...}, "violations_by_kind": {...},

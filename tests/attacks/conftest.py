@@ -1,16 +1,13 @@
 """One real `precinct up` (real nats-server, gateway, storage, cgroups) runs
-every attack plugin in tests/attacks/plugins/ plus a well-behaved bystander
-(tests/fixtures/plugins/8ball) for the whole module. A background thread asks
-the bystander `!8ball` every two seconds for as long as the fleet lives; each
-attack test asserts that none of those questions went unanswered while it
-ran (`Fleet.bystander_since`)."""
+the attack suite's plugins (`SUITE`, from tests/attacks/plugins/) plus a
+well-behaved bystander (tests/fixtures/plugins/8ball) for the whole module. A
+background thread asks the bystander `!8ball` every two seconds for as long as
+the fleet lives; each attack test asserts that none of those questions went
+unanswered while it ran (`Fleet.bystander_since`)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -20,14 +17,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from runtime_support import FIXTURES, ROOT, Up, cleanup_cgroups, copy_plugin, structured_answer  # noqa: E402
+from attack_support import AttackFleet  # noqa: E402
+from runtime_support import FIXTURES, Up  # noqa: E402
 
-ATTACK_PLUGINS = ROOT / "tests" / "attacks" / "plugins"
 # thief is rejected (CommandConflict) and never runs; crashloop is armed last;
 # tempescape and blobbomb never run either: their migrations are refused.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
            "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "eventflood", "slowquery",
            "logflood", "egress6", "hostsock", "refuser", "crashloop")
+# The attack plugins this fleet stages. The rest of tests/attacks/plugins/ runs
+# in tests/test_confinement.py's fleet (its `spinner` claims `!spin` too).
+SUITE = tuple(p for p in RUNNING if p != "eightball") + ("thief", "tempescape", "blobbomb")
 
 
 class Bystander(threading.Thread):
@@ -55,30 +55,10 @@ class Bystander(threading.Thread):
         self.join(30)
 
 
-class Fleet:
+class Fleet(AttackFleet):
     def __init__(self, up: Up, state: Path, tmp: Path) -> None:
-        self.up, self.state, self.tmp = up, state, tmp
+        super().__init__(up, state, tmp)
         self.bystander = Bystander(up)
-        self.cgroup_dirs: set[str] = set()
-        self.service_pids: list[int] = []
-
-    def status(self) -> dict:
-        status = self.up.status()
-        assert status is not None, self.up.output()[-2000:]
-        for plugin in status["plugins"].values():
-            self.cgroup_dirs |= set((plugin.get("confinement") or {}).get("cgroups", {}).values())
-        self.service_pids = [s["pid"] for s in status["services"].values() if s.get("pid")]
-        return status
-
-    def plugin(self, plugin_id: str) -> dict:
-        return self.status()["plugins"][plugin_id]
-
-    def ask(self, text: str, timeout: float = 20, ok: bool = True):
-        if not ok:
-            return self.up.say(text, "--timeout", str(timeout))
-        done = self.up.say(text, "--timeout", str(timeout), "--json")
-        assert done.returncode == 0, f"{text}: {done.stdout} {done.stderr}"
-        return structured_answer(done.stdout)
 
     def condition(self, plugin_id: str, type_: str, status: dict | None = None) -> dict:
         info = (status or self.status())["plugins"][plugin_id]
@@ -127,30 +107,18 @@ def owned(tmp_path_factory):
 def fleet(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the attack suite needs root (own uids, cgroups, namespaces); CI runs it as root")
-    tmp = tmp_path_factory.mktemp("attacks")
-    plugins = tmp / "plugins"
-    plugins.mkdir()
-    for src in sorted(ATTACK_PLUGINS.iterdir()):
-        if (src / "plugin.yaml").exists():
-            copy_plugin(src, plugins)
-    copy_plugin(FIXTURES / "8ball", plugins)
-    state = tmp / "state"
-    # An unpacked plugin folder with links out of it (the bundle path refuses these:
-    # test_bundles.py): the code snapshot keeps them as links, and inside the sandbox
-    # they point at paths Landlock and file modes refuse (test_reading_...).
-    (plugins / "snoop" / "leak_core").symlink_to(state / "nats" / "creds" / "core.creds")
-    (plugins / "snoop" / "leak_shadow").symlink_to("/etc/shadow")
-    up = Up(plugins, state)
-    fleet = Fleet(up, state, tmp)
-    try:
-        up.wait_running(*RUNNING, timeout=240)
-        fleet.status()
+
+    def links_out(plugins: Path, state: Path) -> None:
+        # An unpacked plugin folder with links out of it (the bundle path refuses these:
+        # test_bundles.py): the code snapshot keeps them as links, and inside the sandbox
+        # they point at paths Landlock and file modes refuse (test_reading_...).
+        (plugins / "snoop" / "leak_core").symlink_to(state / "nats" / "creds" / "core.creds")
+        (plugins / "snoop" / "leak_shadow").symlink_to("/etc/shadow")
+
+    with Fleet.started(tmp_path_factory.mktemp("attacks"), SUITE, others=[FIXTURES / "8ball"],
+                       prepare=links_out, running=RUNNING, timeout=240) as fleet:
         fleet.bystander.start()
-        yield fleet
-    finally:
-        fleet.bystander.stop()
-        up.stop()
-        for pid in fleet.service_pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        cleanup_cgroups(fleet.cgroup_dirs)
+        try:
+            yield fleet
+        finally:
+            fleet.bystander.stop()

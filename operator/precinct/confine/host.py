@@ -32,16 +32,18 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..plan.sandbox import SandboxPlan
-from ..runtime.procstats import ProcessStats
-from ..runtime.procstats import sample as proc_sample
-from ..runtime.slot import Confinement, LaunchSpec
+from ..settings import HostSettings, SettingsError
+from ..wire import environment as env_names
 from . import disk, landlock, seccomp
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
+from .launch import Confinement, LaunchSpec
+from .procstats import ProcessStats
+from .procstats import sample as proc_sample
 from .refusals import EGRESS, KernelRecords, Ledger
 from .relay import ListenerServer, nats_relay
-from .uids import UID_BASE, UID_COUNT, UidError, allocate
+from .uids import UidError, allocate
 
 log = logging.getLogger("precinct.confine")
 
@@ -56,11 +58,11 @@ IN_DATA = SANDBOX / "data"
 IN_DEPS = SANDBOX / "deps"            # the plugin's installed dependencies (runtime/plugin_deps.py), read-only
 
 LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view")
-DISABLE_ENV = "PRECINCT_CONFINE_DISABLE"
+DISABLE_ENV = env_names.CONFINE_DISABLE
 # TEST-ONLY: ADDR:PORT pairs the egress proxy lets plugins reach although the
 # policy refuses them (a local stand-in for a public service). The operator's
 # environment, never a manifest; status names every entry.
-EGRESS_ALLOW_ENV = "PRECINCT_EGRESS_TEST_ALLOW"
+EGRESS_ALLOW_ENV = env_names.EGRESS_TEST_ALLOW
 HANDSHAKE_TIMEOUT = 60.0
 
 # Read and execute: the Python runtime and shared libraries.
@@ -133,19 +135,18 @@ class _Plugin:
 
 def environment_problem() -> str | None:
     """What is wrong with the PRECINCT_* settings this module reads, for `precinct up` to say before starting."""
-    unknown = _disabled_from_env() - set(LAYERS)
+    try:
+        settings = HostSettings.load()
+    except SettingsError as exc:
+        return str(exc)
+    unknown = settings.disabled_layers - set(LAYERS)
     if unknown:
         return f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}"
     try:
-        parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
+        parse_allow(settings.egress_test_allow)
     except ValueError as exc:
         return f"{EGRESS_ALLOW_ENV}: {exc}"
     return None
-
-
-def _disabled_from_env() -> set[str]:
-    raw = os.environ.get(DISABLE_ENV, "")
-    return {x.strip() for x in raw.split(",") if x.strip()}
 
 
 def _private_dir(path: Path, mode: int = 0o700) -> Path:
@@ -222,14 +223,14 @@ async def _recv_handshake(sock: socket.socket, timeout: float) -> tuple[socket.s
 class HostConfinement(Confinement):
     def __init__(self, state_dir: Path, disable: Iterable[str] | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.disabled = set(disable) if disable is not None else _disabled_from_env()
+        self.disabled = set(disable) if disable is not None else HostSettings.load().disabled_layers
         unknown = self.disabled - set(LAYERS)
         if unknown:
             raise ValueError(f"{DISABLE_ENV}: unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}")
         self._caps: Capabilities | None = None
         self._plugins: dict[str, _Plugin] = {}
         try:
-            self.egress_allow = parse_allow(os.environ.get(EGRESS_ALLOW_ENV, ""))
+            self.egress_allow = parse_allow(HostSettings.load().egress_test_allow)
         except ValueError as exc:
             raise ValueError(f"{EGRESS_ALLOW_ENV}: {exc}") from None
         # Refusals (refusals.py): counted per plugin; strikes go to `on_refusal_strike`
@@ -375,7 +376,7 @@ class HostConfinement(Confinement):
         env = dict(spec.env)
         env["HOME"] = str(IN_DATA if data_mode != "none" else SANDBOX)
         if data_mode != "none":
-            env["PRECINCT_DATA_DIR"] = str(IN_DATA)
+            env[env_names.DATA_DIR] = str(IN_DATA)
         http = "http-egress-public" in plan.fence.network
 
         # Limits.
@@ -771,4 +772,4 @@ def for_supervisor(state_dir: Path) -> Confinement:
     return UnprivilegedConfinement()
 
 
-__all__ = ["HostConfinement", "UnprivilegedConfinement", "for_supervisor", "UID_BASE", "UID_COUNT"]
+__all__ = ["HostConfinement", "UnprivilegedConfinement", "for_supervisor"]

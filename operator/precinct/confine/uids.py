@@ -22,8 +22,8 @@ import os
 import pwd
 from pathlib import Path
 
-UID_BASE = int(os.environ.get("PRECINCT_UID_BASE", "61000"))
-UID_COUNT = int(os.environ.get("PRECINCT_UID_COUNT", "1000"))
+from ..settings import HostSettings
+
 DEFAULT_TABLE = Path("/var/lib/precinct/uids.json")
 
 
@@ -32,7 +32,7 @@ class UidError(RuntimeError):
 
 
 def _table_path() -> Path:
-    return Path(os.environ.get("PRECINCT_UID_TABLE") or DEFAULT_TABLE)
+    return HostSettings.load().uid_table or DEFAULT_TABLE
 
 
 def _known_to_passwd(uid: int) -> bool:
@@ -43,14 +43,23 @@ def _known_to_passwd(uid: int) -> bool:
         return False
 
 
-def preferred_uid(plugin_id: str, base: int = UID_BASE, count: int = UID_COUNT) -> int:
+def uid_range() -> tuple[int, int]:
+    """(first uid, how many) plugins may use: PRECINCT_UID_BASE / _COUNT."""
+    settings = HostSettings.load()
+    return settings.uid_base, settings.uid_count
+
+
+def preferred_uid(plugin_id: str, base: int, count: int) -> int:
     digest = hashlib.sha256(plugin_id.encode()).digest()
     return base + int.from_bytes(digest[:4], "big") % count
 
 
 def allocate(state_dir: Path, plugin_id: str, *, table: Path | None = None,
-             base: int = UID_BASE, count: int = UID_COUNT) -> int:
-    """The uid of `plugin_id` under `state_dir`, allocating one if needed."""
+             base: int | None = None, count: int | None = None) -> int:
+    """The uid of `plugin_id` under `state_dir`, allocating one if needed
+    (the range: `base`/`count`, else the settings')."""
+    if base is None or count is None:
+        base, count = uid_range()
     table = table or _table_path()
     table.parent.mkdir(parents=True, exist_ok=True)
     key = f"{Path(state_dir).resolve()}:{plugin_id}"

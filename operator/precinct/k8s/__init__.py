@@ -12,7 +12,15 @@ Modules, one job each:
   ladder     the suspend ladder: violation events -> warn, rollout restart, suspend; resume
   health     the probe behind kopf's liveness endpoint (the Pod's probes)
   operator   `precinct operator`: kopf settings, login, standalone run
-  cli        the bodies of `precinct render` and `precinct operator`
+  claims     the fleet's claims and compiled plans, kept current by BotPlugin events
+  credentials  the fleet's NATS accounts (natsauth.Identity, one per operator)
+  fleetmap   the fleet ConfigMaps the gateway and storage read (no secrets)
+  bundles    a bundle release verified against the index before any Pod starts
+  metrics    the operator's Prometheus metrics
+  status_writer  a BotPlugin's status, and an Event per condition transition
+  violations the gateway's violation reports -> BotPlugin status
+
+The bodies of `precinct render` and `precinct operator` are in cli/kubernetes.py.
 
 See docs/operator.md.
 """

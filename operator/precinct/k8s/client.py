@@ -32,7 +32,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..spec.model import API_GROUP, API_VERSION
+from ..wire.kubernetes import API_GROUP, API_VERSION
 
 log = logging.getLogger("precinct.operator")
 

@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from ..spec.identity import MAX_ID, TOKEN_PATTERN
-from ..spec.model import API_GROUP, API_VERSION, KIND, BotPluginSpec
+from ..spec.model import BotPluginSpec
+from ..wire.kubernetes import API_GROUP, API_VERSION, KIND
 
 PLURAL = "botplugins"
 SINGULAR = "botplugin"

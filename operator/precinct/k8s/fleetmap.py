@@ -27,33 +27,18 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from typing import Any
 
 from ..plan.sandbox import SandboxPlan, plugin_account
+from ..settings import OperatorSettings
+from ..wire import environment as env
 
-ENV = "PRECINCT_FLEET_CONFIGMAP"
-SHARDS_ENV = "PRECINCT_FLEET_SHARDS"
-DEFAULT_SHARDS = 64
+ENV = env.FLEET_CONFIGMAP
+DEFAULT_SHARDS = OperatorSettings.model_fields["fleet_shards"].default
 MAX_BYTES = 1_000_000            # below the API server's 1 MiB (1,048,576) for all data of one object
 FLUSH = 1.0
 
 log = logging.getLogger("precinct.operator")
-
-
-def target() -> tuple[str, str] | None:
-    value = os.environ.get(ENV, "").strip()
-    if not value:
-        return None
-    namespace, _, name = value.partition("/")
-    return (namespace, name) if namespace and name else None
-
-
-def shard_count() -> int:
-    try:
-        return max(1, int(os.environ.get(SHARDS_ENV, DEFAULT_SHARDS)))
-    except ValueError:
-        return DEFAULT_SHARDS
 
 
 def shard_of(plugin_id: str, shards: int) -> int:
@@ -77,8 +62,9 @@ class FleetMap:
 
     def __init__(self, api: Any, where: tuple[str, str] | None = None, shards: int | None = None) -> None:
         self.api = api
-        self.where = where if where is not None else target()
-        self.shards = shards or shard_count()
+        settings = OperatorSettings.load() if where is None or not shards else None
+        self.where = where if where is not None else settings.fleet_target
+        self.shards = shards or settings.fleet_shards
         self.entries: list[dict[str, dict[str, Any]]] = [{} for _ in range(self.shards)]
         self.dirty: set[int] = set()
         self.written: dict[int, str] = {}        # shard -> digest of what the API server holds

@@ -34,7 +34,7 @@ from typing import Any
 import kopf
 
 from ..spec.identity import kubernetes_id
-from ..spec.model import API_GROUP, API_VERSION
+from ..wire.kubernetes import API_GROUP, API_VERSION
 from . import ladder
 from . import reconcile as rc
 from . import render as r

@@ -46,10 +46,10 @@ from typing import Any
 from ..ladder import NONE, RESTART, SUSPEND, WARN, LadderPolicy, strike
 from . import violations
 from .client import ApiError
+from ..wire.kubernetes import RESUME as RESUME_ANNOTATION
 
 log = logging.getLogger("precinct.operator")
 
-RESUME_ANNOTATION = "precinct.dev/resume"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"   # what `kubectl rollout restart` sets
 MAX_STRIKES_KEPT = 50                                 # with suspend_after 0 they would pile up
 WARNED, RESTARTED, RESUMED = "ViolationWarning", "ViolationRestart", "Resumed"

@@ -30,6 +30,7 @@ import threading
 from typing import Any, Iterable
 
 from .. import metrics as m
+from ..wire import subjects as wire
 
 log = logging.getLogger("precinct.operator.metrics")
 POLL_INTERVAL = 15.0
@@ -163,8 +164,6 @@ OPERATOR = OperatorMetrics()
 
 async def poll_services(nc, metrics: OperatorMetrics = OPERATOR, interval: float = POLL_INTERVAL) -> None:
     """Every `interval` s: the gateway's and storage's per-plugin counters (platform account)."""
-    from ..services.gateway import STATS_SUBJECT
-    from ..services.storage import ADMIN_STATS
 
     async def ask(subject: str) -> dict[str, Any] | None:
         try:
@@ -176,7 +175,7 @@ async def poll_services(nc, metrics: OperatorMetrics = OPERATOR, interval: float
             return None
 
     while True:
-        gateway, storage = await asyncio.gather(ask(STATS_SUBJECT), ask(ADMIN_STATS))
+        gateway, storage = await asyncio.gather(ask(wire.GATEWAY_STATS), ask(wire.STORAGE_STATS))
         metrics.services(gateway, storage)
         await asyncio.sleep(interval)
 

@@ -1,6 +1,7 @@
 """`precinct operator`: run the kopf operator standalone.
 
-Settings chosen against the known kopf pitfalls (anchors.md):
+Settings chosen against the kopf pitfalls other operators have hit (silent
+watch streams, peering freezes, an oversized last-handled annotation):
   - standalone: no peering (its freezes); deploy the operator with
     `strategy: Recreate` so two never run at once;
   - watch streams time out on both ends (server 5 min, client a bit later)
@@ -26,9 +27,8 @@ from . import reconcile as rc
 from .client import Api, configuration, connection_info
 from .credentials import Credentials
 from .render import Settings, digest
+from ..wire.kubernetes import FINALIZER, OPERATOR_PREFIX as ANNOTATIONS_PREFIX
 
-FINALIZER = "precinct.dev/revoke-nats-account"
-ANNOTATIONS_PREFIX = "precinct.dev"
 
 
 @dataclass(frozen=True)

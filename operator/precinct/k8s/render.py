@@ -35,15 +35,13 @@ from typing import Any
 
 from ..plan.sandbox import DENIED_DESTINATIONS, SandboxPlan, compile_plan
 from ..spec.load import BotPluginResource
-from ..spec.model import API_GROUP, API_VERSION, KIND, BotPluginSpec, Manifest
+from ..spec.model import BotPluginSpec, Manifest
 from ..spec.ownership import Plugin
+from ..wire.kubernetes import API_GROUP, API_VERSION, BOTPLUGIN_LABEL, CONFIG_HASH, KIND, PLUGIN_LABEL
 
 CREDS_PLACEHOLDER = "<minted by the operator>"
 UID_PLACEHOLDER = "<uid of the BotPlugin>"
 
-PLUGIN_LABEL = f"{API_GROUP}/plugin"          # plugin id: unique cluster-wide
-BOTPLUGIN_LABEL = f"{API_GROUP}/botplugin"    # metadata.name of the owner (same namespace)
-CONFIG_HASH = f"{API_GROUP}/config-hash"
 CREDS_KEY = "nats.creds"
 CONFIG_KEY = "config.json"
 CONTAINER = "plugin"

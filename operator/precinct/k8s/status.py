@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import conditions as cond
-from .render import CONFIG_HASH, CONTAINER
+from .render import CONTAINER
+from ..wire.kubernetes import CONFIG_HASH, GOOD_HASH, GOOD_TEMPLATE
 
 MAX_FAILED_ROLLOUTS = 3
 ROLLOUT_FAILED = "RolloutFailed"
@@ -108,8 +109,6 @@ class DeploymentView:
         )
 
 
-GOOD_TEMPLATE = "precinct.dev/good-template"
-GOOD_HASH = "precinct.dev/good-hash"
 
 
 def deployment_view(dep: dict[str, Any] | None) -> DeploymentView | None:

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from .. import conditions as cond
+from ..wire.kubernetes import API_GROUP, API_VERSION, EVENT_REPORTER
 from .client import Api, ApiError
 
 log = logging.getLogger("precinct.operator")
@@ -101,14 +102,14 @@ class StatusWriter:
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body.get("apiVersion", "precinct.dev/v1alpha1"), "kind": "BotPlugin",
+            "involvedObject": {"apiVersion": body.get("apiVersion", f"{API_GROUP}/{API_VERSION}"), "kind": "BotPlugin",
                                "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
             "type": "Normal" if good else "Warning",
             "reason": reason,
             "message": message[:1024],
             "source": {"component": "precinct-operator"},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-            "reportingComponent": "precinct.dev/operator", "reportingInstance": "precinct-operator",
+            "reportingComponent": EVENT_REPORTER, "reportingInstance": "precinct-operator",
         }
         try:
             await self.api.create(event, reply=False)

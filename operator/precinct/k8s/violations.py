@@ -22,10 +22,10 @@ from typing import Any
 
 from .. import conditions as cond
 from ..ladder import reason_of
+from ..wire import subjects as wire
 
 log = logging.getLogger("precinct.operator")
 
-SUBJECT = "precinct.violations.*"
 WINDOW = 600.0       # seconds PermissionsCompliant stays False after the last violation
 
 
@@ -82,5 +82,5 @@ async def subscribe(url: str, creds: str, handle: Handler):
         except Exception:  # noqa: BLE001 - one bad event must not end the subscription
             log.exception("recording a violation of %s failed", plugin_id)
 
-    await nc.subscribe(SUBJECT, cb=on_message)
+    await nc.subscribe(wire.VIOLATIONS, cb=on_message)
     return nc

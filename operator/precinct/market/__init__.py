@@ -11,7 +11,10 @@ One module per job:
 - `client`     fetch and verify releases with python-tuf's ngclient
 - `scan`       bandit + a permission check of what the code imports and calls
 - `install`    atomic install / update / rollback / remove into a plugins dir
-- `cli`        the `precinct plugin ...` and `precinct market ...` commands
+- `fetch`      `precinct plugin fetch`: one verified release into a folder, for a Pod
+- `errors`     the one exception family: one line naming the failed check
+
+The `precinct plugin ...` and `precinct market ...` commands are in cli/market.py.
 """
 
 from .errors import MarketError

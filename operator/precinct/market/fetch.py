@@ -24,24 +24,26 @@ only: the release exists in the index and its signed record names it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from ..settings import MarketSettings
+from ..wire import environment as env
 from . import bundle as bundle_mod
 from .errors import BundleError, TrustError
 
-ROOT_ENV = "PRECINCT_INDEX_ROOT"
-ROOT_JSON_ENV = "PRECINCT_INDEX_ROOT_JSON"
+ROOT_ENV = env.INDEX_ROOT
+ROOT_JSON_ENV = env.INDEX_ROOT_JSON
 
 
 def _root_file(root: Path | None, work: Path, root_json: str | None = None) -> Path:
     if root is not None:
         return root
-    if os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV])
-    text = root_json if root_json is not None else os.environ.get(ROOT_JSON_ENV)
+    settings = MarketSettings.load()
+    if settings.index_root:
+        return settings.index_root
+    text = root_json if root_json is not None else settings.index_root_json
     if text:
         path = work / "root.json"
         path.write_text(text)

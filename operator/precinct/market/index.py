@@ -57,6 +57,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from . import bundle as bundle_mod
 from . import keys
+from ..settings import MarketSettings
 from .errors import TrustError
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -287,5 +288,5 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         return None
 
     def log_message(self, fmt, *args):  # quiet unless asked
-        if os.environ.get("PRECINCT_MARKET_LOG"):
+        if MarketSettings.load().market_log:
             super().log_message(fmt, *args)

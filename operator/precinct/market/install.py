@@ -46,7 +46,9 @@ from typing import Any
 import yaml
 
 from ..spec.load import find_manifest, load_path
-from ..spec.model import API_GROUP, API_VERSION, KIND, Manifest
+from ..spec.model import Manifest
+from ..wire.kubernetes import API_GROUP, API_VERSION, BUNDLE_SHA256, KIND, PUBLISHER_KEYID
+from ..wire.kubernetes import INDEX as INDEX_ANNOTATION
 from ..spec.ownership import Plugin, resolve
 from . import bundle as bundle_mod
 from . import keys as keys_mod
@@ -472,9 +474,9 @@ def botplugin_manifest(source: str, state_dir: Path, trust: Trust, namespace: st
             "name": manifest.id,
             "namespace": namespace,
             "annotations": {
-                "precinct.dev/bundle-sha256": fetched.sha256,
-                "precinct.dev/publisher-keyid": str(fetched.publisher),
-                "precinct.dev/index": str(fetched.index_url),
+                BUNDLE_SHA256: fetched.sha256,
+                PUBLISHER_KEYID: str(fetched.publisher),
+                INDEX_ANNOTATION: str(fetched.index_url),
             },
         },
         "spec": spec,

@@ -24,14 +24,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Key, Signature, SSlibKey
 
+from ..settings import MarketSettings
+from ..wire import environment as env
 from .errors import TrustError
 
-PASSPHRASE_ENV = "PRECINCT_KEY_PASSPHRASE"  # nosec B105 - the name of an environment variable, not its value
+PASSPHRASE_ENV = env.KEY_PASSPHRASE
 
 
 def _passphrase() -> bytes | None:
-    value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode() if value else None
+    value = MarketSettings.load().key_passphrase
+    return value.get_secret_value().encode() if value and value.get_secret_value() else None
 
 
 def generate(private_path: Path) -> tuple[CryptoSigner, Path]:

@@ -5,6 +5,7 @@ Modules, one job each:
   jwt       NATS v2 JWT encoding/decoding, strictly increasing `iat`, creds files
   keys      the nkey store (operator, accounts, users), stable across restarts
   accounts  sandbox plans -> account and user claims
+  budget    the fleet ceiling: how many plugins the shared accounts' JWTs hold
   server    nats-server config, and the server as a child process
   live      pushing and deleting account JWTs on a running server ($SYS)
   identity  `Identity`: what a supervisor calls

@@ -6,7 +6,7 @@ No I/O and no keys here: accounts are named by role (`core`, `platform`,
 plan drives the single-host runtime, the Kubernetes operator, `precinct
 render`, and docs/permissions.md, so what we document is what we enforce.
 
-The NATS edges (architecture.md):
+The NATS edges (also tabled in docs/nats.md, "The edges"):
   commands       plugin exports each claimed rosey.command.<ns>.<action> as a
                  singleton service; only core imports it.
   payload reply  plugin publishes rosey.reply.<id>.<nonce>, exported as a
@@ -35,22 +35,13 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ..spec.model import Permission
+from ..wire import subjects as wire
+from ..wire.subjects import CHAT_IN_SUBJECTS, CHAT_OUT_SUBJECTS, FLEET_EVENTS, OBSERVE_PREFIX
 from ..spec.ownership import Plugin
 
 CORE = "core"
 PLATFORM = "platform"
 
-# Public chat events: never `pm` (private messages stay with the core).
-CHAT_EVENTS = ("chatMsg", "addUser", "userLeave", "usercount", "changeMedia", "mediaUpdate", "playlist", "queue")
-CHAT_IN_SUBJECTS = tuple(f"rosey.platform.*.{event}" for event in CHAT_EVENTS)
-CHAT_OUT_SUBJECTS = ("rosey.chat.*.send", "rosey.channel.*.message")
-# Every plugin's events as the gateway republishes them in the platform account.
-FLEET_EVENTS = "rosey.event.>"
-
-# Where an observe_chat_and_events plugin receives the fleet's chat and events
-# (`precinct.observe.rosey.platform.cytube.chatMsg`, ...): a prefix of its own,
-# so the copies never collide with subjects it publishes or is asked on.
-OBSERVE_PREFIX = "precinct.observe"
 # An observer's `>` subscription also receives every request it answers (its
 # commands, pings, config), so each request reaches its connection twice, and
 # nats-server (2.15.1, checked) spends one of the user's per-request responses
@@ -79,23 +70,6 @@ def plugin_account(plugin_id: str) -> str:
 def import_prefix(plugin_id: str) -> str:
     """Prefix under which the platform sees everything a plugin publishes."""
     return f"plugin.{plugin_id}"
-
-
-def storage_root(plugin_id: str) -> str:
-    return f"precinct.storage.{plugin_id}"
-
-
-def ping_subject(plugin_id: str, instance: str = "*") -> str:
-    return f"precinct.ping.{plugin_id}.{instance}"
-
-
-def config_subject(plugin_id: str, instance: str = "*") -> str:
-    """Where the supervisor sends a running instance its new config (hot reload)."""
-    return f"precinct.config.{plugin_id}.{instance}"
-
-
-def violations_subject(plugin_id: str) -> str:
-    return f"precinct.violations.{plugin_id}"
 
 
 @dataclass(frozen=True)
@@ -232,9 +206,14 @@ DENIED_DESTINATIONS = (
 
 def _event_subjects(plugin: Plugin) -> list[str]:
     roots = plugin.namespace_claims()
-    subjects = [f"rosey.event.{t}.>" for t in roots]
+    subjects = [wire.events_under(t) for t in roots]
     subjects += [f"{root}.>" for root in plugin.spec.events]
     return subjects
+
+
+def _template(template: str, op: str) -> str:
+    """A wire template with the operation filled in and `{ns}` left for later."""
+    return template.replace("{op}", op)
 
 
 def _storage_operations(grants: frozenset[Permission]) -> list[tuple[str, list[str]]]:
@@ -242,12 +221,12 @@ def _storage_operations(grants: frozenset[Permission]) -> list[tuple[str, list[s
     `{ns}` is the plugin's subject namespace."""
     ops: list[tuple[str, list[str]]] = []
     if Permission.database_read in grants:
-        ops += [(f"row.{op}", [f"rosey.db.row.{{ns}}.{op}"]) for op in ROW_READS]
-        ops += [(f"kv.{op}", [f"rosey.db.kv.{op}", f"rosey.db.kv.{{ns}}.{op}"]) for op in KV_READS]
-        ops += [(f"migrate.{op}", [f"rosey.db.migrate.{{ns}}.{op}"]) for op in MIGRATE_READS]
+        ops += [(f"row.{op}", [_template(wire.ROW_TEMPLATE, op)]) for op in ROW_READS]
+        ops += [(f"kv.{op}", [_template(wire.KV_SHARED_TEMPLATE, op), _template(wire.KV_TEMPLATE, op)]) for op in KV_READS]
+        ops += [(f"migrate.{op}", [_template(wire.MIGRATE_TEMPLATE, op)]) for op in MIGRATE_READS]
     if Permission.database_write in grants:
-        ops += [(f"row.{op}", [f"rosey.db.row.{{ns}}.{op}"]) for op in ROW_WRITES]
-        ops += [(f"kv.{op}", [f"rosey.db.kv.{op}", f"rosey.db.kv.{{ns}}.{op}"]) for op in KV_WRITES]
+        ops += [(f"row.{op}", [_template(wire.ROW_TEMPLATE, op)]) for op in ROW_WRITES]
+        ops += [(f"kv.{op}", [_template(wire.KV_SHARED_TEMPLATE, op), _template(wire.KV_TEMPLATE, op)]) for op in KV_WRITES]
     return ops
 
 
@@ -260,13 +239,13 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
 
     commands = spec.command_subjects()
     command_subjects = spec.all_command_subjects()
-    reply_subject = f"rosey.reply.{pid}.*"
+    reply_subject = wire.replies_of(pid)
     event_subjects = _event_subjects(plugin)
     chat_out = list(CHAT_OUT_SUBJECTS) if Permission.send_messages in grants else []
 
     exports: list[Export] = [Export(s, "service", singleton=True) for s in command_subjects]
-    exports.append(Export(ping_subject(pid), "service", singleton=True))
-    exports.append(Export(config_subject(pid), "service", singleton=True))
+    exports.append(Export(wire.ping(pid), "service", singleton=True))
+    exports.append(Export(wire.config(pid), "service", singleton=True))
     outbound = [*chat_out, *event_subjects, reply_subject]
     exports += [Export(s, "stream") for s in outbound]
 
@@ -281,7 +260,7 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     for op, templates in storage_ops:
         for template in templates:
             local = template.format(ns=ns)
-            imports.append(Import(PLATFORM, f"{storage_root(pid)}.{op}", "service", local=local))
+            imports.append(Import(PLATFORM, f"{wire.storage_root(pid)}.{op}", "service", local=local))
             storage_publish.append(local)
 
     # An observer subscribes to everything in its own account: that is only
@@ -291,8 +270,8 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     # here cannot reach other plugins' commands, replies or storage, or PMs.
     subscribe = (">",) if observer else (
         *command_subjects,
-        ping_subject(pid),
-        config_subject(pid),
+        wire.ping(pid),
+        wire.config(pid),
         *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
         "_INBOX.>",  # replies to its own storage requests, inside its own account
     )
@@ -302,11 +281,11 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
 
     core_imports = tuple(Import(me, s, "service") for s in command_subjects)
     platform_imports = tuple(
-        [Import(me, ping_subject(pid), "service"), Import(me, config_subject(pid), "service")]
+        [Import(me, wire.ping(pid), "service"), Import(me, wire.config(pid), "service")]
         + [Import(me, s, "stream", prefix=prefix) for s in outbound]
     )
     platform_exports = tuple(
-        [Export(f"{storage_root(pid)}.>", "service", singleton=True)] if storage_ops else []
+        [Export(f"{wire.storage_root(pid)}.>", "service", singleton=True)] if storage_ops else []
     ) + tuple(Export(f"{root}.>", "stream") for root in spec.events)
 
     data_dir = (
@@ -353,7 +332,7 @@ CORE_EXPORTS = tuple(Export(s, "stream") for s in CHAT_IN_SUBJECTS)
 PLATFORM_TO_CORE = (
     *(Export(s, "stream") for s in CHAT_OUT_SUBJECTS),
     Export(FLEET_EVENTS, "stream"),
-    Export("rosey.reply.>", "stream"),
+    Export(wire.REPLIES, "stream"),
 )
 
 

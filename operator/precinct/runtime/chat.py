@@ -18,7 +18,8 @@ from pathlib import Path
 
 import nats
 
-from ..services.dispatcher import parse_command, result_subject
+from ..spec.chat import parse_command
+from ..wire import subjects as wire
 
 PLATFORM = "console"
 
@@ -49,7 +50,7 @@ def read_endpoint(state_dir: Path) -> Endpoint:
 def chat_event(text: str, user: str, channel: str) -> tuple[str, bytes]:
     """A Rosey platform envelope for one line of chat."""
     correlation = secrets.token_hex(8)
-    subject = f"rosey.platform.{PLATFORM}.chatMsg"
+    subject = wire.platform_event(PLATFORM, "chatMsg")
     envelope = {
         "subject": subject, "event_type": "chatMsg", "source": PLATFORM,
         "data": {"username": user, "message": text, "time": int(time.time() * 1000), "channel": channel},
@@ -73,8 +74,8 @@ class ChatClient:
                                          max_reconnect_attempts=3, connect_timeout=3)
         except Exception as exc:
             raise ChatError(f"cannot connect to NATS at {self.endpoint.nats}: {exc}") from None
-        await self.nc.subscribe(result_subject(PLATFORM), cb=self._on_result)
-        await self.nc.subscribe(f"rosey.platform.{PLATFORM}.message", cb=self._on_message)
+        await self.nc.subscribe(wire.dispatch_result(PLATFORM), cb=self._on_result)
+        await self.nc.subscribe(wire.to_platform(PLATFORM), cb=self._on_message)
 
     async def close(self) -> None:
         if self.nc:
@@ -102,7 +103,7 @@ class ChatClient:
         is_command = parse_command(text) is not None
         if is_command:
             self._results[correlation] = asyncio.get_running_loop().create_future()
-        await self.nc.publish(f"rosey.platform.{PLATFORM}.chatMsg", payload)
+        await self.nc.publish(wire.platform_event(PLATFORM, "chatMsg"), payload)
         await self.nc.flush()
         if not is_command:
             return None

@@ -37,7 +37,6 @@ from .runner_env import file_lock, open_up
 
 MARKER = "installed.json"
 PIP_TIMEOUT = 600.0
-WHEEL_INDEX_ENV = "PRECINCT_WHEEL_INDEX"
 
 
 class DependencyError(RuntimeError):

@@ -28,6 +28,9 @@ it is stopped and the old one keeps (or goes back to) running; the old slot
 gets `LatestRevisionReady=False` with reason `RolledBack` while its `Ready`
 stays True. That folder digest is remembered, so the broken version is not
 retried on every scan; the next edit of the folder tries again.
+
+`Rollouts` reaches the supervisor only through `FleetHost`, the few
+attributes and methods listed there.
 """
 
 from __future__ import annotations
@@ -40,15 +43,17 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import conditions as cond
-from ..plan.sandbox import config_subject
+from ..wire import subjects as wire
 from ..spec.load import find_manifest
-from .slot import CRASH_LOOP, RUNNING, SUSPENDED, Slot
+from ..confine.launch import Confinement
+from .slot import CRASH_LOOP, RUNNING, SUSPENDED, RestartPolicy, Slot
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .supervisor import PluginEntry, Supervisor
+    from ..natsauth.identity import Identity
+    from .supervisor import PluginEntry
 
 log = logging.getLogger("precinct.rollout")
 
@@ -146,8 +151,29 @@ def same_user(old: "PluginEntry", new: "PluginEntry") -> bool:
 
 # -- the rollout -----------------------------------------------------------------
 
+@runtime_checkable
+class FleetHost(Protocol):
+    """What a rollout needs from the supervisor (runtime/supervisor.py), and nothing more."""
+
+    state_dir: Path                        # rollback snapshots live in <state dir>/rollout
+    entries: dict[str, "PluginEntry"]      # plugin id -> the version that runs; a rollout swaps it
+    routes: dict[str, dict]                # chat word -> route; rebuilt when a rollout is undone
+    identity: "Identity"                   # sync(plans): NATS accounts and users for the plans
+    policy: RestartPolicy                  # ready timeout and grace period: how long to wait
+    confinement: Confinement               # how many instances of one plugin it can hold
+
+    def publish_fleet(self) -> None:
+        """Write routes.json and fleet.json and tell the trusted services."""
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """A NATS request as the platform user; the reply's data."""
+
+    def stopping(self) -> bool:
+        """True once the supervisor is shutting down."""
+
+
 class Rollouts:
-    def __init__(self, sup: "Supervisor") -> None:
+    def __init__(self, sup: FleetHost) -> None:
         self.sup = sup
         self.failed: dict[str, str] = {}       # plugin id -> folder digest that did not become ready
         self.history: list[dict] = []          # one record per replace(), newest last (bounded)
@@ -252,8 +278,7 @@ class Rollouts:
             return False
         body = json.dumps({"config": new.plugin.spec.config}).encode()
         try:
-            msg = await sup._nc.request(config_subject(pid, instance), body, timeout=CONFIG_TIMEOUT)
-            answer = json.loads(msg.data)
+            answer = json.loads(await sup.request(wire.config(pid, instance), body, CONFIG_TIMEOUT))
         except Exception as exc:  # no hook subscription (old runner), timeout, garbage
             log.info("plugin %s: config reload not answered (%r)", pid, exc)
             return False
@@ -268,7 +293,7 @@ class Rollouts:
         sup.entries[pid] = PluginEntry(new.folder, new.plugin, new.plan, new.digest, old.slot)
         old.slot.conditions.set(cond.LATEST_REVISION_READY, True, "ConfigReloaded",
                                 f"config reloaded in instance {instance} without a restart")
-        sup._publish_fleet()
+        sup.publish_fleet()
         self.failed.pop(pid, None)
         self.prune(pid, {new.digest})
         log.info("plugin %s: config reloaded without a restart", pid)
@@ -280,7 +305,7 @@ class Rollouts:
         sup, pid = self.sup, new.plugin.id
         await sup.identity.sync(plans)         # adds edges; same user JWT, so nothing is revoked
         sup.entries[pid] = new                 # the launcher reads the entry it starts
-        sup._publish_fleet()
+        sup.publish_fleet()
         log.info("plugin %s: starting the new version beside the old one", pid)
         new.slot.start()
         ok, why = await self._wait_ready(new.slot)
@@ -306,7 +331,7 @@ class Rollouts:
         await old.slot.stop()                  # drained before its user JWT is revoked
         await sup.identity.sync(plans)
         sup.entries[pid] = new
-        sup._publish_fleet()
+        sup.publish_fleet()
         new.slot.start()
         ok, why = await self._wait_ready(new.slot)
         if ok:
@@ -341,11 +366,10 @@ class Rollouts:
                 return True, ""
             if slot.status.restarts > restarts or slot.status.state in (CRASH_LOOP, SUSPENDED):
                 break
-            stopping = getattr(self.sup, "_stop", None)
-            if stopping is not None and stopping.is_set():
+            if self.sup.stopping():
                 return False, "the supervisor is stopping"
             await asyncio.sleep(0.05)
-        tail = list(slot._stderr)[-1:] if hasattr(slot, "_stderr") else []
+        tail = list(slot.log.tail)[-1:]
         why = slot.status.last_exit or "NotReady"
         if tail:
             why = f"{why}: {tail[0]}"
@@ -357,7 +381,7 @@ class Rollouts:
         restored = [old.plan if p.id == old.plugin.id else p for p in plans]
         await sup.identity.sync(restored)
         self.reroute()
-        sup._publish_fleet()
+        sup.publish_fleet()
 
     def reroute(self) -> None:
         """Routes (chat word -> subject, owner) from the versions in `entries`."""

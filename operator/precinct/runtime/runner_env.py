@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..settings import HostSettings
+
 DEFAULT_ROOT = Path("/var/lib/precinct")
 PREFERRED_PYTHONS = ("/usr/bin/python3",)
 MARKER = ".precinct-runner-env.json"
@@ -49,9 +51,9 @@ class RunnerEnvError(RuntimeError):
 
 
 def default_source() -> Path:
-    env = os.environ.get("PRECINCT_RUNNER_SOURCE")
-    if env:
-        return Path(env)
+    configured = HostSettings.load().runner_source
+    if configured:
+        return configured
     # operator/precinct/runtime/runner_env.py -> the checkout's plugins/runner
     return Path(__file__).resolve().parents[3] / "plugins" / "runner"
 
@@ -109,7 +111,7 @@ def _probe(python: str) -> dict:
 
 def find_interpreter(python: str | None = None) -> tuple[str, dict]:
     """(path, probe) of an interpreter an unprivileged uid can execute."""
-    chosen = python or os.environ.get("PRECINCT_RUNNER_PYTHON")
+    chosen = python or HostSettings.load().runner_python
     if chosen:
         candidates = [chosen]
     else:
@@ -303,8 +305,8 @@ def ensure_runner_env(base: Path | None = None, *, source: Path | None = None, p
     digest = env_hash(source, interpreter, probe["version"])
     if base is not None:
         env_dir = Path(base) / f"runner-{digest}"
-    elif os.environ.get("PRECINCT_RUNNER_ENV"):
-        env_dir = Path(os.environ["PRECINCT_RUNNER_ENV"])
+    elif HostSettings.load().runner_env:
+        env_dir = HostSettings.load().runner_env
     else:
         env_dir = DEFAULT_ROOT / f"runner-{digest}"
     env_dir = Path(os.path.abspath(env_dir))

@@ -26,8 +26,8 @@ from typing import Awaitable, Callable
 
 from .. import conditions as cond
 from ..conditions import Conditions
+from ..confine.launch import Confinement, LaunchSpec
 from .plugin_log import STATUS_LINES, PluginLog
-from .procstats import ProcessStats, sample
 
 STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REJECTED, SUSPENDED = (
     "Starting", "Running", "BackOff", "CrashLoopBackOff", "Stopped", "Rejected", "Suspended")
@@ -41,14 +41,6 @@ class RestartPolicy:
     crash_loop_after: int = 3       # this many quick crashes in a row -> CrashLoopBackOff
     grace_period: float = 10.0      # SIGTERM -> SIGKILL
     ready_timeout: float = 30.0     # spawn -> first ping answer
-
-
-@dataclass
-class LaunchSpec:
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    instance: str
 
 
 @dataclass
@@ -92,30 +84,6 @@ def _die_with_parent(parent: int):
         if os.getppid() != parent:  # the supervisor died before the prctl took effect
             os._exit(1)
     return hook
-
-
-class Confinement:
-    """Hooks the kernel sandbox fills in (runtime/confine); this base confines nothing.
-
-    `wrap` turns the runner's command into the confined one, `exit_reason` may
-    name a better reason than the exit code (OOMKilled from the cgroup), and
-    `sample` reads usage from wherever the limits are enforced.
-    """
-
-    async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
-        return spec
-
-    def exit_reason(self, plugin_id: str, returncode: int) -> str | None:
-        return None
-
-    def sample(self, plugin_id: str, pid: int) -> ProcessStats:
-        return sample(pid)
-
-    def enforcement(self, plugin_id: str) -> dict[str, str]:
-        return {}
-
-    async def release(self, plugin_id: str) -> None:
-        return None
 
 
 class Slot:
@@ -165,18 +133,13 @@ class Slot:
     def snapshot(self) -> SlotStatus:
         proc = self._proc
         if proc and proc.returncode is None:
-            stats: ProcessStats = self.confinement.sample(self.id, proc.pid)
+            stats = self.confinement.sample(self.id, proc.pid)
             self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
         self.status.stderr_tail = list(self.log.tail)[-STATUS_LINES:]
         self.status.log_bytes, self.status.log_dropped_bytes = self.log.kept_bytes, self.log.dropped_bytes
         self.status.enforcement = self.confinement.enforcement(self.id)
         self.status.conditions = self.conditions.to_list()
         return self.status
-
-    @property
-    def _stderr(self):
-        """The output tail (rollout.py reads the last line of it)."""
-        return self.log.tail
 
     # -- the loop -------------------------------------------------------------
 

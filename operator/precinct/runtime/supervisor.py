@@ -34,14 +34,15 @@ from pathlib import Path
 import nats
 
 from .. import conditions as cond
-from ..plan.fleet import as_plugin
-from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, ping_subject, plugin_account
-from ..spec.load import SKIPPED_MESSAGE, Problem, find_manifest, load_path, skipped_folders
+from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning, plugin_account
+from ..spec.load import SKIPPED_MESSAGE, Problem, as_plugin, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Plugin, id_conflict, resolve
 from .control import ControlError, ControlServer
 from .rollout import Rollouts, folder_digest, folder_fingerprint
-from .slot import REJECTED, Confinement, LaunchSpec, RestartPolicy, Slot
-from .violations import SUBJECT as VIOLATIONS_SUBJECT, Ladder, LadderPolicy, LaunchRefused
+from ..confine.launch import Confinement, LaunchSpec
+from .slot import REJECTED, RestartPolicy, Slot
+from ..wire import subjects as wire
+from .violations import Ladder, LadderPolicy, LaunchRefused
 
 log = logging.getLogger("precinct.supervisor")
 
@@ -66,15 +67,6 @@ class PluginEntry:
     plan: SandboxPlan
     digest: str
     slot: Slot
-
-
-def default_state_dir() -> Path:
-    if env := os.environ.get("PRECINCT_STATE_DIR"):
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/precinct/state")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "precinct"
 
 
 class StateLock:
@@ -126,6 +118,7 @@ class Supervisor:
         # wheel index URL or folder; None = pip's configured index.
         self.wheel_index: str | None = None
         self.entries: dict[str, PluginEntry] = {}
+        self.routes: dict[str, dict] = {}       # chat word -> route (Ownership.routes()): routes.json
         self.rejected: dict[str, dict] = {}     # folder name -> why it does not run
         self.owners: dict[str, str] = {}        # plugin id -> folder name (owners.json)
         self._retry_at: float | None = None
@@ -179,6 +172,14 @@ class Supervisor:
     def stop(self) -> None:
         self._stop.set()
 
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """A NATS request as the platform user (hot reload's config hook); the reply's data."""
+        msg = await self._nc.request(subject, payload, timeout=timeout)
+        return msg.data
+
     async def _start(self) -> None:
         from ..natsauth.identity import Identity  # heavy imports only when running
         from .runner_env import ensure_runner_env
@@ -199,10 +200,10 @@ class Supervisor:
         self._nc = await nats.connect(self.server_url, user_credentials=str(self.identity.platform_creds()),
                                       name="precinct-supervisor", max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
-        await self._nc.subscribe(VIOLATIONS_SUBJECT, cb=self.violations.on_message)
+        await self._nc.subscribe(wire.VIOLATIONS, cb=self.violations.on_message)
         for entry in plans:
             self.entries[entry.plugin.id] = entry
-        self._publish_fleet()
+        self.publish_fleet()
         for name, launcher in self.service_launchers.items():
             self.services[name] = Slot(name, launcher, self._alive, self.policy)
             self.services[name].start()
@@ -415,7 +416,7 @@ class Supervisor:
             self.rollouts.reroute()  # a rollout was rolled back: routes follow the versions that run
         if added:
             added = await self._sync_newcomers(added)
-        self._publish_fleet()
+        self.publish_fleet()
         for pid in added:
             log.info("starting plugin %s", pid)
             wanted[pid].slot.start()
@@ -447,7 +448,7 @@ class Supervisor:
                 await self.identity.sync([e.plan for e in self.entries.values()])
         return kept
 
-    def _publish_fleet(self) -> None:
+    def publish_fleet(self) -> None:
         """Tell the trusted services what changed: routes.json (chat word ->
         its route and owner, Ownership.routes()) and fleet.json (every running
         plugin's plan, folder and account key), written atomically, then
@@ -516,7 +517,7 @@ class Supervisor:
             end = time.monotonic() + deadline
             while time.monotonic() < end:
                 try:
-                    await self._nc.request(ping_subject(plugin_id, instance), b"{}", timeout=0.5)
+                    await self._nc.request(wire.ping(plugin_id, instance), b"{}", timeout=0.5)
                     return True
                 except Exception:
                     await asyncio.sleep(0.1)
@@ -574,15 +575,13 @@ class Supervisor:
     async def _migrate(self, plugin_id: str, folder: Path, wait: float = 60.0) -> None:
         """Ask storage to apply the folder's migrations/NNN_name.sql; waits for
         storage to come up (it starts alongside the plugins)."""
-        from ..services.storage import ADMIN_MIGRATE
-
         if not any((folder / "migrations").glob("*.sql")):
             return
         body = json.dumps({"plugin": plugin_id, "folder": str(folder)}).encode()
         deadline = time.monotonic() + wait
         while True:
             try:
-                msg = await self._nc.request(ADMIN_MIGRATE, body, timeout=MIGRATION_TIMEOUT)
+                msg = await self._nc.request(wire.STORAGE_MIGRATE, body, timeout=MIGRATION_TIMEOUT)
                 break
             except Exception as exc:  # no responders / timeout while storage (re)starts
                 if time.monotonic() > deadline:
@@ -719,4 +718,4 @@ def _limits_condition(slot: Slot, enforcement: dict[str, str]) -> None:
                             ", ".join(f"{k}={v}" for k, v in sorted(enforcement.items()))[:2000])
 
 
-__all__ = ["Supervisor", "SupervisorError", "default_state_dir", "ControlError", "Problem"]
+__all__ = ["Supervisor", "SupervisorError", "ControlError", "Problem"]

@@ -43,9 +43,8 @@ from .slot import SUSPENDED, Slot
 
 log = logging.getLogger("precinct.violations")
 
-SUBJECT = "precinct.violations.*"
 COMPLIANT = "NoViolations"
-__all__ = ["NONE", "RESTART", "SUSPEND", "WARN", "Ladder", "LadderPolicy", "LaunchRefused", "SUBJECT"]
+__all__ = ["NONE", "RESTART", "SUSPEND", "WARN", "Ladder", "LadderPolicy", "LaunchRefused"]
 
 
 class LaunchRefused(RuntimeError):

@@ -3,8 +3,8 @@
 A bucket holds at most `capacity` tokens and refills at `rate` tokens per
 second; each message (or query) takes one. A full bucket lets a burst of
 `capacity` through at once, after which traffic is held to `rate`. NATS has
-no per-user rate limit (environment.md), so these live in the trusted
-services, keyed by the plugin id the server's subject mapping carries.
+no per-user message rate limit (docs/nats.md, "What NATS cannot do"), so
+these live in the trusted services, keyed by the plugin id the server's subject mapping carries.
 """
 
 from __future__ import annotations

@@ -39,25 +39,13 @@ from typing import Any
 
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
+from ..spec.chat import MAX_ARGS, parse_command
 from ..spec.identity import arg_count_range
+from ..wire import headers as headers_wire
+from ..wire import subjects as wire
 from .lifecycle import connect, stop_on_signals
 
 log = logging.getLogger("precinct.dispatcher")
-
-MAX_ARGS = 2000  # characters of chat handed to a plugin
-
-
-def result_subject(platform: str) -> str:
-    return f"precinct.dispatch.{platform}.result"
-
-
-def parse_command(message: str) -> tuple[str, str] | None:
-    """`!Roll 2d6` -> ("roll", "2d6"); anything else -> None."""
-    if not message.startswith("!") or len(message) < 2:
-        return None
-    word, _, rest = message[1:].partition(" ")
-    return word.lower(), rest.strip()[:MAX_ARGS]
-
 
 MAX_ANSWER = 500          # characters of a rendered non-text result: chat, not a dump
 MAX_REPLY_IN_OUTCOME = 64 * 1024   # bytes of a plugin's reply copied into the outcome
@@ -264,9 +252,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        await self.nc.subscribe("rosey.platform.*.chatMsg", cb=self._on_chat)
-        await self.nc.subscribe("rosey.chat.*.send", cb=self._on_relay)
-        await self.nc.subscribe("rosey.channel.*.message", cb=self._on_relay)
+        await self.nc.subscribe(wire.CHAT_MESSAGES, cb=self._on_chat)
+        await self.nc.subscribe(wire.CHAT_SEND, cb=self._on_relay)
+        await self.nc.subscribe(wire.CHANNEL_MESSAGE, cb=self._on_relay)
 
     async def _on_chat(self, msg) -> None:
         platform = msg.subject.split(".")[2]
@@ -294,12 +282,12 @@ class Dispatcher:
             text = help_text(self.routes.all(), args)
             outcome.update(status="ok", message=text)
             await self._say(platform, channel, correlation, text)
-            await self._publish(result_subject(platform), outcome)
+            await self._publish(wire.dispatch_result(platform), outcome)
             return
         route = self.routes.get(word)
         if route is None:
             outcome.update(status="no_route", message=f"no plugin handles !{word}")
-            await self._publish(result_subject(platform), outcome)
+            await self._publish(wire.dispatch_result(platform), outcome)
             return
         plugin = route["plugin"]
         chosen = choose(route, args)
@@ -307,10 +295,10 @@ class Dispatcher:
             text = "usage: " + describe(word, route)
             outcome.update(plugin=plugin, status="usage", message=text)
             await self._say(platform, channel, correlation, text, plugin)
-            await self._publish(result_subject(platform), outcome)
+            await self._publish(wire.dispatch_result(platform), outcome)
             return
         subject, args = chosen
-        reply_to = f"rosey.reply.{plugin}.{secrets.token_hex(8)}"
+        reply_to = wire.replies_of(plugin, secrets.token_hex(8))
         payload = json.dumps({"channel": channel, "user": user, "args": args, "reply_to": reply_to}).encode()
         outcome.update(plugin=plugin, subject=subject)
         started = time.monotonic()
@@ -364,7 +352,7 @@ class Dispatcher:
             except Exception:  # the subscription may already be gone after max_msgs  # nosec B110 - best-effort cleanup of a subscription
                 pass
         outcome["elapsed_ms"] = round((time.monotonic() - started) * 1000, 3)
-        await self._publish(result_subject(platform), outcome)
+        await self._publish(wire.dispatch_result(platform), outcome)
 
     async def _on_relay(self, msg) -> None:
         channel = msg.subject.split(".")[2]
@@ -374,12 +362,12 @@ class Dispatcher:
         except (ValueError, AttributeError):
             return
         platform = self.channel_platform.get(channel, "console")
-        plugin = (msg.headers or {}).get("Precinct-Plugin", "")
-        await self._publish(f"rosey.platform.{platform}.message",
+        plugin = (msg.headers or {}).get(headers_wire.PLUGIN, "")
+        await self._publish(wire.to_platform(platform),
                             {"message": text, "channel": channel, "plugin": plugin, "unsolicited": True})
 
     async def _say(self, platform: str, channel: str, correlation: str, text: str, plugin: str = "") -> None:
-        await self._publish(f"rosey.platform.{platform}.message",
+        await self._publish(wire.to_platform(platform),
                             {"message": text, "channel": channel, "in_reply_to": correlation, "plugin": plugin})
 
     async def _publish(self, subject: str, body: dict) -> None:

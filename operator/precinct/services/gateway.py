@@ -2,7 +2,7 @@
 
 What a plugin publishes toward the core never reaches it directly. The NATS
 server delivers it to the platform account under the plugin's import prefix
-(architecture.md), and only this process republishes it:
+(docs/nats.md, "The edges"), and only this process republishes it:
 
   plugin.<id>.rosey.chat.<ch>.send          -> rosey.chat.<ch>.send
   plugin.<id>.rosey.channel.<ch>.message    -> rosey.channel.<ch>.message
@@ -68,6 +68,8 @@ import nats
 from nats.errors import SlowConsumerError
 
 from .buckets import TokenBucket
+from ..wire import headers as headers_wire
+from ..wire import subjects as wire
 from .lifecycle import connect, stop_on_signals
 from .fleetfile import FleetFile
 from .serverlog import LogTail, parse_violation
@@ -75,8 +77,6 @@ from .violationevents import REPORT_INTERVAL, Aggregator, publish_events
 
 log = logging.getLogger("precinct.gateway")
 
-STATS_SUBJECT = "precinct.gateway.stats"
-PLUGIN_HEADER = "Precinct-Plugin"
 
 RATE_LIMIT, PERMISSION, DUPLICATE_REPLY, OVERFLOW = "rate_limit", "permission", "duplicate_reply", "overflow"
 SOURCE_GATEWAY, SOURCE_LOG = "gateway", "nats-server-log"
@@ -120,7 +120,7 @@ class Counters:
 class PluginState:
     def __init__(self, plugin_id: str, plan: dict[str, Any]) -> None:
         self.id = plugin_id
-        self.header = {PLUGIN_HEADER: plugin_id}
+        self.header = {headers_wire.PLUGIN: plugin_id}
         rate, burst = self._rates(plan)
         self.out_bucket = TokenBucket(rate, burst)      # a new plugin may send its burst at once
         self.reply_bucket = TokenBucket(rate, burst)
@@ -201,7 +201,7 @@ class Gateway:
     async def start(self) -> None:
         self.fleet.reload(force=True)
         await self.sync()
-        self._stats_sub = await self.nc.subscribe(STATS_SUBJECT, cb=self._on_stats)
+        self._stats_sub = await self.nc.subscribe(wire.GATEWAY_STATS, cb=self._on_stats)
         self._tasks.append(asyncio.create_task(self._report_loop(), name="gateway-report"))
         self._tasks.append(asyncio.create_task(self._watch_fleet(), name="gateway-fleet"))
         if self.tail:
@@ -323,7 +323,7 @@ class Gateway:
     async def relay(self, state: PluginState, subject: str, data: bytes, headers: dict | None) -> bool:
         """Forward one message from plugin `state.id` if it passes; True if forwarded."""
         now = time.monotonic()
-        if subject.startswith("rosey.reply."):
+        if subject.startswith(wire.REPLY_ROOT + "."):
             parts = subject.split(".")
             if len(parts) != 4 or parts[2] != state.id:
                 state.counters.foreign_replies += 1
@@ -346,7 +346,7 @@ class Gateway:
             return False
         if headers:
             out = {k: v for k, v in headers.items() if not k.lower().startswith(("nats-", "precinct-"))}
-            out[PLUGIN_HEADER] = state.id
+            out[headers_wire.PLUGIN] = state.id
         else:
             out = state.header          # the common case: nothing to filter, no dict to build
         await (state.nc or self.nc).publish(subject, data, headers=out)

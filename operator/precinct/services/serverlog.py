@@ -1,7 +1,8 @@
 """The NATS server's log: the only trusted record of permission violations.
 
 NATS publishes no event when it refuses a publish or a subscription; it
-writes one line to its log (environment.md). Checked on 2.15.1:
+writes one line to its log (docs/nats.md, "What NATS cannot do"). Checked
+on 2.15.1:
 
     [pid] 2026/11/27 22:45:55.375575 [ERR] 127.0.0.1:41148 - cid:7 - "v2.16.0:python3:<client name>" - "<account key>/<account name>/jwt:<user key>" - Publish Violation - Subject "rosey.chat.lobby.send"
     ... - "<account key>/<account name>/jwt:<user key>" - Subscription Violation - Subject "rosey.>", SID 1

@@ -68,6 +68,8 @@ from typing import Any, Callable
 
 
 from . import sqliteheap
+from ..wire import headers as headers_wire
+from ..wire import subjects as wire
 from .buckets import TokenBucket
 from .filters import REPLY_TOP_LEVEL, StorageError
 from .lifecycle import connect, stop_on_signals
@@ -77,9 +79,6 @@ from .violationevents import REPORT_INTERVAL, Aggregator, publish_events
 
 log = logging.getLogger("precinct.storage")
 
-REQUEST_ROOT = "precinct.storage"
-ADMIN_MIGRATE = "precinct.admin.storage.migrate"
-ADMIN_STATS = "precinct.admin.storage.stats"
 QUEUE = "precinct-storage"
 
 PLUGIN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -197,10 +196,10 @@ class StorageService:
         self.fleet.reload(force=True)
         # A queue group: while a restarted instance overlaps the old one, each
         # request is still handled exactly once.
-        self._subs.append(await self.nc.subscribe(f"{REQUEST_ROOT}.*.>", queue=QUEUE, cb=self._on_request,
+        self._subs.append(await self.nc.subscribe(f"{wire.STORAGE_ROOT}.*.>", queue=QUEUE, cb=self._on_request,
                                                   pending_msgs_limit=65_536))
-        self._subs.append(await self.nc.subscribe(ADMIN_MIGRATE, queue=QUEUE, cb=self._on_admin_migrate))
-        self._subs.append(await self.nc.subscribe(ADMIN_STATS, cb=self._on_stats))
+        self._subs.append(await self.nc.subscribe(wire.STORAGE_MIGRATE, queue=QUEUE, cb=self._on_admin_migrate))
+        self._subs.append(await self.nc.subscribe(wire.STORAGE_STATS, cb=self._on_stats))
         self._reporter = asyncio.create_task(self._report_loop(), name="storage-report")
 
     async def _report_loop(self) -> None:
@@ -336,7 +335,7 @@ class StorageService:
 
     async def process(self, subject: str, data: bytes, headers: dict | None) -> dict:
         parts = subject.split(".")
-        if len(parts) < 4 or ".".join(parts[:2]) != REQUEST_ROOT:
+        if len(parts) < 4 or ".".join(parts[:2]) != wire.STORAGE_ROOT:
             raise StorageError("UNKNOWN_OPERATION", f"not a storage subject: {subject[:200]}")
         plugin_id, operation = parts[2], ".".join(parts[3:])
         if not PLUGIN_ID.fullmatch(plugin_id):
@@ -382,7 +381,7 @@ class StorageService:
     def _check_identity(self, plugin_id: str, entry: dict, headers: dict | None) -> None:
         """The server's Nats-Request-Info names the requesting account; it must
         be this plugin's (requests from inside the platform carry none)."""
-        info = (headers or {}).get("Nats-Request-Info")
+        info = (headers or {}).get(headers_wire.REQUEST_INFO)
         if info is None:
             return
         try:

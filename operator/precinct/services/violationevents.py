@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..plan.sandbox import violations_subject
+from ..wire import subjects as wire
 
 REPORT_INTERVAL = 2.0         # seconds a violation window lasts
 MAX_SAMPLE_SUBJECTS = 10      # distinct subjects listed per event
@@ -83,7 +83,7 @@ async def publish_events(nc, aggregator: Aggregator, log: logging.Logger) -> lis
         log.warning("violation: %s %s x%d (%s) on %s", event["plugin"], event["kind"], event["count"],
                     event["source"], event["subject"])
         try:
-            await nc.publish(violations_subject(event["plugin"]), json.dumps(event).encode())
+            await nc.publish(wire.violations(event["plugin"]), json.dumps(event).encode())
         except Exception:  # noqa: BLE001 - reconnecting; the counters still hold it
             log.exception("cannot publish a violation event")
     return events

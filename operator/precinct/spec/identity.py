@@ -3,7 +3,8 @@
 An id names a plugin everywhere: its NATS account, its storage, its cgroup,
 its Kubernetes objects. Ids are DNS-1123 labels so they are valid in all of
 those places, and contain no `_` so Rosey's `<plugin>_<table>` row tables
-cannot collide (rosey-compat.md).
+cannot collide (with `_` allowed, plugin `a` table `b_c` and plugin `a_b`
+table `c` would both be `a_b_c`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from .identity import IdError, kubernetes_id
-from .model import API_GROUP, API_VERSION, KIND, BotPluginSpec, Manifest, load_botplugin_spec, load_manifest
+from ..wire.kubernetes import API_GROUP, API_VERSION, KIND
+from .model import BotPluginSpec, Manifest, load_botplugin_spec, load_manifest
+from .ownership import Plugin
 
 MAX_MANIFEST_BYTES = 1 << 20
 MANIFEST_NAMES = ("plugin.yaml", "plugin.yml")
@@ -246,3 +248,10 @@ def expand_paths(paths: list[Path]) -> list[Path]:
 
 __all__ = ["Problem", "BotPluginResource", "Loaded", "load_path", "expand_paths", "parse_yaml",
            "validate_document", "find_manifest", "manifest_conflict", "skipped_folders", "SKIPPED_MESSAGE", "IdError"]
+
+
+def as_plugin(loaded: Manifest | BotPluginResource, source: str = "") -> Plugin:
+    """A loaded manifest or BotPlugin as the plugin the ownership rules and the compiler take."""
+    if isinstance(loaded, Manifest):
+        return Plugin(loaded.id, loaded.without_name(), source)
+    return Plugin(loaded.id, loaded.spec, source)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ..wire import subjects as wire
 from . import quantity
 from . import requirements as reqs
 from .identity import (
@@ -43,9 +44,6 @@ from .identity import (
     canonical_id,
 )
 
-API_GROUP = "precinct.dev"
-API_VERSION = "v1alpha1"
-KIND = "BotPlugin"
 
 DEFAULT_CPU = "500m"          # Rosey: 50 % of one core
 DEFAULT_MEMORY = "256Mi"      # Rosey: 256 MB
@@ -69,7 +67,7 @@ MAX_CONFIG_SCHEMA_BYTES = 64 * 1024
 
 
 class Permission(str, enum.Enum):
-    """What a plugin may ask for; architecture.md's table says what each means."""
+    """What a plugin may ask for; docs/permissions.md (generated from the sandbox plan) says what each means."""
 
     read_messages = "read_messages"
     send_messages = "send_messages"
@@ -280,8 +278,8 @@ class CommandGroup(_Model):
     def route(self) -> dict[str, Any]:
         """What the dispatcher needs: full subjects, aliases grouped by target."""
         return {
-            "subcommands": {sub: f"rosey.command.{t}" for sub, t in sorted(self.subcommands.items())},
-            "default": {key: f"rosey.command.{t}" for key, t in sorted(self.default.items())},
+            "subcommands": {sub: wire.command(t) for sub, t in sorted(self.subcommands.items())},
+            "default": {key: wire.command(t) for key, t in sorted(self.default.items())},
             **({"description": self.description} if self.description else {}),
         }
 
@@ -520,7 +518,7 @@ class PluginSpec(_Model):
 
     def command_subjects(self) -> dict[str, str]:
         """Chat word -> full command subject."""
-        return {word: f"rosey.command.{target}" for word, target in self.commands.items()}
+        return {word: wire.command(target) for word, target in self.commands.items()}
 
     def command_targets(self) -> list[str]:
         """Every '<ns>.<action>' it serves: plain words and command groups."""
@@ -529,7 +527,7 @@ class PluginSpec(_Model):
 
     def all_command_subjects(self) -> list[str]:
         """Every command subject it serves (each exported once)."""
-        return [f"rosey.command.{target}" for target in self.command_targets()]
+        return [wire.command(target) for target in self.command_targets()]
 
     def chat_routes(self) -> dict[str, dict[str, Any]]:
         """Chat word -> how the dispatcher turns `!word args` into a request:

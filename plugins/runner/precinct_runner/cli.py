@@ -40,7 +40,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, wire
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -80,7 +80,7 @@ async def _guarded(coro):
 
 
 def _env(name: str) -> str | None:
-    value = os.environ.get(f"PRECINCT_{name}")
+    value = os.environ.get(f"{wire.ENV_PREFIX}{name}")
     return value if value else None
 
 
@@ -414,7 +414,7 @@ class Runner:
             self.say("stopped during initialize()")
             return EXIT_OK
 
-        ping_subject = f"precinct.ping.{opts.plugin_id}.{opts.instance}"
+        ping_subject = wire.ping(opts.plugin_id, opts.instance)
         pong = json.dumps({
             "ok": True, "id": opts.plugin_id, "instance": opts.instance,
             "pid": os.getpid(), "version": version, "runner": __version__,
@@ -428,7 +428,7 @@ class Runner:
         async def on_config(msg) -> None:
             await self._on_config(msg, plugin)
 
-        await nc.subscribe(f"precinct.config.{opts.plugin_id}.{opts.instance}", cb=on_config)
+        await nc.subscribe(wire.config(opts.plugin_id, opts.instance), cb=on_config)
         try:
             await nc.flush(timeout=10)
         except Exception:  # nosec B110 - reconnecting: the subscription is replayed

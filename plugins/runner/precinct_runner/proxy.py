@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-
-def queue_group(plugin_id: str) -> str:
-    return f"precinct.{plugin_id}"
+from . import wire
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -36,14 +34,14 @@ class ClientProxy:
 
     def __init__(self, client: Any, plugin_id: str, commands: list[str] | tuple[str, ...]):
         object.__setattr__(self, "_client", client)
-        object.__setattr__(self, "_queue", queue_group(plugin_id))
+        object.__setattr__(self, "_queue", wire.queue_group(plugin_id))
         object.__setattr__(self, "_commands", frozenset(commands))
         object.__setattr__(self, "_command_subs", [])
 
     def _queued(self, subject: str) -> bool:
         if subject in self._commands:
             return True
-        if subject.startswith("rosey.command.") and ("*" in subject or ">" in subject):
+        if subject.startswith(wire.COMMAND_ROOT + ".") and ("*" in subject or ">" in subject):
             return any(subject_matches(subject, command) for command in self._commands)
         return False
 

@@ -1,4 +1,5 @@
-"""Attack: fork children that setsid and sleep, bounded at 100."""
+"""Attack: fork children that setsid and sleep, bounded at 100. (orphanbomb is
+the confinement tests' variant, with its own limit and longer-lived children.)"""
 import errno
 import json
 import os

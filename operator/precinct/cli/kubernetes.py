@@ -13,7 +13,7 @@ import yaml
 from ..plan.sandbox import observer_warning
 from ..spec.load import BotPluginResource, load_path
 from ..spec.model import Manifest
-from .render import CREDS_PLACEHOLDER, Settings, plan_for, render, resource_from_manifest
+from ..k8s.render import CREDS_PLACEHOLDER, Settings, plan_for, render, resource_from_manifest
 
 
 def _say(message: str) -> None:
@@ -22,7 +22,7 @@ def _say(message: str) -> None:
 
 def read_settings(path: Path | None) -> Settings:
     """--settings FILE: a YAML mapping of render.Settings fields."""
-    from .render import load_settings
+    from ..k8s.render import load_settings
 
     if path is None:
         return Settings()
@@ -67,7 +67,7 @@ def operator_command(*, namespaces: list[str], nats_url: str | None, state_dir: 
                      runtime_class: str | None, runner_image: str | None, verbose: bool,
                      settings_file: Path | None = None, metrics_port: int | None = None,
                      liveness: str | None = None) -> int:
-    from .operator import OperatorConfig, run
+    from ..k8s.operator import OperatorConfig, run
 
     try:
         settings = read_settings(settings_file)
@@ -102,8 +102,8 @@ async def _resume(namespace: str, name: str, wait: float, as_json: bool) -> int:
 
     import aiohttp
 
-    from .client import Api, ApiError
-    from .ladder import RESUME_ANNOTATION, stamp, state
+    from ..k8s.client import Api, ApiError
+    from ..k8s.ladder import RESUME_ANNOTATION, stamp, state
 
     try:
         api = await Api.connect(attempts=3)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..spec.load import SKIPPED_MESSAGE, BotPluginResource, Problem, expand_paths, find_manifest, load_path, skipped_folders
-from ..spec.model import Manifest
+from ..spec.load import SKIPPED_MESSAGE, Problem, as_plugin, expand_paths, find_manifest, load_path, skipped_folders
 from ..spec.ownership import ID_CONFLICT, Ownership, Plugin, resolve
-from .sandbox import SandboxPlan, compile_plan, observer_warning
+from ..plan.sandbox import SandboxPlan, compile_plan, observer_warning
 
 
 @dataclass
@@ -27,12 +26,6 @@ class FleetReport:
             "problems": [{"file": p.file, "field": p.field, "message": p.message} for p in self.problems],
             "warnings": [{"file": p.file, "field": p.field, "message": p.message} for p in self.warnings],
         }
-
-
-def as_plugin(loaded: Manifest | BotPluginResource, source: str = "") -> Plugin:
-    if isinstance(loaded, Manifest):
-        return Plugin(loaded.id, loaded.without_name(), source)
-    return Plugin(loaded.id, loaded.spec, source)
 
 
 def check_fleet(paths: list[Path]) -> FleetReport:

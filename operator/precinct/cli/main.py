@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__
+from .. import __version__
 
 app = typer.Typer(
     help="Precinct runs untrusted chat-bot plugins behind hard boundaries.",
@@ -50,8 +50,8 @@ def validate(
     """
     from dataclasses import asdict
 
-    from .plan.fleet import check_fleet
-    from .spec import requirements as reqs
+    from .fleet import check_fleet
+    from ..spec import requirements as reqs
 
     report = check_fleet(paths)
     if as_json:
@@ -78,8 +78,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the full plans as JSON."),
 ) -> None:
     """Print the sandbox plan each plugin compiles to: NATS edges, limits, fence, rates."""
-    from .plan.fleet import check_fleet
-    from .plan.render_text import describe_plan
+    from .fleet import check_fleet
+    from ..plan.render_text import describe_plan
 
     report = check_fleet(paths)
     for problem in report.problems:
@@ -97,7 +97,7 @@ def crd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print the BotPlugin CustomResourceDefinition generated from the spec model."""
-    from .k8s.crd import crd_yaml
+    from ..k8s.crd import crd_yaml
 
     text = crd_yaml()
     if output:
@@ -110,9 +110,12 @@ STATE_HELP = "State dir (keys, credentials, databases). Default: $PRECINCT_STATE
 
 
 def _state(state_dir: Optional[Path]) -> Path:
-    from .runtime.supervisor import default_state_dir
+    from ..settings import HostSettings, SettingsError
 
-    return state_dir or default_state_dir()
+    try:
+        return HostSettings.load(state_dir=state_dir).default_state_dir()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -142,9 +145,9 @@ def up(
         "its token is logged and printed by `precinct dashboard --url`)."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Do not serve the health dashboard."),
     wheel_index: Optional[str] = typer.Option(
-        None, "--wheel-index", envvar="PRECINCT_WHEEL_INDEX",
+        None, "--wheel-index",
         help="Where plugins' `dependencies` come from: a PEP 503 index URL or a folder of wheels; then the only "
-        "source (pip's own configuration is ignored). Default: pip's configured index."),
+        "source (pip's own configuration is ignored). Default: pip's configured index. [PRECINCT_WHEEL_INDEX]"),
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", min=0, help="Serve Prometheus /metrics on this loopback port, no token "
         "(default: off; docs/monitoring.md suggests 9470)."),
@@ -154,15 +157,16 @@ def up(
     import asyncio
     import logging
 
-    from .runtime.slot import RestartPolicy
-    from .runtime.supervisor import Supervisor, SupervisorError
-    from .runtime.violations import LadderPolicy
+    from ..runtime.slot import RestartPolicy
+    from ..runtime.supervisor import Supervisor, SupervisorError
+    from ..runtime.violations import LadderPolicy
+    from ..settings import HostSettings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not plugins_dir.is_dir():
         _fail(f"{plugins_dir} is not a folder of plugins")
-    from .confine.host import environment_problem
+    from ..confine.host import environment_problem
 
     problem = environment_problem()
     if problem:
@@ -174,7 +178,7 @@ def up(
                                                 suspend_after=suspend_after)
     supervisor.dashboard_port = None if no_dashboard else dashboard_port
     supervisor.metrics_port = metrics_port
-    supervisor.wheel_index = wheel_index
+    supervisor.wheel_index = HostSettings.load(wheel_index=wheel_index).wheel_index
     try:
         asyncio.run(supervisor.run())
     except SupervisorError as exc:
@@ -189,8 +193,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the full status as JSON."),
 ) -> None:
     """Show every plugin: state, pid, restarts, last exit, CPU, memory, conditions."""
-    from .runtime.control import ControlError, call
-    from .runtime.status_view import render_status
+    from ..runtime.control import ControlError, call
+    from ..runtime.status_view import render_status
 
     try:
         reply = call(_state(state_dir), "status")
@@ -218,7 +222,7 @@ def logs(
     The supervisor keeps the last 200 lines per plugin (each cut to 500
     characters, control characters replaced) and drops output over the
     plugin's log rate; a hot reload starts a new log."""
-    from .runtime.logs_view import follow_logs, print_logs
+    from ..runtime.logs_view import follow_logs, print_logs
 
     try:
         if follow:
@@ -248,7 +252,7 @@ def say(
     """
     import asyncio
 
-    from .runtime.chat import ChatClient, ChatError, read_endpoint
+    from ..runtime.chat import ChatClient, ChatError, read_endpoint
 
     async def go():
         client = ChatClient(read_endpoint(_state(state_dir)))
@@ -285,7 +289,7 @@ def console(
     """An interactive chat with the bot: type lines, `!commands` reach their plugin. Ctrl-D quits."""
     import asyncio
 
-    from .runtime.chat import ChatClient, ChatError, read_endpoint
+    from ..runtime.chat import ChatClient, ChatError, read_endpoint
 
     async def go():
         client = ChatClient(read_endpoint(_state(state_dir)))
@@ -335,7 +339,7 @@ def creds(
     The lines are `NATS_URL=...` and `NATS_CREDS=...`, so a shell can take
     both with `eval "$(precinct creds core)"`.
     """
-    from .runtime.chat import ChatError, read_endpoint
+    from ..runtime.chat import ChatError, read_endpoint
 
     if account != "core":
         _fail("only the core credentials are handed out; plugin credentials never leave their sandbox", 2)
@@ -354,7 +358,7 @@ plugin_app = typer.Typer(help="Manage the plugins of a running `precinct up`.", 
 app.add_typer(plugin_app, name="plugin")
 
 # Bundles, signatures, scanning, install/update/rollback/remove, and the index.
-from .market.cli import market_app, register_plugin_commands  # noqa: E402
+from .market import market_app, register_plugin_commands  # noqa: E402
 
 register_plugin_commands(plugin_app)
 app.add_typer(market_app, name="market")
@@ -382,10 +386,10 @@ def plugin_resume(
     it is not suspended, or the operator did not act within --wait seconds.
     """
     if namespace is not None:
-        from .k8s.cli import resume_command
+        from .kubernetes import resume_command
 
         raise typer.Exit(resume_command(namespace, name, wait=wait, as_json=as_json))
-    from .runtime.control import ControlError, call
+    from ..runtime.control import ControlError, call
 
     try:
         reply = call(_state(state_dir), "resume", plugin=name)
@@ -413,7 +417,7 @@ def render(
     A plugin.yaml is shown as the BotPlugin `precinct plugin install` would
     create: named after the plugin id, run from a bundle of its version.
     """
-    from .k8s.cli import render_command
+    from .kubernetes import render_command
 
     raise typer.Exit(render_command(path, as_json=as_json, namespace=namespace, runtime_class=runtime_class,
                                     settings_file=settings_file))
@@ -423,32 +427,40 @@ def render(
 def operator_command(
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch this namespace (repeat for more)."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch BotPlugins in every namespace."),
-    nats_url: Optional[str] = typer.Option(None, "--nats-url", envvar="PRECINCT_NATS_URL",
-                                           help="NATS URL the operator pushes accounts to, and plugins connect to."),
-    state_dir: Path = typer.Option(..., "--state-dir", envvar="PRECINCT_OPERATOR_STATE",
-                                   help="NATS keys and JWTs (a mounted Secret or PVC)."),
+    nats_url: Optional[str] = typer.Option(None, "--nats-url", help="NATS URL the operator pushes accounts to, "
+                                           "and plugins connect to. [PRECINCT_NATS_URL]"),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="NATS keys and JWTs (a mounted Secret or "
+                                             "PVC); required. [PRECINCT_OPERATOR_STATE]"),
     runtime_class: Optional[str] = typer.Option(None, "--runtime-class", help="runtimeClassName for plugin Pods."),
     runner_image: Optional[str] = typer.Option(None, "--runner-image", help="The generic runner image for bundles."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", envvar="PRECINCT_OPERATOR_SETTINGS",
-                                                 help="YAML: NATS/DNS/index peers, cluster CIDRs, images (docs/operator.md)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PRECINCT_OPERATOR_METRICS_PORT",
-                                               help="Serve Prometheus /metrics on this port (docs/monitoring.md)."),
-    liveness: Optional[str] = typer.Option(None, "--liveness", envvar="PRECINCT_OPERATOR_LIVENESS",
-                                           help="Serve kopf's health endpoint at this URL, e.g. "
-                                                "http://0.0.0.0:8080/healthz: 200 when logged in and healthy "
-                                                "(for the Pod's probes; docs/operator.md)."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="YAML: NATS/DNS/index peers, cluster "
+                                                 "CIDRs, images (docs/operator.md). [PRECINCT_OPERATOR_SETTINGS]"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this "
+                                               "port (docs/monitoring.md). [PRECINCT_OPERATOR_METRICS_PORT]"),
+    liveness: Optional[str] = typer.Option(None, "--liveness", help="Serve kopf's health endpoint at this URL, "
+                                           "e.g. http://0.0.0.0:8080/healthz: 200 when logged in and healthy (for "
+                                           "the Pod's probes; docs/operator.md). [PRECINCT_OPERATOR_LIVENESS]"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
 ) -> None:
     """Run the Kubernetes operator (kopf, standalone): BotPlugins -> confined Pods."""
-    from .k8s.cli import operator_command as run_operator
+    from ..settings import OperatorSettings, SettingsError
+    from .kubernetes import operator_command as run_operator
 
     if bool(namespace) == all_namespaces:
         _fail("give --namespace NAME (repeatable) or --all-namespaces", 2)
-    if liveness is not None and not liveness.startswith("http://"):
-        _fail(f"--liveness must be an http:// URL (host, port and path), not {liveness!r}", 2)
-    raise typer.Exit(run_operator(namespaces=namespace, nats_url=nats_url, state_dir=state_dir,
+    try:
+        opts = OperatorSettings.load(nats_url=nats_url, operator_state=state_dir, operator_settings=settings_file,
+                                     operator_metrics_port=metrics_port, operator_liveness=liveness)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+    if opts.operator_state is None:
+        _fail("--state-dir (or PRECINCT_OPERATOR_STATE) is required", 2)
+    if opts.operator_liveness is not None and not opts.operator_liveness.startswith("http://"):
+        _fail(f"--liveness must be an http:// URL (host, port and path), not {opts.operator_liveness!r}", 2)
+    raise typer.Exit(run_operator(namespaces=namespace, nats_url=opts.nats_url, state_dir=opts.operator_state,
                                   runtime_class=runtime_class, runner_image=runner_image, verbose=verbose,
-                                  settings_file=settings_file, metrics_port=metrics_port, liveness=liveness))
+                                  settings_file=opts.operator_settings, metrics_port=opts.operator_metrics_port,
+                                  liveness=opts.operator_liveness))
 
 
 @app.command()
@@ -457,7 +469,7 @@ def dashboard(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
 ) -> None:
     """The running `precinct up`'s health dashboard: print its URL, or open it in a browser."""
-    from .runtime.dashboard import read_info
+    from ..runtime.dashboard import read_info
 
     try:
         info = read_info(_state(state_dir))
@@ -483,8 +495,8 @@ def top(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
 ) -> None:
     """A live view of every plugin: state, CPU and memory against limits, traffic, violations, restarts."""
-    from .runtime.control import ControlError
-    from .runtime.top_view import run_top
+    from ..runtime.control import ControlError
+    from ..runtime.top_view import run_top
 
     try:
         run_top(_state(state_dir), once=once, interval=interval)

@@ -27,9 +27,12 @@ market_app = typer.Typer(help="Run a plugin index: a TUF repository of signed re
 
 
 def _state(state_dir: Optional[Path]) -> Path:
-    from ..runtime.supervisor import default_state_dir
+    from ..settings import HostSettings, SettingsError
 
-    return state_dir or default_state_dir()
+    try:
+        return HostSettings.load(state_dir=state_dir).default_state_dir()
+    except SettingsError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1, check: str | None = None, as_json: bool = False) -> None:
@@ -41,7 +44,7 @@ def _fail(message: str, code: int = 1, check: str | None = None, as_json: bool =
 
 
 def _guard(fn, as_json: bool = False):
-    from .errors import MarketError
+    from ..market.errors import MarketError
 
     try:
         return fn()
@@ -51,7 +54,7 @@ def _guard(fn, as_json: bool = False):
 
 
 def _policy(allow_warnings: bool, block_on: str):
-    from .scan import SEVERITIES, Policy
+    from ..market.scan import SEVERITIES, Policy
 
     if block_on not in (*SEVERITIES, "none"):
         _fail(f"--block-on must be one of {', '.join((*SEVERITIES, 'none'))}", 2)
@@ -60,7 +63,7 @@ def _policy(allow_warnings: bool, block_on: str):
 
 def _trust(index: Optional[str], root: Optional[Path], publisher_key: list[Path], signature: Optional[Path],
            allow_unsigned: bool):
-    from .install import Trust
+    from ..market.install import Trust
 
     return Trust(index_url=index, root=root, publisher_keys=list(publisher_key or []), signature=signature,
                  allow_unsigned=allow_unsigned)
@@ -77,7 +80,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Pack a folder into a deterministic .roseyplug with a per-file sha256 manifest (offline)."""
-        from . import bundle
+        from ..market import bundle
 
         path, info = _guard(lambda: bundle.pack(folder, output), as_json)
         sig_path = None
@@ -99,7 +102,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         path: Path = typer.Argument(..., help="Private key file to create (NAME.key); NAME.pub is written next to it."),
     ) -> None:
         """Create a publisher Ed25519 key pair (set $PRECINCT_KEY_PASSPHRASE to encrypt the private key)."""
-        from . import keys
+        from ..market import keys
 
         signer, pub = _guard(lambda: keys.generate(path))
         typer.echo(f"private key: {path if path.suffix == '.key' else path.with_name(path.name + '.key')} (keep it secret)")
@@ -128,8 +131,8 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
     ) -> None:
         """Check a bundle: archive safety, every file's sha256, the manifest, and its signature
         (TUF for NAME: hashes, rollback, freeze, publisher key). Says exactly which check failed."""
-        from . import bundle
-        from .install import fetch_source
+        from ..market import bundle
+        from ..market.install import fetch_source
 
         trust = _trust(index, root, publisher_key, signature, allow_unsigned)
         lines: list[str] = []
@@ -170,7 +173,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
     ) -> None:
         """Bandit (nosec ignored) + imports/calls versus declared permissions. Exit 1 when the policy blocks."""
         from ..spec import requirements as reqs
-        from .scan import scan_path
+        from ..market.scan import scan_path
 
         policy = _policy(allow_warnings, block_on)
         report = _guard(lambda: scan_path(target), as_json)
@@ -202,7 +205,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
             namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace for --kubernetes."),
             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         ) -> None:
-            from .install import botplugin_manifest, install
+            from ..market.install import botplugin_manifest, install
 
             policy = _policy(allow_warnings, block_on)
             trust = _trust(index, root, publisher_key, signature, allow_unsigned)
@@ -233,7 +236,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Swap the previous kept version back in, atomically (checked against its file manifest first)."""
-        from .install import rollback
+        from ..market.install import rollback
 
         outcome = _guard(lambda: rollback(plugin_id, plugins_dir, _state(state_dir), to), as_json)
         _report(outcome, None, as_json)
@@ -255,7 +258,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
     ) -> None:
         """Verify one release (TUF chain, bundle manifest, scan) and unpack it into DEST, for a Pod's init
         container. Nothing is written to DEST unless every check passed; exit 1 with the failed check."""
-        from .fetch import fetch_release
+        from ..market.fetch import fetch_release
 
         policy = _policy(allow_warnings, block_on)
         info = _guard(lambda: fetch_release(index, name, version, dest, root=root, state_dir=state_dir,
@@ -275,7 +278,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         """Every plugin in the plugins dir: id, installed version, source, kept versions, and its state in a
         running `precinct up` (`-` when none runs on the state dir)."""
         from ..runtime.control import ControlError, call
-        from .install import installed
+        from ..market.install import installed
 
         state = _state(state_dir)
         try:
@@ -307,14 +310,14 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Remove a plugin's folder and kept versions (a running supervisor stops it and revokes its account)."""
-        from .install import remove
+        from ..market.install import remove
 
         outcome = _guard(lambda: remove(plugin_id, plugins_dir, _state(state_dir), purge), as_json)
         _report(outcome, None, as_json)
 
 
 def _sign(bundle_path: Path, key: Path) -> Path:
-    from . import bundle, keys
+    from ..market import bundle, keys
 
     info = bundle.inspect(bundle_path)
     signer = keys.load_signer(key)
@@ -348,7 +351,7 @@ def market_init(
     folder: Path = typer.Argument(..., help="New index folder (keys/ and repository/ are created in it)."),
 ) -> None:
     """Create an index: role keys and signed root/targets/snapshot/timestamp metadata."""
-    from .index import Index
+    from ..market.index import Index
 
     root = _guard(lambda: Index(folder).init())
     typer.echo(f"index created in {folder}")
@@ -363,8 +366,8 @@ def market_add(
     key: Path = typer.Option(..., "--key", help="The publisher's private key; the first release binds the plugin to it."),
 ) -> None:
     """Publish a signed release: the publisher key signs the plugin's delegated TUF role."""
-    from . import keys
-    from .index import Index, role_for
+    from ..market import keys
+    from ..market.index import Index, role_for
 
     signer = _guard(lambda: keys.load_signer(key))
     info = _guard(lambda: Index(folder).add(bundle_path, signer))
@@ -377,7 +380,7 @@ def market_refresh(
     folder: Path = typer.Argument(..., help="Index folder."),
 ) -> None:
     """Re-sign the timestamp (run at least daily, e.g. from cron; `market serve` does it itself)."""
-    from .index import Index
+    from ..market.index import Index
 
     ts = _guard(lambda: Index(folder).refresh())
     typer.echo(f"timestamp version {ts.signed.version}, expires {ts.signed.expires.isoformat()}")
@@ -389,7 +392,7 @@ def market_list(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List published plugins and their versions."""
-    from .index import Index
+    from ..market.index import Index
 
     listing = _guard(lambda: Index(folder).listing())
     if as_json:
@@ -406,7 +409,7 @@ def market_serve(
     no_refresh: bool = typer.Option(False, "--no-refresh", help="Do not re-sign the timestamp while serving."),
 ) -> None:
     """Serve the index's repository/ as static files on loopback (never keys/). Ctrl-C stops."""
-    from .index import serve
+    from ..market.index import serve
 
     def ready(address) -> None:
         typer.echo(f"serving {folder / 'repository'} on http://{address[0]}:{address[1]}/ (Ctrl-C to stop)")

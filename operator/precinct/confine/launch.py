@@ -1,0 +1,46 @@
+"""What the supervisor asks of a sandbox: the launch it wants confined and
+the hooks a sandbox fills in.
+
+This is the interface between the runtime (runtime/slot.py starts and
+watches instances) and the kernel sandbox (confine/host.py implements it);
+it lives here, below both users, so the runtime depends on the sandbox's
+interface and the sandbox never imports the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .procstats import ProcessStats, sample
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    instance: str
+
+
+class Confinement:
+    """Hooks the kernel sandbox fills in (confine/host.py); this base confines nothing.
+
+    `wrap` turns the runner's command into the confined one, `exit_reason` may
+    name a better reason than the exit code (OOMKilled from the cgroup), and
+    `sample` reads usage from wherever the limits are enforced.
+    """
+
+    async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
+        return spec
+
+    def exit_reason(self, plugin_id: str, returncode: int) -> str | None:
+        return None
+
+    def sample(self, plugin_id: str, pid: int) -> ProcessStats:
+        return sample(pid)
+
+    def enforcement(self, plugin_id: str) -> dict[str, str]:
+        return {}
+
+    async def release(self, plugin_id: str) -> None:
+        return None

@@ -1,0 +1,140 @@
+"""The dashboard's HTTP side: aiohttp.web on 127.0.0.1, serving a `Monitor`.
+
+`HttpServer(dashboard=True)` answers `/` (the page, runtime/static/dashboard.html,
+shipped as package data: inline CSS, inline JS, inline SVG sparklines, nothing
+from the network), `/api/view` (JSON) and `/metrics`; the two data paths need
+`Authorization: Bearer <token>`. The page reads the token from the URL fragment
+(`#token=...`), which browsers never send to the server.
+`HttpServer(dashboard=False)` is the metrics server (`--metrics-port`): only
+`/metrics`, without a token, for a local Prometheus.
+
+Both are read-only (GET and HEAD; anything else gets 405) and refuse a Host
+header that does not name a loopback address (421: DNS rebinding). This module
+runs only in the supervisor; the plugin runner's environment has no aiohttp.
+"""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+
+from aiohttp import web
+
+from .. import metrics
+from .monitor import Monitor
+
+PAGE_RESOURCE = "static/dashboard.html"   # in this package; pyproject.toml [tool.setuptools.package-data]
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", ""})
+# On every response: nothing is cached, sniffed into another type, framed, or
+# leaks the URL as a referrer; no aiohttp version is advertised.
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Server": "precinct"}
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="precinct"'}
+SHUTDOWN_TIMEOUT = 2.0                    # seconds a request in flight gets when the supervisor stops
+
+
+def load_page() -> str:
+    """The dashboard page, with `{{NONCE}}` where each response puts its CSP nonce."""
+    return resources.files(__package__).joinpath(PAGE_RESOURCE).read_text(encoding="utf-8")
+
+
+def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=body, headers=headers)
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return name in LOOPBACK_NAMES
+
+
+@web.middleware
+async def _guard(request: web.Request, handler) -> web.StreamResponse:
+    """Before any route: read-only, loopback Host names only; after: the security headers."""
+    if request.method not in ("GET", "HEAD"):
+        response = _text(405, "read-only\n", {"Allow": "GET, HEAD"})
+    elif not _loopback_host(request.headers.get("Host", "")):
+        response = _text(421, "loopback only\n")
+    else:
+        response = await handler(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+class HttpServer:
+    """One listening socket on `host` (loopback): the dashboard, or only /metrics."""
+
+    def __init__(self, monitor: Monitor, port: int = 0, token: str | None = None, dashboard: bool = True,
+                 host: str = "127.0.0.1") -> None:
+        self.monitor = monitor
+        self.host, self.port = host, port
+        self.token = token
+        self.dashboard = dashboard
+        self._page = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        """Listen; returns the port (a free one when `port` is 0). OSError if it cannot."""
+        if self.dashboard:
+            self._page = load_page()
+        app = web.Application(middlewares=[_guard])
+        app.router.add_get("/metrics", self._metrics)
+        if self.dashboard:
+            app.router.add_get("/", self._index)
+            app.router.add_get("/index.html", self._index)
+            app.router.add_get("/favicon.ico", self._favicon)
+            app.router.add_get("/api/view", self._view)
+        app.router.add_get("/{path:.*}", self._not_found)   # last: our own 404 text, with the headers
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 unless the request carries this server's bearer token (if it has one).
+        Test the answer with `is not None`: a Response is a mapping, and an empty one is falsy."""
+        if self.token is None:
+            return None
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), self.token.encode()):
+            return None
+        return _text(401, "token required\n", BEARER_CHALLENGE)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        view = await self.monitor.fresh_view()
+        return web.Response(body=metrics.exposition(view), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def _view(self, request: web.Request) -> web.Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        return web.json_response(self.monitor.view())
+
+    async def _index(self, _request: web.Request) -> web.Response:
+        nonce = secrets.token_urlsafe(12)
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
+        return web.Response(text=self._page.replace("{{NONCE}}", nonce), content_type="text/html",
+                            headers={"Content-Security-Policy": csp})
+
+    async def _favicon(self, _request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def _not_found(self, _request: web.Request) -> web.Response:
+        return _text(404, "not found\n" if self.dashboard else "only /metrics here\n")
