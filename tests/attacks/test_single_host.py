@@ -324,10 +324,9 @@ def test_a_flood_of_large_events_cannot_starve_the_gateway(fleet):
     since = fleet.mark()
     assert fleet.ask("!eventflood")["flooding_seconds"] > 0
     # Refused and reported on the flooder: rate-limited, or dropped unread / its gateway connection cut (overflow).
-    status = fleet.up.wait_for(lambda s: _counts(s, "eventflood").get("rate_limit", 0)
-                               + _counts(s, "eventflood").get("overflow", 0) >= 20,
-                               "the event flood reported on eventflood", 90)
-    counts = _counts(status, "eventflood")
+    fleet.up.wait_for(lambda s: _counts(s, "eventflood").get("rate_limit", 0)
+                      + _counts(s, "eventflood").get("overflow", 0) >= 20,
+                      "the event flood reported on eventflood", 90)
     # Everyone else kept being relayed: the bystander's answers come back through the gateway.
     fleet.bystander_since(since, at_least=3)
     others = fleet.status()["plugins"]
@@ -336,8 +335,9 @@ def test_a_flood_of_large_events_cannot_starve_the_gateway(fleet):
     server_log = (fleet.state / "nats" / "nats-server.log").read_text(errors="replace")
     cut = [line for line in server_log.splitlines() if "Slow Consumer" in line]
     assert all("precinct-gateway:eventflood" in line for line in cut), cut[:3]
-    if cut:   # a cut is reported as overflow on the flooder
-        assert counts.get("overflow", 0) >= 1, (counts, cut[:3])
+    if cut:   # a cut is reported as overflow on the flooder (it may come after the rate limits counted above)
+        fleet.up.wait_for(lambda s: _counts(s, "eventflood").get("overflow", 0) >= 1,
+                          f"the cut of the flooder's gateway connection reported as overflow ({cut[0][-120:]})", 90)
 
 
 async def test_slow_queries_of_one_plugin_cannot_make_storage_busy_for_others(fleet):
