@@ -46,9 +46,9 @@ REPLY_ROOT = "rosey.reply"
 REPLIES = f"{REPLY_ROOT}.>"
 
 
-def replies_of(plugin_id: str, token: str = "*") -> str:
+def replies_of(plugin_id: str, nonce: str = "*") -> str:
     """Where a plugin's answers to the dispatcher travel (`reply_to`)."""
-    return f"{REPLY_ROOT}.{plugin_id}.{token}"
+    return f"{REPLY_ROOT}.{plugin_id}.{nonce}"
 
 
 EVENT_ROOT = "rosey.event"
