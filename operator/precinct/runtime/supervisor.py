@@ -142,6 +142,7 @@ class Supervisor:
         self.server_url = ""
         self.started_at = time.time()
         self._last_fingerprint: tuple | None = None
+        self._watch = None      # runtime/dirwatch.py: is a fingerprint comparison worth it this tick?
         self.rollouts = Rollouts(self)   # hot reload: replace a changed plugin without losing commands
         # Health dashboard and Prometheus endpoint (runtime/dashboard.py): None = off, 0 = a free port.
         self.dashboard_port: int | None = None
@@ -188,6 +189,12 @@ class Supervisor:
             self.runner_python = str(ensure_runner_env())
         self.identity = Identity(self.state_dir / "nats", port=self.nats_port)
         self.owners = self._read_owners()
+        from .dirwatch import DirWatch
+
+        self._watch = DirWatch(self.plugins_dir)   # before the first fingerprint: no edit falls between
+        log.info("watching %s: %s", self.plugins_dir,
+                 f"polling ({self._watch.problem})" if self._watch.polling else
+                 f"inotify on {len(self._watch.watched)} folder(s), full rescan every {self._watch.rescan:g} s")
         self._last_fingerprint = self._fingerprint()
         plans = self._scan()
         self.identity.prepare([e.plan for e in plans])
@@ -211,7 +218,7 @@ class Supervisor:
                                                      "logs": self._op_logs})
         await self.control.start()
         from .dashboard import Monitoring
-        self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({}), nc=self._nc,
+        self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({"light": True}), nc=self._nc,
                                      core=(self.server_url, str(self.identity.core_creds())),
                                      dashboard_port=self.dashboard_port, metrics_port=self.metrics_port)
         await self.monitoring.start()
@@ -239,6 +246,8 @@ class Supervisor:
             await self.services["nats"].stop()
         if getattr(self, "control", None):
             await self.control.close()
+        if self._watch is not None:
+            self._watch.close()
         (self.state_dir / ENDPOINT_NAME).unlink(missing_ok=True)
 
     # -- the plugins dir ------------------------------------------------------
@@ -371,6 +380,8 @@ class Supervisor:
         force = self._retry_at is not None and time.monotonic() >= self._retry_at
         if force:
             self._retry_at = None
+        elif self._watch is not None and not self._watch.changed():
+            return          # nothing in the plugins dir changed: no fingerprint to compare
         try:
             await self.reconcile(force=force)
         except Exception:  # noqa: BLE001 - keep the fleet running; the log says what failed
@@ -614,14 +625,19 @@ class Supervisor:
 
     # -- control API ------------------------------------------------------------
 
-    async def _op_status(self, _request: dict) -> dict:
+    async def _op_status(self, request: dict) -> dict:
+        """The fleet's status. `{"light": true}` (the monitor's sample, every
+        2 s) leaves out each sandbox's kernel details (`confinement`: cgroup
+        members, limits read back, CPU and pids counters), which cost about a
+        dozen cgroup file reads per plugin and which no sample shows."""
+        full = not request.get("light")
         plugins = {}
         for pid, entry in sorted(self.entries.items()):
             self.violations.refresh(pid, entry.slot)
             _limits_condition(entry.slot, self.confinement.enforcement(pid))
             snap = asdict(entry.slot.snapshot())
             details = getattr(self.confinement, "details", None)
-            snap["confinement"] = details(pid) if details is not None else {}
+            snap["confinement"] = details(pid) if details is not None and full else {}
             snap["uid"] = snap["confinement"].get("uid", snap["uid"])
             snap["violations"] = self.violations.summary(pid)
             refusals = getattr(self.confinement, "refusals", None)
