@@ -86,10 +86,27 @@ def _die_with_parent(parent: int):
     return hook
 
 
+class _Release:
+    """Releases a semaphore at most once (None: nothing to release)."""
+
+    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
+        self._semaphore = semaphore
+
+    def __call__(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
+
+
 class Slot:
     def __init__(self, plugin_id: str, launcher: Launcher, pinger: Pinger, policy: RestartPolicy,
-                 confinement: Confinement | None = None) -> None:
+                 confinement: Confinement | None = None, starts: asyncio.Semaphore | None = None) -> None:
         self.id = plugin_id
+        # Shared by every plugin slot: how many instances may be starting
+        # (launch -> first health ping or exit) at once. Without it, hundreds
+        # starting together on two cores miss their ready timeouts and start
+        # again, and the fleet never settles.
+        self.starts = starts
         self.launcher = launcher
         self.pinger = pinger
         self.policy = policy
@@ -146,16 +163,29 @@ class Slot:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             instance = secrets.token_hex(3)
+            if self.starts is not None:
+                self.status.state = STARTING
+                self._launching = True          # a stop() while waiting here cancels the wait
+                try:
+                    await self.starts.acquire()
+                finally:
+                    self._launching = False
+            gate = _Release(self.starts)
             started = time.monotonic()
             try:
                 spawned = await self._spawn(instance)
             except Exception as exc:  # a launch failure is a crash like any other
+                gate()
                 self.log.note(f"could not start: {exc}")
                 self._record_exit(getattr(exc, "reason", None) or "LaunchFailed")
             else:
                 if not spawned:
+                    gate()
                     break
-                await self._wait_ready_then_exit(instance)
+                await self._wait_ready_then_exit(instance, gate)
+            finally:
+                if self._stopping.is_set():
+                    gate()
             if self._stopping.is_set():
                 break
             healthy_for = time.monotonic() - started
@@ -206,13 +236,18 @@ class Slot:
         self.status.ready_at = None
         return True
 
-    async def _wait_ready_then_exit(self, instance: str) -> None:
+    async def _wait_ready_then_exit(self, instance: str, started: Callable[[], None] = lambda: None) -> None:
+        """Watch one instance; `started()` once it has answered or given up
+        (frees its place among the instances starting at once)."""
         proc = self._proc
         assert proc is not None
         reader = asyncio.create_task(self.log.follow(self._output))
         exited = asyncio.create_task(proc.wait())
         ready = asyncio.create_task(self.pinger(instance, self.policy.ready_timeout))
-        done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started()
         if ready in done and ready.result() and proc.returncode is None:
             self.status.state = RUNNING
             self.status.ready_at = time.time()

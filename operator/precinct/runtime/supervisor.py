@@ -48,6 +48,10 @@ log = logging.getLogger("precinct.supervisor")
 
 RUNNER_MODULE = "precinct_runner"
 WATCH_INTERVAL = 1.0
+# Plugin instances starting at once: a sandboxed start costs about half a
+# second of CPU across its processes, so more than a few per core only makes
+# every start slower (and late starts miss their ready timeout).
+STARTS_IN_FLIGHT = max(2, 2 * (os.cpu_count() or 1))
 MIGRATION_TIMEOUT = 30.0  # seconds storage may take to apply one plugin's migrations
 ENDPOINT_NAME = "endpoint.json"   # where `precinct say/console/creds` find NATS and the core creds
 OWNERS_NAME = "owners.json"       # plugin id -> the folder that owns it, kept across restarts
@@ -143,6 +147,8 @@ class Supervisor:
         self.started_at = time.time()
         self._last_fingerprint: tuple | None = None
         self._watch = None      # runtime/dirwatch.py: is a fingerprint comparison worth it this tick?
+        # At most this many plugin instances starting at once (runtime/slot.py).
+        self._starts = asyncio.Semaphore(STARTS_IN_FLIGHT)
         self.rollouts = Rollouts(self)   # hot reload: replace a changed plugin without losing commands
         # Health dashboard and Prometheus endpoint (runtime/dashboard.py): None = off, 0 = a free port.
         self.dashboard_port: int | None = None
@@ -335,7 +341,7 @@ class Supervisor:
                 entries.append(existing)  # this version already failed to become ready: keep the old one
                 continue
             slot = Slot(plugin.id, self._gated_launcher(plugin.id), self._ping_for(plugin.id), self.policy,
-                        self.confinement)
+                        self.confinement, starts=self._starts)
             self.rollouts.snapshot(plugin.id, folder, digest)  # the code a failed hot reload falls back to
             entries.append(PluginEntry(folder, plugin, plans[plugin.id], digest, slot))
         # Record who owns each id: the accepted plugins, and owners whose folder
