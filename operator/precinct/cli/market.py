@@ -35,9 +35,9 @@ def _state(state_dir: Optional[Path]) -> Path:
         _fail(str(exc))
 
 
-def _fail(message: str, code: int = 1, check: str | None = None, as_json: bool = False) -> None:
+def _fail(message: str, code: int = 1, check: str | None = None, as_json: bool = False, **extra) -> None:
     if as_json:
-        typer.echo(json.dumps({"ok": False, "check": check, "error": message}))
+        typer.echo(json.dumps({"ok": False, "check": check, "error": message, **extra}))
     else:
         typer.echo(f"precinct: {message}", err=True)
     raise typer.Exit(code)
@@ -50,7 +50,32 @@ def _guard(fn, as_json: bool = False):
         return fn()
     except MarketError as exc:
         label = f"{exc.check}: " if not as_json else ""
-        _fail(f"{label}{exc}", 1, exc.check, as_json)
+        extra = {"permissions": exc.diff.to_dict()} if getattr(exc, "diff", None) is not None else {}
+        _fail(f"{label}{exc}", 1, exc.check, as_json, **extra)
+
+
+ACCEPT_HELP = ("Apply a version that may do more than the installed one (its permission diff is printed) "
+               "without asking. Without it the diff is printed and you are asked; with no terminal to ask "
+               "(or with --json) such a change is refused.")
+
+
+def _consent(accept: bool, as_json: bool):
+    """How the CLI answers install.check_consent: print the diff, then the flag
+    or the person at the terminal decides; nobody to ask means no."""
+
+    def ask(diff) -> bool:
+        if not as_json:
+            for line in diff.lines():
+                typer.echo(line)
+        if accept:
+            if not as_json:
+                typer.echo("accepted (--accept-permissions)")
+            return True
+        if as_json or not sys.stdin.isatty():
+            return False
+        return typer.confirm("Apply these changes?", default=False)
+
+    return ask
 
 
 def _policy(allow_warnings: bool, block_on: str):
@@ -164,6 +189,32 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
                 typer.echo(line)
             typer.echo(f"OK {info.id} {info.version} sha256 {info.sha256}")
 
+    @plugin_app.command("index")
+    def index_cmd(
+        url: Optional[str] = typer.Argument(None, help="Index URL to use from now on (default: show the current one)."),
+        root: Optional[Path] = typer.Option(None, "--root", help=ROOT_HELP),
+        state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Pin an index (URL and its root) as this state dir's default, or show it: the index later
+        commands and the dashboard's marketplace page use. Lists its plugins, verified from the root."""
+        from ..market.client import default_url, open_index
+
+        state = _state(state_dir)
+        if url is None and default_url(state) is None:
+            _fail("no index configured: pass URL --root ROOT.json", 1, "root", as_json)
+
+        def run():
+            client = open_index(state, url, root)
+            return client, client.publishers()
+
+        client, publishers = _guard(run, as_json)
+        if as_json:
+            typer.echo(json.dumps({"ok": True, "index": client.url, "plugins": sorted(publishers)}))
+            return
+        typer.echo(f"index {client.url} (verified from the pinned root; the marketplace page uses it)")
+        typer.echo(f"plugins: {', '.join(sorted(publishers)) or '(none yet)'}")
+
     @plugin_app.command("scan")
     def scan(
         target: Path = typer.Argument(..., help="A plugin folder or a .roseyplug bundle."),
@@ -203,6 +254,7 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
             allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept an older version (update)."),
             kubernetes: bool = typer.Option(False, "--kubernetes", help="Print a BotPlugin for the verified release instead."),
             namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace for --kubernetes."),
+            accept_permissions: bool = typer.Option(False, "--accept-permissions", help=ACCEPT_HELP),
             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         ) -> None:
             from ..market.install import botplugin_manifest, install
@@ -215,12 +267,15 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
                 sys.stdout.write(text)
                 return
             outcome = _guard(lambda: install(source, plugins_dir, state, trust, policy, version,
-                                             update=(action == "update"), allow_downgrade=allow_downgrade), as_json)
+                                             update=(action == "update"), allow_downgrade=allow_downgrade,
+                                             consent=_consent(accept_permissions, as_json)), as_json)
             _report(outcome, policy, as_json)
 
         command.__doc__ = {
             "install": "Verify, scan and install a plugin atomically into the plugins dir (live if `precinct up` runs).",
-            "update": "Replace an installed plugin with a newer verified release, atomically; the old one is kept for rollback.",
+            "update": "Replace an installed plugin with a newer verified release, atomically; the old one is kept for "
+                      "rollback. Prints what the new version may do that the installed one may not, and asks "
+                      "(or needs --accept-permissions) before applying such a change.",
         }[action]
         return command
 
@@ -233,12 +288,15 @@ def register_plugin_commands(plugin_app: typer.Typer) -> None:
         to: Optional[str] = typer.Option(None, "--to", help="Kept version to restore (default: the previous one)."),
         plugins_dir: Path = typer.Option(Path("plugins"), "--plugins-dir", help=PLUGINS_DIR_HELP),
         state_dir: Optional[Path] = typer.Option(None, "--state-dir", help=STATE_HELP),
+        accept_permissions: bool = typer.Option(False, "--accept-permissions", help=ACCEPT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Swap the previous kept version back in, atomically (checked against its file manifest first)."""
+        """Swap the previous kept version back in, atomically (checked against its file manifest first).
+        A kept version that may do more than the live one is asked about, as for update."""
         from ..market.install import rollback
 
-        outcome = _guard(lambda: rollback(plugin_id, plugins_dir, _state(state_dir), to), as_json)
+        outcome = _guard(lambda: rollback(plugin_id, plugins_dir, _state(state_dir), to,
+                                          consent=_consent(accept_permissions, as_json)), as_json)
         _report(outcome, None, as_json)
 
     @plugin_app.command("fetch")
@@ -335,6 +393,9 @@ def _report(outcome, policy, as_json: bool) -> None:
         for finding in outcome.scan.findings:
             if finding.severity != "low":
                 typer.echo(str(finding))
+    if outcome.permissions is not None and not outcome.permissions.needs_consent and outcome.permissions.changes:
+        for line in outcome.permissions.lines():     # nothing to accept (a widening diff was printed when asked)
+            typer.echo(line)
     verb = {"installed": "installed", "updated": "updated", "rolled-back": "rolled back", "removed": "removed",
             "unchanged": "unchanged:"}[outcome.action]
     prev = f" (was {outcome.previous})" if outcome.previous and outcome.action != "removed" else ""

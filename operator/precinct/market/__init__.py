@@ -12,6 +12,7 @@ One module per job:
 - `scan`       bandit + a permission check of what the code imports and calls
 - `install`    atomic install / update / rollback / remove into a plugins dir
 - `fetch`      `precinct plugin fetch`: one verified release into a folder, for a Pod
+- `catalog`    what the dashboard's marketplace page lists (runtime/market_web.py serves it)
 - `errors`     the one exception family: one line naming the failed check
 
 The `precinct plugin ...` and `precinct market ...` commands are in cli/market.py.

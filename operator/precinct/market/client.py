@@ -31,9 +31,10 @@ from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from .errors import TrustError
-from .index import _version_key, bundle_target, versions_target
+from .index import _version_key, bundle_target, role_for, versions_target
 
 DEFAULT_FILE = "default-index.json"
+ROLE_PREFIX = role_for("")          # "plugin-": the delegated role of each plugin
 
 
 class FileFetcher(FetcherInterface):
@@ -170,9 +171,23 @@ class IndexClient:
         cached = self._run(what, lambda: updater.find_cached_target(info))
         return cached or self._run(what, lambda: updater.download_target(info))
 
-    def fetch(self, plugin_id: str, version: str | None = None) -> Release:
-        """Verify and download one release (the latest when version is None)."""
-        updater = self.refresh()
+    def publishers(self, updater: Updater | None = None) -> dict[str, list[str]]:
+        """Every plugin the index delegates (one role `plugin-<id>` each) -> the
+        keyids of the publisher key(s) its role must be signed by, from the
+        top-level targets metadata the updater has just verified and stored."""
+        updater = updater or self.refresh()
+        try:
+            targets = Metadata.from_bytes((self.metadata_dir / "targets.json").read_bytes())
+        except (OSError, ValueError) as exc:
+            raise TrustError(f"cannot read the verified targets metadata of {self.url}: {exc}", "metadata") from None
+        roles = targets.signed.delegations.roles if targets.signed.delegations else None
+        return {name[len(ROLE_PREFIX):]: list(role.keyids) for name, role in sorted((roles or {}).items())
+                if name.startswith(ROLE_PREFIX)}
+
+    def fetch(self, plugin_id: str, version: str | None = None, updater: Updater | None = None) -> Release:
+        """Verify and download one release (the latest when version is None);
+        `updater`: one already refreshed in this run (browsing many plugins)."""
+        updater = updater or self.refresh()
         if version is None:
             version = self.versions(plugin_id, updater)[-1]
         name = bundle_target(plugin_id, version)

@@ -38,3 +38,14 @@ class InstallError(MarketError):
     """Installing, updating, rolling back or removing failed; nothing changed."""
 
     check = "install"
+
+
+class PermissionsNotAccepted(InstallError):
+    """The new version may do more than the installed one and nobody accepted
+    that; `diff` is the PermissionDiff (plan/permission_diff.py) to show."""
+
+    check = "permissions"
+
+    def __init__(self, message: str, diff) -> None:
+        super().__init__(message)
+        self.diff = diff

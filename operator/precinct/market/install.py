@@ -41,7 +41,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -53,9 +53,16 @@ from ..spec.ownership import Plugin, resolve
 from . import bundle as bundle_mod
 from . import keys as keys_mod
 from .client import open_index
-from .errors import InstallError, TrustError
+from ..plan.permission_diff import PermissionDiff, diff as permission_diff
+from .errors import InstallError, PermissionsNotAccepted, TrustError
 from .index import _version_key
 from .scan import Policy, ScanReport, scan_folder
+
+# Asked when a new version may do more than the installed one (the diff lists
+# what); True applies it. None: nobody can be asked, so such a change is refused.
+Consent = Callable[[PermissionDiff], bool]
+# Told each step as it starts, in words (the marketplace page shows them).
+Progress = Callable[[str], None]
 
 CONTROL = ".precinct"
 DEPS = ".deps"
@@ -72,6 +79,7 @@ class Trust:
     publisher_keys: list[Path] = field(default_factory=list)
     signature: Path | None = None
     allow_unsigned: bool = False
+    index_only: bool = False          # the source is a NAME in the index, whatever files lie around (the page)
 
 
 @dataclass
@@ -84,12 +92,15 @@ class Outcome:
     source: str
     scan: ScanReport | None = None
     notes: list[str] = field(default_factory=list)
+    permissions: PermissionDiff | None = None     # update and rollback: what changed in what it may do
 
     def to_dict(self, policy: Policy | None = None) -> dict[str, Any]:
         out = {"action": self.action, "id": self.id, "version": self.version, "previous": self.previous,
                "folder": str(self.folder), "source": self.source, "notes": self.notes}
         if self.scan is not None and policy is not None:
             out["scan"] = self.scan.to_dict(policy)
+        if self.permissions is not None:
+            out["permissions"] = self.permissions.to_dict()
         return out
 
 
@@ -229,7 +240,7 @@ def _check_signature(path: Path, trust: Trust, sig_path: Path | None) -> str | N
 
 def fetch_source(source: str, state_dir: Path, trust: Trust, work: Path, version: str | None = None) -> Fetched:
     """NAME (from the index, TUF-verified), FILE or URL (publisher signature)."""
-    if source.startswith(("http://", "https://")):
+    if source.startswith(("http://", "https://")) and not trust.index_only:
         work.mkdir(parents=True, exist_ok=True)
         dest = work / "download.roseyplug"
         _download(source, dest)
@@ -243,7 +254,7 @@ def fetch_source(source: str, state_dir: Path, trust: Trust, work: Path, version
         publisher = _check_signature(dest, trust, sig)
         return Fetched(dest, source, bundle_mod.sha256_file(dest), publisher)
     path = Path(source)
-    if path.is_file() or source.endswith(bundle_mod.SUFFIX) or "/" in source:
+    if not trust.index_only and (path.is_file() or source.endswith(bundle_mod.SUFFIX) or "/" in source):
         if not path.is_file():
             raise InstallError(f"{source}: no such file", "source")
         sig = trust.signature or path.with_name(path.name + ".sig")
@@ -279,9 +290,11 @@ def install_wheels(folder: Path, python: str | None = None) -> list[str]:
     return [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
 
 
-def _stage(fetched: Fetched, pdir: PluginsDir, policy: Policy, hint: str) -> tuple[Path, bundle_mod.BundleInfo, ScanReport]:
+def _stage(fetched: Fetched, pdir: PluginsDir, policy: Policy, hint: str,
+           progress: Progress) -> tuple[Path, bundle_mod.BundleInfo, ScanReport]:
     stage = pdir.staging(hint)
     try:
+        progress("unpacking the bundle and checking every file against its manifest")
         info = bundle_mod.extract(fetched.path, stage)
         if info.sha256 != fetched.sha256:
             raise TrustError(f"{fetched.path} changed while it was being installed", "hash")
@@ -290,8 +303,10 @@ def _stage(fetched: Fetched, pdir: PluginsDir, policy: Policy, hint: str) -> tup
             if rejection.plugin == info.id:
                 raise InstallError(f"{info.id} cannot run next to the installed plugins: {rejection.reason}: "
                                    f"{rejection.message}", "conflict")
+        progress("scanning the code")
         report = scan_folder(stage, info.manifest)
         report.enforce(policy)
+        progress("unpacking its wheels (hash-checked, offline)")
         install_wheels(stage)
         return stage, info, report
     except BaseException:
@@ -318,20 +333,48 @@ def _swap_in(pdir: PluginsDir, stage: Path, plugin_id: str, live: Path | None, o
 
 
 def _version_of(folder: Path) -> str | None:
+    manifest = _manifest_of(folder)
+    return manifest.version if manifest else None
+
+
+def _manifest_of(folder: Path) -> Manifest | None:
     loaded, _ = load_path(folder)
-    return loaded.version if isinstance(loaded, Manifest) else None
+    return loaded if isinstance(loaded, Manifest) else None
+
+
+def _quiet(_step: str) -> None:
+    pass
+
+
+def check_consent(old: Manifest | None, new: Manifest, consent: Consent | None, what: str) -> PermissionDiff:
+    """The permission diff from the live version to `new`; raises
+    PermissionsNotAccepted when it widens and `consent` does not say yes.
+    `precinct plugin update`/`rollback` and the marketplace page all pass here."""
+    change = permission_diff(old, new)
+    if change.needs_consent and (consent is None or not consent(change)):
+        raise PermissionsNotAccepted(
+            f"{new.id} {new.version} may do more than the installed {old.version if old else 'version'} "
+            f"({len(change.widening)} change(s)); the {what} was not applied. Accept them with --accept-permissions "
+            "(or answer yes when asked in a terminal, or accept them on the marketplace page)", change)
+    return change
 
 
 # -- operations --------------------------------------------------------------------------------
 
 
 def install(source: str, plugins_dir: Path, state_dir: Path, trust: Trust, policy: Policy | None = None,
-            version: str | None = None, update: bool = False, allow_downgrade: bool = False) -> Outcome:
+            version: str | None = None, update: bool = False, allow_downgrade: bool = False,
+            consent: Consent | None = None, progress: Progress | None = None) -> Outcome:
+    """Install (or with `update`, replace) a plugin. An update whose version may
+    do more than the installed one is applied only if `consent` accepts its
+    permission diff."""
     policy = policy or Policy()
+    progress = progress or _quiet
     pdir = PluginsDir(plugins_dir, state_dir)
     with pdir.locked():
         work = pdir.staging("fetch")
         try:
+            progress(f"fetching and verifying {source}" + (f" {version}" if version else ""))
             fetched = fetch_source(source, state_dir, trust, work, version)
             peek = bundle_mod.inspect(fetched.path)
             live = pdir.live_folder(peek.id)
@@ -347,7 +390,12 @@ def install(source: str, plugins_dir: Path, state_dir: Path, trust: Trust, polic
             if previous and _version_key(peek.version) < _version_key(previous) and not allow_downgrade:
                 raise InstallError(f"{peek.id} {peek.version} is older than the installed {previous}; use "
                                    "`precinct plugin rollback` (or --allow-downgrade)", "downgrade")
-            stage, info, report = _stage(fetched, pdir, policy, peek.id)
+            permissions = None
+            if live is not None:
+                progress("comparing its permissions with the installed version")
+                permissions = check_consent(_manifest_of(live), peek.manifest, consent, "update")
+            stage, info, report = _stage(fetched, pdir, policy, peek.id, progress)
+            progress("swapping the new version in")
             folder = _swap_in(pdir, stage, info.id, live, previous)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -358,12 +406,16 @@ def install(source: str, plugins_dir: Path, state_dir: Path, trust: Trust, polic
         record["history"] = [v for v in record.get("history", []) if v != info.version] + [info.version]
         pdir.write_record(info.id, record)
         return Outcome("updated" if previous else "installed", info.id, info.version, previous, folder,
-                       fetched.source, report)
+                       fetched.source, report, permissions=permissions)
 
 
 def rollback(plugin_id: str, plugins_dir: Path, state_dir: Path, to_version: str | None = None,
-             policy: Policy | None = None) -> Outcome:
-    """Swap the previous kept version back in (checked against its own file manifest first)."""
+             policy: Policy | None = None, consent: Consent | None = None,
+             progress: Progress | None = None) -> Outcome:
+    """Swap the previous kept version back in (checked against its own file
+    manifest first). A kept version that may do more than the live one needs
+    `consent`, as an update does."""
+    progress = progress or _quiet
     pdir = PluginsDir(plugins_dir, state_dir)
     with pdir.locked():
         live = pdir.live_folder(plugin_id)
@@ -384,6 +436,7 @@ def rollback(plugin_id: str, plugins_dir: Path, state_dir: Path, to_version: str
             raise InstallError(f"{plugin_id} {to_version} is not kept (kept: {', '.join(kept) or 'none'})", "rollback")
         stage = pdir.staging(plugin_id)
         try:
+            progress(f"copying the kept {plugin_id} {to_version}")
             shutil.copytree(pdir.versions(plugin_id) / to_version, stage, symlinks=True)
             # A fresh mtime, so the supervisor's cheap change check (manifest mtime, size) sees the swap.
             os.utime(stage / "plugin.yaml")
@@ -391,11 +444,18 @@ def rollback(plugin_id: str, plugins_dir: Path, state_dir: Path, to_version: str
             if problems:
                 raise InstallError(f"kept copy of {plugin_id} {to_version} was modified: {'; '.join(problems[:5])}",
                                    "files")
+            kept_manifest = _manifest_of(stage)
+            if kept_manifest is None:
+                raise InstallError(f"kept copy of {plugin_id} {to_version} has no valid manifest", "manifest")
+            progress("comparing its permissions with the installed version")
+            permissions = check_consent(_manifest_of(live), kept_manifest, consent, "rollback")
+            progress("scanning the code")
             report = scan_folder(stage)
             report.enforce(policy or Policy(allow_warnings=True))
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+        progress("swapping the kept version in")
         folder = _swap_in(pdir, stage, plugin_id, live, current)
         shutil.rmtree(pdir.versions(plugin_id) / to_version, ignore_errors=True)   # it is live now
         record.update({"version": to_version, "folder": folder.name, "rolled_back_from": current,
@@ -404,7 +464,8 @@ def rollback(plugin_id: str, plugins_dir: Path, state_dir: Path, to_version: str
         if current:
             record["history"] = [v for v in record["history"] if v != current]
         pdir.write_record(plugin_id, record)
-        return Outcome("rolled-back", plugin_id, to_version, current, folder, f"{CONTROL}/versions", report)
+        return Outcome("rolled-back", plugin_id, to_version, current, folder, f"{CONTROL}/versions", report,
+                       permissions=permissions)
 
 
 def data_paths(state_dir: Path, plugin_id: str) -> list[Path]:
@@ -414,10 +475,12 @@ def data_paths(state_dir: Path, plugin_id: str) -> list[Path]:
             state_dir / "plugins" / plugin_id / "data"]
 
 
-def remove(plugin_id: str, plugins_dir: Path, state_dir: Path, purge: bool = False) -> Outcome:
+def remove(plugin_id: str, plugins_dir: Path, state_dir: Path, purge: bool = False,
+           progress: Progress | None = None) -> Outcome:
     """Take the folder away in one rename, then delete it, its kept versions and its record.
     The running supervisor stops the plugin and revokes its NATS account and
     cgroups when the folder disappears."""
+    progress = progress or _quiet
     pdir = PluginsDir(plugins_dir, state_dir)
     with pdir.locked():
         live = pdir.live_folder(plugin_id)
@@ -426,6 +489,7 @@ def remove(plugin_id: str, plugins_dir: Path, state_dir: Path, purge: bool = Fal
         version = _version_of(live) if live else None
         notes = []
         if live is not None:
+            progress(f"taking {live.name} away")
             trash = pdir._mk("trash") / f"{plugin_id}-{secrets.token_hex(4)}"
             os.rename(live, trash)                 # one step: the plugin is gone for the supervisor
             shutil.rmtree(trash)
@@ -486,8 +550,8 @@ def botplugin_manifest(source: str, state_dir: Path, trust: Trust, namespace: st
     return header + yaml.safe_dump(doc, sort_keys=False)
 
 
-__all__ = ["install", "rollback", "remove", "botplugin_manifest", "Trust", "Outcome", "PluginsDir",
-           "install_wheels"]
+__all__ = ["install", "rollback", "remove", "botplugin_manifest", "check_consent", "Trust", "Outcome",
+           "PluginsDir", "install_wheels", "Consent", "Progress"]
 
 
 # -- what is installed ----------------------------------------------------------------

@@ -6,21 +6,29 @@ cannot claim a subject the compiler does not grant, and a compiler change that
 widens a grant shows up as a diff in a committed file (a test compares them).
 
     python -m precinct.plan.permissions_doc > docs/permissions.md
+
+The same rows, as `grant_rows()` and `may_do()`, are what the marketplace
+page says a plugin may do and what the permission diff says a new grant adds
+(plan/permission_diff.py): one source for the doc, the page and the CLI.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from functools import cache
 
-from ..spec.model import Permission, load_manifest
+from ..spec.model import Manifest, Permission, load_manifest
 from ..spec.ownership import Plugin
 from .sandbox import SandboxPlan, compile_plan
 
-EXAMPLE = {"name": "example", "version": "1", "commands": {"do": "example.do"}}
+EXAMPLE = "example"
 
 
-def _plan(*grants: Permission) -> SandboxPlan:
-    manifest = load_manifest({**EXAMPLE, "permissions": [g.value for g in grants]})
+@cache
+def _plan(*grants: Permission, name: str = EXAMPLE) -> SandboxPlan:
+    manifest = load_manifest({"name": name, "version": "1", "commands": {"do": f"{name}.do"},
+                              "permissions": [g.value for g in grants]})
     return compile_plan(Plugin(manifest.id, manifest.without_name()))
 
 
@@ -99,16 +107,54 @@ def _services(plan: SandboxPlan, base: SandboxPlan | None, grant: Permission | N
     return ""
 
 
-def render() -> str:
-    base = _plan()
-    rows = [("*(every plugin)*", _nats(base, None), _kernel(base, None), _services(base, None, None))]
+@dataclass(frozen=True)
+class GrantRow:
+    """One row of docs/permissions.md: what a grant adds, per enforcement point
+    (cells use Markdown code spans; empty: nothing there)."""
+
+    grant: Permission | None      # None: what every plugin gets
+    label: str
+    nats: str
+    kernel: str
+    services: str
+
+    def words(self) -> str:
+        """The row as one sentence-ish line (the permission diff, the marketplace page)."""
+        return "; ".join(cell for cell in (self.nats, self.kernel, self.services) if cell)
+
+
+@cache
+def grant_rows(name: str = EXAMPLE) -> tuple[GrantRow, ...]:
+    """Every row, computed from the compiler: the base plugin, then one per grant.
+    `name`: the reference plugin's id and subject namespace (the subjects in the
+    cells name it), so the page can show a plugin's rows with its own subjects."""
+    base = _plan(name=name)
+    rows = [GrantRow(None, "*(every plugin)*", _nats(base, None), _kernel(base, None), _services(base, None, None))]
     for grant in Permission:
-        plan = _plan(grant)
+        plan = _plan(grant, name=name)
         implied = sorted(set(plan.permissions) - {grant.value})
-        name = f"`{grant.value}`" + (f" (implies {', '.join(f'`{i}`' for i in implied)})" if implied else "")
+        label = f"`{grant.value}`" + (f" (implies {', '.join(f'`{i}`' for i in implied)})" if implied else "")
         # An implied grant's own row already lists what it adds; show only the increment.
-        reference = _plan(*[Permission(i) for i in implied]) if implied else base
-        rows.append((name, _nats(plan, reference), _kernel(plan, reference), _services(plan, reference, grant)))
+        reference = _plan(*[Permission(i) for i in implied], name=name) if implied else base
+        rows.append(GrantRow(grant, label, _nats(plan, reference), _kernel(plan, reference),
+                             _services(plan, reference, grant)))
+    return tuple(rows)
+
+
+def may_do(manifest: Manifest) -> list[GrantRow]:
+    """What this plugin may do, in the doc's words: the every-plugin row
+    computed from its own plan without grants (so it names its own commands
+    and events), then the doc's row for each grant it holds (implied ones
+    included), with its own subject namespace."""
+    plan = compile_plan(Plugin(manifest.id, manifest.without_name()))
+    bare = compile_plan(Plugin(manifest.id, manifest.model_copy(update={"permissions": []}).without_name()))
+    base = GrantRow(None, "*(every plugin)*", _nats(bare, None), _kernel(bare, None), _services(bare, None, None))
+    held = set(plan.permissions)
+    return [base, *(row for row in grant_rows(manifest.namespace) if row.grant and row.grant.value in held)]
+
+
+def render() -> str:
+    rows = [(r.label, r.nats, r.kernel, r.services) for r in grant_rows()]
     lines = [
         "# Permissions: what each grant allows",
         "",

@@ -6,7 +6,8 @@ from ..spec.quantity import format_bytes, format_millicores
 from .sandbox import SandboxPlan, observer_warning
 
 
-def _commands(plan: SandboxPlan) -> list[str]:
+def command_lines(plan: SandboxPlan) -> list[str]:
+    """Each chat route as `!word [sub] -> subject` (also the permission diff's commands)."""
     shown = [f"!{w} -> {s}" for w, s in sorted(plan.commands.items())]
     for word, group in sorted(plan.command_groups.items()):
         shown += [f"!{word} {sub} -> {s}" for sub, s in group["subcommands"].items()]
@@ -21,7 +22,7 @@ def describe_plan(plan: SandboxPlan) -> str:
         f"plugin {plan.id} (subject namespace {plan.namespace})",
         *([f"  WARNING:     {warning}"] if warning else []),
         f"  permissions: {', '.join(plan.permissions) or '(none)'}",
-        "  commands:    " + (", ".join(_commands(plan)) or "(none)"),
+        "  commands:    " + (", ".join(command_lines(plan)) or "(none)"),
         f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "
         f"pids {lim.pids}, disk {format_bytes(lim.disk_bytes)}",
         f"  rates:       {rates.messages_per_second:g} msg/s (burst {rates.burst}), "

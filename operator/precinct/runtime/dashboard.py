@@ -7,14 +7,16 @@ Three modules, one job each, all trusted and all inside the supervisor process:
     op `top`) and /metrics.
   * runtime/web.py, `HttpServer`: aiohttp.web on 127.0.0.1. The dashboard
     server answers `/`, `/api/view` and `/metrics` (both data paths need the
-    bearer token); the metrics server (`--metrics-port`) answers only
+    bearer token), and the marketplace page and its routes
+    (runtime/market_web.py); the metrics server (`--metrics-port`) answers only
     `/metrics`, without a token, for a local Prometheus.
   * here, `Monitoring`: what the supervisor constructs (the monitor and its
     servers), and `dashboard.json` in the state dir (0600): the URL with the
     token, read by `precinct dashboard --url`.
 
 Nothing here is reachable from a plugin: loopback only (a confined plugin has
-its own network namespace), read-only, and the token is in the 0700 state dir.
+its own network namespace), read-only except the marketplace's same-origin
+POSTs, and the token is in the 0700 state dir.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class Monitoring:
 
     def __init__(self, state_dir: Path, status_fn: StatusFn, *, nc=None, core: tuple[str, str] | None = None,
                  dashboard_port: int | None = 0, metrics_port: int | None = None,
-                 interval: float = INTERVAL) -> None:
+                 interval: float = INTERVAL, plugins_dir: Path | None = None) -> None:
         self.state_dir = state_dir
+        self.plugins_dir = plugins_dir   # with one, the dashboard also serves the marketplace page
         self.core = core              # (NATS url, core creds): to count the dispatcher's outcomes
         self._core_nc = None
         self.monitor = Monitor(status_fn, nc, None, interval)
@@ -83,7 +86,12 @@ class Monitoring:
         await self.monitor.start()
         if self.dashboard_port is not None:
             token = secrets.token_urlsafe(24)
-            server = HttpServer(self.monitor, self.dashboard_port, token=token, dashboard=True)
+            market = None
+            if self.plugins_dir is not None:
+                from .market_web import MarketRoutes
+
+                market = MarketRoutes(self.plugins_dir, self.state_dir, self._states)
+            server = HttpServer(self.monitor, self.dashboard_port, token=token, dashboard=True, market=market)
             try:
                 await server.start()
                 self.servers.append(server)
@@ -102,6 +110,10 @@ class Monitoring:
                 log.error("metrics: cannot listen on 127.0.0.1:%s: %s", self.metrics_port, exc)
         write_info(self.state_dir, self.info)
         return self.info
+
+    def _states(self) -> dict[str, str]:
+        """Each plugin's state as the dashboard last sampled it (the marketplace shows it)."""
+        return {pid: p.get("state", "?") for pid, p in self.monitor.view().get("plugins", {}).items()}
 
     async def close(self) -> None:
         for server in self.servers:

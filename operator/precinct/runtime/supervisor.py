@@ -226,7 +226,8 @@ class Supervisor:
         from .dashboard import Monitoring
         self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({"light": True}), nc=self._nc,
                                      core=(self.server_url, str(self.identity.core_creds())),
-                                     dashboard_port=self.dashboard_port, metrics_port=self.metrics_port)
+                                     dashboard_port=self.dashboard_port, metrics_port=self.metrics_port,
+                                     plugins_dir=self.plugins_dir)
         await self.monitoring.start()
         self.control.handlers["top"] = self.monitoring.monitor.op_top
         endpoint = {"nats": self.server_url, "core_creds": str(self.identity.core_creds()), "pid": os.getpid()}
