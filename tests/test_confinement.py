@@ -592,6 +592,39 @@ def test_limits_enforced_condition_names_the_gaps():
     assert cond["status"] == "True"
 
 
+@needs_root
+def test_the_connect_fence_lives_as_long_as_the_supervisor(tmp_path):
+    with Fleet.started(tmp_path, ("prober",), running=("prober",), timeout=180) as fleet:
+        fence = Path(fleet.plugin("prober")["confinement"]["nats_fence"])
+        assert (fence / "cgroup.procs").is_file()
+        monitors = [int(p) for p in (fence / "cgroup.procs").read_text().split()]
+        assert monitors, "the prober's monitor makes its sockets from inside the fence"
+    assert not fence.exists(), f"{fence} outlived its supervisor"
+
+
+@needs_root
+def test_without_the_handoff_nats_is_relayed_and_status_says_why(tmp_path):
+    """The fallback (a host without cgroup v2 or cgroup BPF, or `handoff`
+    switched off): the supervisor relays NATS, the plugin works, the port
+    rule still keeps it in, and status names the mechanism and the reason."""
+    with Fleet.started(tmp_path, ("prober",), running=("prober",), timeout=180,
+                       env={"PRECINCT_CONFINE_DISABLE": "handoff"}) as fleet:
+        info = fleet.plugin("prober")
+        assert info["enforcement"]["network"] == "netns+relay", info["enforcement"]
+        assert "handoff disabled" in info["confinement"]["network_relayed_because"], info["confinement"]
+        assert "nats_sockets" not in info["confinement"]
+        nats_port = int(fleet.status()["nats"].rsplit(":", 1)[1])
+        same_port = Listener("127.0.0.2", nats_port)
+        try:
+            result = fleet.probe("connect", same_port.address)          # answered: NATS works through the relay
+            assert result[same_port.address] != "ok", result
+            assert fleet.probe("handoff", "fd", same_port.address) in ("EBADF", "ENOTSOCK")   # no channel to ask
+            time.sleep(0.3)
+            assert same_port.accepted == 0
+        finally:
+            same_port.close()
+
+
 def test_disabled_layers_are_reported_not_silent(tmp_path):
     from precinct.confine.host import HostConfinement
 

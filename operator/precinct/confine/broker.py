@@ -114,23 +114,27 @@ class Broker:
             return False
         now = time.monotonic()
         self._refill(now)
+        # Counted before the answer leaves, so whoever got the answer reads the new count.
         if self.tokens < 1:
-            self.counts["rate_limited"] += 1
             self.paused_until = now + (1 - self.tokens) * REFILL
+            self._count("rate_limited")
             self._reply(b"no: rate limited")
-        else:
-            self.tokens -= 1
-            try:
-                sock = open_nats_socket(*self.nats)
-            except OSError as exc:
-                self.counts["failed"] += 1
-                self._reply(f"no: NATS unreachable: {exc.strerror or exc}".encode())
-            else:
-                with sock:
-                    self._reply(b"ok", sock.fileno())
-                self.counts["handed"] += 1
-        self._write_counts()
+            return True
+        self.tokens -= 1
+        try:
+            sock = open_nats_socket(*self.nats)
+        except OSError as exc:
+            self._count("failed")
+            self._reply(f"no: NATS unreachable: {exc.strerror or exc}".encode())
+            return True
+        with sock:
+            self._count("handed")
+            self._reply(b"ok", sock.fileno())
         return True
+
+    def _count(self, what: str) -> None:
+        self.counts[what] += 1
+        self._write_counts()
 
     def _reply(self, text: bytes, fd: int | None = None) -> None:
         with contextlib.suppress(OSError):

@@ -555,6 +555,7 @@ class HostConfinement(Confinement):
         p.details = {
             **({"network_relayed_because": relayed_because} if relayed_because else {}),
             "nats_channel": str(confdir / "broker.json") if handoff else None,
+            **({"nats_fence": str(fence.directory)} if isinstance(fence, ConnectFence) else {}),
             "uid": uid, "gid": gid, "cgroup_version": caps.cgroups.version if p.cgroup else None,
             "cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies} if p.cgroup else {},
             "data_dir": str(data_host) if data_host else None, "code": str(code),
@@ -792,6 +793,18 @@ class HostConfinement(Confinement):
                 (confdir / name).unlink()
         with contextlib.suppress(OSError):
             shutil.rmtree(confdir / "code")
+
+
+    async def close(self) -> None:
+        fence = self._fence_for[1] if self._fence_for else None
+        if isinstance(fence, ConnectFence):
+            # Its monitors have exited with their plugins; the directory goes, and with it the programs.
+            deadline = time.monotonic() + 10
+            while fence.directory.exists() and time.monotonic() < deadline:
+                fence.remove()
+                if fence.directory.exists():
+                    await asyncio.sleep(0.1)
+        self._fence_for = None
 
 
 class UnprivilegedConfinement(Confinement):
