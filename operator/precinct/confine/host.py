@@ -103,11 +103,13 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def _init_command() -> list[str]:
     """How to start init.py: this interpreter, isolated, importing precinct
-    from where this file lives (not from whatever PYTHONPATH says)."""
+    from where this file lives (not from whatever PYTHONPATH says). `-S`:
+    init.py and what it imports are standard library only, and skipping
+    site-packages saves a third of the interpreter's start (once per instance)."""
     package_parent = str(Path(__file__).resolve().parents[2])
     code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
             "from precinct.confine.init import main; sys.exit(main())")
-    return [sys.executable, "-I", "-c", code]
+    return [sys.executable, "-I", "-S", "-c", code]
 
 
 @dataclass
