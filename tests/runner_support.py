@@ -86,7 +86,7 @@ class Runner:
     def __init__(self, python: Path, plugin_dir: Path, plugin_id: str, server: str, log_dir: Path, *,
                  instance: str | None = "i1", commands: list[str] | tuple[str, ...] = (),
                  args: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 use_cli: bool = True) -> None:
+                 use_cli: bool = True, pass_fds: tuple[int, ...] = ()) -> None:
         self.plugin_id = plugin_id
         self.instance = instance
         argv = [str(python), "-m", "precinct_runner"]
@@ -103,7 +103,7 @@ class Runner:
         with open(self.stderr_path, "wb") as err:
             # cwd = the plugin folder, as the supervisor does
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
-                                         cwd=str(plugin_dir), env=full_env)
+                                         cwd=str(plugin_dir), env=full_env, pass_fds=pass_fds)
 
     @property
     def pid(self) -> int:

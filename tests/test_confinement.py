@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -187,7 +188,7 @@ def test_status_names_the_mechanism_behind_every_protection(fleet):
         assert enf["pidns"] == "yes" and enf["proc"].startswith("private"), enf
         assert enf["landlock"].startswith("abi-"), enf
         assert enf["seccomp"] == "bpf", enf
-        assert enf["network"] == "netns+relay", enf
+        assert enf["network"] == "netns+handoff", enf
         assert enf["no_new_privs"] == "yes", enf
         assert enf["host_dirs"].startswith("hidden") and "/tmp" in enf["host_dirs"] and "/run" in enf["host_dirs"], enf
         limits = {c["type"]: c for c in info["conditions"]}["LimitsEnforced"]
@@ -339,8 +340,8 @@ def test_network_reaches_nats_only(fleet, owned):
     status = fleet.status()
     nats_port = int(status["nats"].rsplit(":", 1)[1])
     loopback = Listener("127.0.0.1")
-    # Landlock allows connecting to the NATS port number on ANY address; only
-    # the network namespace keeps this listener out of reach.
+    # Landlock allows connecting to the NATS port number on ANY address; the
+    # network namespace keeps this listener out of reach.
     same_port = Listener("127.0.0.2", nats_port)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
@@ -369,8 +370,72 @@ def test_network_reaches_nats_only(fleet, owned):
         loopback.close()
         same_port.close()
         udp.close()
-    # And NATS itself works: every answer above came through the relay.
+    # And NATS itself works: every answer above came over a handed-in socket.
     assert fleet.plugin("prober")["state"] == "Running"
+
+
+@needs_root
+@pytest.mark.parametrize("variant", ["fd", "dup", "dupfd", "scm", "child"])
+def test_a_handed_in_nats_socket_reaches_nats_only(fleet, owned, variant):
+    """The NATS socket the monitor hands in belongs to the host's network
+    namespace. Disconnected (connect AF_UNSPEC) and connected again, by the
+    plugin, through any copy of its descriptor or from a forked child, it
+    reaches the NATS server and nothing else (the connect fence); it cannot
+    listen (seccomp), bind (the fence, Landlock), connect by a Fast Open
+    send (seccomp), or change owner, and socket options change none of that."""
+    nats_port = int(fleet.status()["nats"].rsplit(":", 1)[1])
+    loopback = Listener("127.0.0.1")
+    same_port = Listener("127.0.0.2", nats_port)        # the NATS port on another host address
+    try:
+        assert set(owned.reachable_from_host().values()) == {"ok"}
+        hits = len(owned.hits())
+        targets = [f"127.0.0.1:{nats_port}", same_port.address, loopback.address, f"{owned.v4}:80",
+                   f"{owned.v4}:{nats_port}"]
+        result = fleet.probe("handoff", variant, *targets)
+        assert isinstance(result, dict), result
+        assert result["disconnect"] == "ok", result
+        assert result[f"127.0.0.1:{nats_port}"] == "ok:INFO", result      # the one way that works: NATS
+        for target in targets[1:]:
+            # On the NATS port Landlock lets the call through and the fence refuses it (EPERM);
+            # on other ports Landlock refuses first (EACCES).
+            assert result[target] == ("EPERM" if target.endswith(f":{nats_port}") else "EACCES"), (target, result)
+        assert result["listen"] == "EPERM" and result["bind"] in ("EACCES", "EPERM"), result
+        assert result["fastopen"] == "EPERM", result
+        # Binding to a device needs no privilege (and changes no address: the fence
+        # still checks every connect, as the results above show); the rest need capabilities.
+        for option in ("mark", "transparent", "repair", "fchown"):
+            assert result[option] == "EPERM", (option, result)
+        time.sleep(0.3)
+        assert loopback.accepted == 0 and same_port.accepted == 0, (loopback.accepted, same_port.accepted)
+        assert len(owned.hits()) == hits, owned.hits()[hits:]
+        # The monitor counts what it hands out (status `confinement.nats_sockets`): at least the
+        # runner's socket. (Refusals above are strikes: the ladder may have restarted the prober.)
+        fleet.up.wait_for(lambda st: st["plugins"]["prober"]["state"] == "Running"
+                          and st["plugins"]["prober"]["confinement"]["nats_sockets"].get("handed", 0) >= 1,
+                          "the prober running, its NATS socket counted", timeout=90)
+    finally:
+        loopback.close()
+        same_port.close()
+
+
+@needs_root
+def test_no_supervisor_copies_plugin_traffic(fleet):
+    """With the handoff, the supervisor's only TCP connections to NATS are its own
+    clients' (platform, system account, dashboard: at most 3), none per plugin
+    (the relay held one or more for each)."""
+    status = fleet.status()
+    nats_port = int(status["nats"].rsplit(":", 1)[1])
+    supervisor = json.loads((fleet.state / "endpoint.json").read_text())["pid"]
+    inodes = {os.stat(f"/proc/{supervisor}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{supervisor}/fd")
+              if os.readlink(f"/proc/{supervisor}/fd/{fd}").startswith("socket:")}
+    to_nats = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == nats_port and int(fields[9]) in inodes:
+            to_nats += 1
+    assert to_nats <= 3, f"the supervisor holds {to_nats} connections to NATS for {len(PLUGINS)} plugins"
+    assert all(status["plugins"][p]["enforcement"]["network"] == "netns+handoff" for p in PLUGINS)
 
 
 @needs_root
@@ -403,7 +468,9 @@ def test_http_requests_cannot_reach_loopback_or_private_addresses(fleet, owned):
         assert fleet.probe("http", allowed, plugin="fetch")[allowed] == "ok:200"
         assert fleet.standin.paths == ["/through-the-proxy"]
         who = fleet.probe("whoami", plugin="fetch")
-        assert who["env_proxy"] == "http://127.0.0.1:3128", who
+        nats_port = int(fleet.status()["nats"].rsplit(":", 1)[1])
+        # The proxy listens on the NATS port inside: the one TCP port the sandbox may use.
+        assert who["env_proxy"] == f"http://127.0.0.1:{nats_port}", who
         assert "PRECINCT_EGRESS_TEST_ALLOW" in fleet.plugin("fetcher")["enforcement"]["egress"]
         # Going around the proxy does not work either.
         direct = fleet.probe("connect", "127.0.0.1:80", fleet.standin.address, f"{owned.v4}:80", plugin="fetch")
@@ -523,6 +590,39 @@ def test_limits_enforced_condition_names_the_gaps():
     _limits_condition(slot, {"memory": "cgroup-v1"})
     cond = {c["type"]: c for c in slot.conditions.to_list()}["LimitsEnforced"]
     assert cond["status"] == "True"
+
+
+@needs_root
+def test_the_connect_fence_lives_as_long_as_the_supervisor(tmp_path):
+    with Fleet.started(tmp_path, ("prober",), running=("prober",), timeout=180) as fleet:
+        fence = Path(fleet.plugin("prober")["confinement"]["nats_fence"])
+        assert (fence / "cgroup.procs").is_file()
+        monitors = [int(p) for p in (fence / "cgroup.procs").read_text().split()]
+        assert monitors, "the prober's monitor makes its sockets from inside the fence"
+    assert not fence.exists(), f"{fence} outlived its supervisor"
+
+
+@needs_root
+def test_without_the_handoff_nats_is_relayed_and_status_says_why(tmp_path):
+    """The fallback (a host without cgroup v2 or cgroup BPF, or `handoff`
+    switched off): the supervisor relays NATS, the plugin works, the port
+    rule still keeps it in, and status names the mechanism and the reason."""
+    with Fleet.started(tmp_path, ("prober",), running=("prober",), timeout=180,
+                       env={"PRECINCT_CONFINE_DISABLE": "handoff"}) as fleet:
+        info = fleet.plugin("prober")
+        assert info["enforcement"]["network"] == "netns+relay", info["enforcement"]
+        assert "handoff disabled" in info["confinement"]["network_relayed_because"], info["confinement"]
+        assert "nats_sockets" not in info["confinement"]
+        nats_port = int(fleet.status()["nats"].rsplit(":", 1)[1])
+        same_port = Listener("127.0.0.2", nats_port)
+        try:
+            result = fleet.probe("connect", same_port.address)          # answered: NATS works through the relay
+            assert result[same_port.address] != "ok", result
+            assert fleet.probe("handoff", "fd", same_port.address) in ("EBADF", "ENOTSOCK")   # no channel to ask
+            time.sleep(0.3)
+            assert same_port.accepted == 0
+        finally:
+            same_port.close()
 
 
 def test_disabled_layers_are_reported_not_silent(tmp_path):

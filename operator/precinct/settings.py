@@ -73,7 +73,8 @@ class HostSettings(_Settings):
                                       "checkout (default: the checkout's plugins/runner).", default=None)
     confine_disable: str = _var(env.CONFINE_DISABLE, None, "Sandbox layers to switch off, comma-separated "
                                 "(uid, cgroups, pidns, netns, landlock, seccomp, disk, view): for debugging; "
-                                "status reports each as MISSING.", default="")
+                                "status reports each as MISSING. `handoff` is not a protection: without it "
+                                "plugins reach NATS through the supervisor's relay.", default="")
     egress_test_allow: str = _var(env.EGRESS_TEST_ALLOW, None, "TEST ONLY: ADDR:PORT pairs the egress proxy "
                                   "lets plugins reach although the policy refuses them.", default="")
     uid_base: int = _var(env.UID_BASE, None, "First uid handed to plugins.", default=61000, ge=1000, le=2**31 - 2**16)

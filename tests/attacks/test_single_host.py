@@ -236,7 +236,7 @@ def test_kv_identity_forgery_lands_in_its_own_storage_and_is_reported(fleet):
 
 def test_connecting_out_on_ungranted_ports_is_refused(fleet, owned):
     info = fleet.plugin("netout")
-    assert info["enforcement"]["network"] == "netns+relay" and "egress" not in info["enforcement"]
+    assert info["enforcement"]["network"] == "netns+handoff" and "egress" not in info["enforcement"]
     import json
     nats_port = int(json.loads((fleet.state / "endpoint.json").read_text())["nats"].rsplit(":", 1)[1])
     listener = _listener("127.0.0.1")

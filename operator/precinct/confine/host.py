@@ -7,9 +7,11 @@ that starts the trusted init (init.py) instead of the runner. See
 docs/confinement.md for what each layer stops and what it does not.
 
 `PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
-landlock, seccomp, disk, view) switches layers off for debugging and for proving that
+landlock, seccomp, disk, view, handoff) switches layers off for debugging and for proving that
 the attack tests fail without them; status then reports each as
-"MISSING: disabled by PRECINCT_CONFINE_DISABLE". Never silent.
+"MISSING: disabled by PRECINCT_CONFINE_DISABLE". Never silent. (`handoff`
+is not a protection: without it the plugin reaches NATS through the relay,
+as safe and slower.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import Any, Iterable
 from ..plan.sandbox import SandboxPlan
 from ..settings import HostSettings, SettingsError
 from ..wire import environment as env_names
-from . import disk, landlock, seccomp
+from . import broker, disk, landlock, seccomp
+from .connect_fence import ConnectFence, FenceError
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
@@ -57,7 +60,11 @@ IN_CONFIG = SANDBOX / "config.json"
 IN_DATA = SANDBOX / "data"
 IN_DEPS = SANDBOX / "deps"            # the plugin's installed dependencies (runtime/plugin_deps.py), read-only
 
-LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view")
+LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view", "handoff")
+# How a plugin reaches NATS (status `network`): a connected socket handed into
+# its namespace by its trusted monitor (broker.py), or the supervisor's relay.
+NETWORK_HANDOFF = "netns+handoff"
+NETWORK_RELAY = "netns+relay"
 DISABLE_ENV = env_names.CONFINE_DISABLE
 # TEST-ONLY: ADDR:PORT pairs the egress proxy lets plugins reach although the
 # policy refuses them (a local stand-in for a public service). The operator's
@@ -96,11 +103,13 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def _init_command() -> list[str]:
     """How to start init.py: this interpreter, isolated, importing precinct
-    from where this file lives (not from whatever PYTHONPATH says)."""
+    from where this file lives (not from whatever PYTHONPATH says). `-S`:
+    init.py and what it imports are standard library only, and skipping
+    site-packages saves a third of the interpreter's start (once per instance)."""
     package_parent = str(Path(__file__).resolve().parents[2])
     code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
             "from precinct.confine.init import main; sys.exit(main())")
-    return [sys.executable, "-I", "-c", code]
+    return [sys.executable, "-I", "-S", "-c", code]
 
 
 @dataclass
@@ -112,6 +121,7 @@ class Capabilities:
     seccomp_problem: str | None
     namespaces_problem: str | None
     disk_problem: str | None = None
+    handoff_problem: str | None = None     # why NATS connections are relayed, not handed in
 
 
 @dataclass
@@ -242,6 +252,7 @@ class HostConfinement(Confinement):
         self._reporting: dict[str, str] = {}
         self._audit_lost_at_start: int | None = None
         self._owners: dict[tuple[int, int], tuple[str | None, float]] = {}
+        self._fence_for: tuple[tuple[str, int], ConnectFence | str] | None = None
 
     # -- what this host can do ----------------------------------------------------
 
@@ -265,9 +276,29 @@ class HostConfinement(Confinement):
             seccomp_problem=seccomp.supported(), namespaces_problem=self._probe_namespaces() if root else "not root",
             disk_problem=disk.problem(),
         )
+        self._caps.handoff_problem = self._handoff_problem(self._caps)
         for d, mode in ((RUN_DIR, 0o755), (SANDBOX, 0o755), (HANDSHAKE_DIR, 0o700)):
             _private_dir(d, mode)
         return self._caps
+
+    def _handoff_problem(self, caps: Capabilities) -> str | None:
+        """Why NATS sockets cannot be handed in safely here (broker.py names the layers it needs)."""
+        for layer in ("handoff", "netns", "seccomp"):
+            if not self._layer(layer):
+                return f"{layer} disabled by {DISABLE_ENV}"
+        return caps.seccomp_problem or caps.namespaces_problem
+
+    def _fence(self, nats: tuple[str, int]) -> ConnectFence | str:
+        """The connect fence for this NATS endpoint (one per supervisor), or why there is none."""
+        if self._fence_for is not None and self._fence_for[0] == nats:
+            return self._fence_for[1]
+        try:
+            fence: ConnectFence | str = ConnectFence.create(CgroupHost.tag_for(self.state_dir), *nats)
+        except (FenceError, OSError) as exc:
+            fence = f"no connect fence: {exc.strerror or exc}"
+            log.warning("NATS traffic is relayed: %s", fence)
+        self._fence_for = (nats, fence)
+        return fence
 
     @staticmethod
     def _probe_namespaces() -> str | None:
@@ -417,15 +448,31 @@ class HostConfinement(Confinement):
             enf["proc"] = "private (hidepid)"
         nats_host, nats_port = p.nats
         listeners = []
-        if netns:
+        fence = self._fence(p.nats) if (netns and caps.handoff_problem is None) else caps.handoff_problem
+        handoff = isinstance(fence, ConnectFence)
+        handoff_cfg = None
+        relayed_because = None
+        proxy_port = PROXY_PORT
+        if isinstance(fence, ConnectFence):
+            # The monitor hands the runner connected sockets (broker.py). Landlock
+            # allows one TCP port, so the egress proxy listens on that port inside:
+            # a disconnected host socket reconnected to 3128 must find nothing.
+            proxy_port = nats_port
+            handoff_cfg = {"nats": [nats_host, nats_port], "counters": str(confdir / "broker.json"),
+                           "fence_procs": str(fence.procs), "fence_cgroup": fence.rel}
+            env[env_names.NATS_FD] = "3"
+            enf["network"] = NETWORK_HANDOFF
+        elif netns:
             listeners.append({"name": "nats", "port": nats_port})
             # Inside, the relay listens where the runner would find NATS on loopback.
             inside = f"nats://127.0.0.1:{nats_port}"
             argv = [inside if a == f"nats://{nats_host}:{nats_port}" else a for a in argv]
-            enf["network"] = "netns+relay"
+            enf["network"] = NETWORK_RELAY
+            relayed_because = fence
+        if netns:
             if http:
-                listeners.append({"name": "egress", "port": PROXY_PORT})
-                proxy = f"http://127.0.0.1:{PROXY_PORT}"
+                listeners.append({"name": "egress", "port": proxy_port})
+                proxy = f"http://127.0.0.1:{proxy_port}"
                 env.update(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
                 env["NO_PROXY"] = env["no_proxy"] = ""
                 enf["egress"] = "proxy (public addresses only, ports 80/443)"
@@ -450,7 +497,7 @@ class HostConfinement(Confinement):
                 "read": [*SYSTEM_READ, str(IN_CREDS), str(IN_CONFIG)] + ([str(IN_DATA)] if data_mode == "read" else []),
                 "write": [str(IN_DATA)] if data_mode == "write" else [],
                 "devices": list(DEVICES),
-                "connect": [nats_port] + ([PROXY_PORT] if (http and netns) else []),
+                "connect": sorted({nats_port, proxy_port if (http and netns) else nats_port}),
             }
             enf["landlock"] = f"abi-{caps.landlock_abi}"
             if caps.landlock_abi < 6:
@@ -498,7 +545,7 @@ class HostConfinement(Confinement):
             "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
             "rlimits": rlimits, "handshake": handshake, "handshake_in_view": handshake != str(hs_path),
             "hide": hide, "scratch": list(SCRATCH_DIRS), "sandbox": str(SANDBOX), "binds": binds,
-            "pidns": pidns, "netns": netns, "listeners": listeners, "landlock": landlock_spec,
+            "pidns": pidns, "netns": netns, "listeners": listeners, "broker": handoff_cfg, "landlock": landlock_spec,
             "seccomp": use_seccomp, "argv": argv, "env": env,
             "cwd": str(IN_CODE),
         }
@@ -508,6 +555,9 @@ class HostConfinement(Confinement):
             json.dump(cfg, fh, indent=1)
         p.enforcement = enf
         p.details = {
+            **({"network_relayed_because": relayed_because} if relayed_because else {}),
+            "nats_channel": str(confdir / "broker.json") if handoff else None,
+            **({"nats_fence": str(fence.directory)} if isinstance(fence, ConnectFence) else {}),
             "uid": uid, "gid": gid, "cgroup_version": caps.cgroups.version if p.cgroup else None,
             "cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies} if p.cgroup else {},
             "data_dir": str(data_host) if data_host else None, "code": str(code),
@@ -717,6 +767,10 @@ class HostConfinement(Confinement):
         if p is None:
             return {}
         out = dict(p.details)
+        channel = out.pop("nats_channel", None)
+        if channel:
+            # Counted by the instance's monitor (broker.py): sockets handed in, refused by the rate limit, failed.
+            out["nats_sockets"] = broker.read_counts(channel) or {}
         if p.cgroup is not None:
             with contextlib.suppress(OSError):
                 out["cgroup_pids"] = sorted(p.cgroup.procs())
@@ -736,11 +790,23 @@ class HostConfinement(Confinement):
             for problem in problems:
                 log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
         confdir = self.state_dir / "confine" / plugin_id
-        for name in ("nats.creds", "config.json", "init.json"):
+        for name in ("nats.creds", "config.json", "init.json", "broker.json"):
             with contextlib.suppress(OSError):
                 (confdir / name).unlink()
         with contextlib.suppress(OSError):
             shutil.rmtree(confdir / "code")
+
+
+    async def close(self) -> None:
+        fence = self._fence_for[1] if self._fence_for else None
+        if isinstance(fence, ConnectFence):
+            # Its monitors have exited with their plugins; the directory goes, and with it the programs.
+            deadline = time.monotonic() + 10
+            while fence.directory.exists() and time.monotonic() < deadline:
+                fence.remove()
+                if fence.directory.exists():
+                    await asyncio.sleep(0.1)
+        self._fence_for = None
 
 
 class UnprivilegedConfinement(Confinement):

@@ -6,10 +6,12 @@ state dir. Three processes, only the last untrusted:
 
   monitor   (host PID namespace, root)  holds PR_SET_PDEATHSIG=SIGKILL on the
             supervisor's thread; creates the PID namespace; forwards stop
-            signals; exits the way the plugin exited (code, or same signal).
+            signals; hands the runner its connections to NATS (broker.py);
+            exits the way the plugin exited (code, or same signal).
   ns-init   (PID 1 of the new PID namespace, root)  holds PR_SET_PDEATHSIG on
             the monitor; unshares mount, network, IPC and UTS namespaces;
-            brings up loopback and creates the relay listeners there; mounts a
+            brings up loopback and creates the listeners there (the relay's
+            or the egress proxy's); mounts a
             private /proc and the plugin's view under /run/precinct/sandbox;
             forks the runner; reaps. When it dies the kernel kills every
             process in the namespace, so nothing the plugin started survives
@@ -59,6 +61,7 @@ SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP = 0x1
 
 EXIT_SETUP = 126
+BROKER_FD = 3
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -104,20 +107,29 @@ def monitor(cfg: dict) -> None:
         raise SetupError("the supervisor is gone")
     status_r, status_w = os.pipe()
     alive_r, alive_w = os.pipe()     # ns-init sees EOF here once the monitor is gone
+    # The NATS channel (broker.py): our end stays here, in the host's network
+    # namespace; the other becomes the runner's fd 3.
+    ours = theirs = None
+    if cfg.get("broker"):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if cfg.get("pidns"):
         unshare(CLONE_NEWPID)        # our next child is PID 1 of a new namespace
     child = os.fork()
     if child == 0:
         os.close(status_r)
         os.close(alive_w)
+        if ours is not None:
+            ours.close()
         try:
-            ns_init(cfg, status_w, alive_r)
+            ns_init(cfg, status_w, alive_r, theirs)
         except BaseException as exc:  # noqa: BLE001 - anything here ends the instance
             say(f"{type(exc).__name__}: {exc}" if not isinstance(exc, SetupError) else str(exc))
             os._exit(EXIT_SETUP)
         os._exit(0)
     os.close(status_w)
     os.close(alive_r)
+    if theirs is not None:
+        theirs.close()
 
     def forward(sig: int, _frame: object) -> None:
         try:
@@ -127,6 +139,8 @@ def monitor(cfg: dict) -> None:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    if ours is not None:
+        _serve_broker(cfg, ours, child)
     _pid, status = os.waitpid(child, 0)
     raw = b""
     try:
@@ -148,6 +162,38 @@ def monitor(cfg: dict) -> None:
         os.kill(os.getpid(), value)
         os._exit(128 + value)
     os._exit(value)
+
+
+def _serve_broker(cfg: dict, channel: socket.socket, child: int) -> None:
+    """Hand NATS connections to the runner until ns-init exits."""
+    from precinct.confine.broker import Broker, BrokerError, join_fence
+
+    spec = cfg["broker"]
+    try:
+        join_fence(spec["fence_procs"], spec["fence_cgroup"])
+    except (OSError, BrokerError) as exc:
+        # Never hand out an unfenced socket: the runner gets no NATS and the instance fails its ping.
+        say(f"NATS sockets not handed out: {exc}")
+        channel.close()
+        return
+    host, port = spec["nats"]
+    broker = Broker(channel, (host, int(port)), spec.get("counters"))
+    channel.setblocking(False)
+    pidfd = os.pidfd_open(child)
+    try:
+        while True:
+            wait = broker.wants_read()
+            watch = [pidfd] if wait else [pidfd, channel]
+            ready, _, _ = select.select(watch, [], [], wait or None)
+            if pidfd in ready:
+                return
+            if channel in ready and not broker.serve_one():
+                # The runner's end is closed: nothing more to serve; wait for the exit.
+                select.select([pidfd], [], [])
+                return
+    finally:
+        os.close(pidfd)
+        channel.close()
 
 
 # -- PID 1 of the plugin's namespaces -----------------------------------------
@@ -239,7 +285,7 @@ def _mount_proc() -> None:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
 
 
-def ns_init(cfg: dict, status_w: int, alive_r: int) -> None:
+def ns_init(cfg: dict, status_w: int, alive_r: int, channel: socket.socket | None = None) -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # Imported now, as root: after the drop the supervisor's interpreter and
     # its packages may not be readable any more.
@@ -265,12 +311,14 @@ def ns_init(cfg: dict, status_w: int, alive_r: int) -> None:
     child = os.fork()
     if child == 0:
         try:
-            runner(cfg, listeners)
+            runner(cfg, listeners, channel)
         except BaseException as exc:  # noqa: BLE001
             say(f"{type(exc).__name__}: {exc}" if not isinstance(exc, SetupError) else str(exc))
         os._exit(EXIT_SETUP)
     for s in listeners:
         s.close()
+    if channel is not None:
+        channel.close()
 
     def forward(sig: int, _frame: object) -> None:
         try:
@@ -391,7 +439,7 @@ def _rlimits(cfg: dict) -> None:
         resource.setrlimit(res, (value, value))
 
 
-def runner(cfg: dict, listeners: list[socket.socket]) -> None:
+def runner(cfg: dict, listeners: list[socket.socket], channel: socket.socket | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _join_cgroups(cfg)
     _rlimits(cfg)
@@ -402,7 +450,13 @@ def runner(cfg: dict, listeners: list[socket.socket]) -> None:
     if cfg.get("landlock"):
         _landlock(cfg)
     os.chdir(cfg["cwd"])
-    os.closerange(3, 1 << 16)
+    if channel is not None:          # the NATS channel is fd 3 (PRECINCT_NATS_FD); nothing else is kept
+        if channel.fileno() != BROKER_FD:
+            os.dup2(channel.fileno(), BROKER_FD)
+        os.set_inheritable(BROKER_FD, True)
+        os.closerange(BROKER_FD + 1, 1 << 16)
+    else:
+        os.closerange(3, 1 << 16)
     if cfg.get("seccomp"):
         from precinct.confine import seccomp
 

@@ -44,3 +44,7 @@ class Confinement:
 
     async def release(self, plugin_id: str) -> None:
         return None
+
+    async def close(self) -> None:
+        """Every plugin has stopped: undo what was set up host-wide."""
+        return None

@@ -8,6 +8,12 @@ Denied (EPERM unless noted):
   * socket() of any family but AF_UNIX, AF_INET and AF_INET6, and for the
     inet families any type but SOCK_STREAM: no UDP, raw, packet or netlink
     sockets (EAFNOSUPPORT / EPERM);
+  * listen(), and sendto/sendmsg/sendmmsg with MSG_FASTOPEN: the NATS
+    socket handed into the sandbox belongs to the host's network namespace
+    (broker.py); disconnected, it must not become a server there, nor be
+    connected by a TCP Fast Open send, which skips connect() and so the
+    Landlock port rule. A plugin talks to the world over NATS and never
+    accepts connections, so listen() is refused for every socket;
   * new namespaces: unshare, setns, and clone with any CLONE_NEW* flag;
     clone3 answers ENOSYS so the C library falls back to clone, whose flags
     this filter can read (clone3 passes them in memory);
@@ -79,8 +85,11 @@ DENIED = (
     "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "syslog",
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "sethostname", "setdomainname",
     "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "fanotify_init", "vhangup",
-    "iopl", "ioperm", "modify_ldt", "uselib",
+    "iopl", "ioperm", "modify_ldt", "uselib", "listen",
 )
+MSG_FASTOPEN = 0x20000000
+# The flags argument of each send call, by position (a plain value: seccomp sees it).
+SEND_FLAGS_ARG = {"sendto": 3, "sendmsg": 2, "sendmmsg": 3}
 
 SYSCALLS = {
     "x86_64": dict(
@@ -96,6 +105,7 @@ SYSCALLS = {
         settimeofday=164, clock_settime=227, adjtimex=159, clock_adjtime=305, sethostname=170, setdomainname=171,
         open_by_handle_at=304, name_to_handle_at=303, lookup_dcookie=212, fanotify_init=300, vhangup=153,
         iopl=172, ioperm=173, modify_ldt=154, uselib=134,
+        listen=50, sendto=44, sendmsg=46, sendmmsg=307,
     ),
     "aarch64": dict(
         socket=198, clone=220, clone3=435, seccomp=277,
@@ -110,6 +120,7 @@ SYSCALLS = {
         settimeofday=170, clock_settime=112, adjtimex=171, clock_adjtime=266, sethostname=161, setdomainname=162,
         open_by_handle_at=265, name_to_handle_at=264, lookup_dcookie=18, fanotify_init=262, vhangup=58,
         iopl=None, ioperm=None, modify_ldt=None, uselib=None,
+        listen=201, sendto=206, sendmsg=211, sendmmsg=269,
     ),
 }
 AUDIT_ARCH = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
@@ -172,6 +183,8 @@ def build(arch: str | None = None) -> bytes:
         a.op(JGE_K, X32_SYSCALL_BIT, "kill", 0)
     a.op(JEQ_K, table["socket"], "socket", 0)
     a.op(JEQ_K, table["clone"], "clone", 0)
+    for name in SEND_FLAGS_ARG:
+        a.op(JEQ_K, table[name], name, 0)
     for name in DENIED:
         nr = table[name]
         if nr is not None:
@@ -191,6 +204,11 @@ def build(arch: str | None = None) -> bytes:
     a.label("clone")
     a.op(LD_W_ABS, OFF_ARG(0))
     a.op(JSET_K, CLONE_NEW_MASK, "eperm", "allow")
+
+    for name, arg in SEND_FLAGS_ARG.items():
+        a.label(name)
+        a.op(LD_W_ABS, OFF_ARG(arg))
+        a.op(JSET_K, MSG_FASTOPEN, "eperm", "allow")
 
     a.label("allow")
     a.op(RET_K, RET_ALLOW)

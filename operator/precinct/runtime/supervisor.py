@@ -255,6 +255,7 @@ class Supervisor:
             await self.control.close()
         if self._watch is not None:
             self._watch.close()
+        await self.confinement.close()
         (self.state_dir / ENDPOINT_NAME).unlink(missing_ok=True)
 
     # -- the plugins dir ------------------------------------------------------

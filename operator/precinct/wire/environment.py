@@ -37,8 +37,9 @@ MARKET_LOG = "PRECINCT_MARKET_LOG"
 
 # -- set by the platform for a plugin --------------------------------------------------
 DATA_DIR = "PRECINCT_DATA_DIR"          # the plugin's data dir, inside its sandbox
+NATS_FD = "PRECINCT_NATS_FD"            # the runner's channel for NATS sockets (confine/broker.py)
 
 # -- the plugin runner's options (plugins/runner reads them itself: its own copy in
 # precinct_runner/wire.py, checked equal by tests/test_wire.py) --------------------------
-RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "DEPS", "ENTRYPOINT", "CONFIG",
+RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT", "CONFIG",
                   "CONFIG_JSON", "COMMANDS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL")

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="this instance's name, a NATS token [PRECINCT_INSTANCE] (default: random)")
     p.add_argument("--server", help=f"NATS URL(s), comma-separated [PRECINCT_SERVER] (default {DEFAULT_SERVER})")
     p.add_argument("--creds", help="NATS credentials file [PRECINCT_CREDS] (default: no auth)")
+    p.add_argument("--nats-fd", type=int, help="connect to NATS with sockets handed in over this unix channel, not "
+                   "by dialling --server; set by `precinct up` in its sandbox [PRECINCT_NATS_FD] (default: dial)")
     p.add_argument("--deps", help="a folder of the plugin's installed dependencies, searched after the runner's "
                    "own packages [PRECINCT_DEPS] (default: none; <plugin-dir>/.deps is always searched)")
     p.add_argument("--entrypoint", help="module:Class in the plugin folder [PRECINCT_ENTRYPOINT] "
@@ -133,6 +135,7 @@ class Options(argparse.Namespace):
     instance: str
     servers: list[str]
     creds: str | None
+    nats_fd: int | None
     entrypoint: str | None
     deps: Path | None
     config: dict[str, Any]
@@ -177,6 +180,17 @@ def resolve_options(argv: list[str] | None = None) -> Options:
     opts.creds = ns.creds or _env("CREDS")
     if opts.creds and not os.access(opts.creds, os.R_OK):
         raise UsageError(f"credentials file {opts.creds} does not exist or is not readable")
+
+    nats_fd = ns.nats_fd if ns.nats_fd is not None else _env("NATS_FD")
+    try:
+        opts.nats_fd = int(nats_fd) if nats_fd is not None else None
+    except ValueError:
+        raise UsageError(f"PRECINCT_NATS_FD={nats_fd!r} is not a file descriptor number") from None
+    if opts.nats_fd is not None:
+        try:
+            os.fstat(opts.nats_fd)
+        except OSError:
+            raise UsageError(f"--nats-fd {opts.nats_fd} is not open") from None
 
     opts.entrypoint = ns.entrypoint or _env("ENTRYPOINT")
     deps = ns.deps or _env("DEPS")
@@ -336,6 +350,10 @@ class Runner:
         from nats.aio.client import Client
 
         opts = self.opts
+        if opts.nats_fd is not None:
+            from . import transport
+
+            transport.install(opts.nats_fd)
         nc = Client()
         self.nc = nc
         kwargs: dict[str, Any] = dict(

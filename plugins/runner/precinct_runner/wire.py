@@ -22,5 +22,5 @@ def queue_group(plugin_id: str) -> str:
 
 
 # Every option's variable (PRECINCT_<NAME>), for `--help` and the check above.
-OPTION_VARIABLES = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "DEPS", "ENTRYPOINT", "CONFIG",
+OPTION_VARIABLES = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT", "CONFIG",
                     "CONFIG_JSON", "COMMANDS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL")
