@@ -15,7 +15,7 @@ from precinct import settings
 from precinct.k8s.render import Settings, render, resource_from_manifest
 from precinct.spec.load import load_path
 from precinct.wire import environment as env
-from precinct.wire import subjects
+from precinct.wire import headers, subjects
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "plugins" / "runner"))
@@ -29,6 +29,9 @@ def test_the_runners_copy_equals_the_platforms(plugin_id, instance):
     assert runner_wire.config(plugin_id, instance) == subjects.config(plugin_id, instance)
     assert runner_wire.queue_group(plugin_id) == subjects.queue_group(plugin_id)
     assert runner_wire.COMMAND_ROOT == subjects.COMMAND_ROOT
+    assert runner_wire.call("quotes.lookup") == subjects.call("quotes.lookup")
+    assert runner_wire.export(plugin_id, "lookup") == subjects.export(plugin_id, "lookup")
+    assert (runner_wire.CALLER, runner_wire.CALLER_NAMESPACE) == (headers.CALLER, headers.CALLER_NAMESPACE)
     assert runner_wire.ENV_PREFIX == env.PREFIX
     assert runner_wire.OPTION_VARIABLES == env.RUNNER_OPTIONS
 

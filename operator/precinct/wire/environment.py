@@ -41,4 +41,4 @@ DATA_DIR = "PRECINCT_DATA_DIR"          # the plugin's data dir, inside its sand
 # -- the plugin runner's options (plugins/runner reads them itself: its own copy in
 # precinct_runner/wire.py, checked equal by tests/test_wire.py) --------------------------
 RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "DEPS", "ENTRYPOINT", "CONFIG",
-                  "CONFIG_JSON", "COMMANDS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL")
+                  "CONFIG_JSON", "COMMANDS", "EXPORTS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL")
