@@ -17,8 +17,14 @@ import nats
 import pytest
 
 from conftest import NatsEnv, eventually, make_plugins, settle
+from pydantic.alias_generators import to_camel
+
+from precinct.plan.sandbox import compile_plan
 from precinct.services.fleetfile import FleetFile
 from precinct.services.gateway import Gateway
+from precinct.spec.identity import kubernetes_id
+from precinct.spec.model import load_botplugin_spec
+from precinct.spec.ownership import Plugin
 from precinct.wire import headers as wire_headers
 from precinct.wire.subjects import GATEWAY_STATS
 from services_support import ask, wait_until, write_fleet
@@ -41,8 +47,19 @@ async def calls(nats_env: NatsEnv, tmp_path):
         ("inspire", {"calls": ["quotes.lookup", "echo.whoami"],
                      "resources": {"rate_limits": {"calls_per_second": 2}}}),
         ("patient", {"calls": ["quotes.lookup", "ghost.boo", "echo.silent"]}),
-        ("echo", {"exports": ["whoami", "silent"]}),
+        ("echo", {"subject_namespace": "echo", "exports": ["whoami", "silent"]}),
     )
+    gw, platform, violations, plugin = await start(nats_env, tmp_path, plans, "quotes")
+    try:
+        yield gw, platform, violations
+    finally:
+        await plugin.shutdown()
+        await gw.stop()
+
+
+async def start(nats_env: NatsEnv, tmp_path: Path, plans, quotes_id: str):
+    """Accounts for `plans`, the gateway as serve() runs it, and the example
+    quotes plugin (id `quotes_id`) hosted as the runner hosts it."""
     await nats_env.sync(*plans)
     fleet = write_fleet(tmp_path / "fleet.json", plans, nats_env.identity)
     platform = await nats_env.platform()
@@ -55,19 +72,13 @@ async def calls(nats_env: NatsEnv, tmp_path):
                  server_log=nats_env.server.config.log_file, offset_file=tmp_path / "offset.json")
     await gw.start()
     violations = await platform.collect("precinct.violations.>")
-
-    # The example quotes plugin, hosted as the runner hosts it.
-    quotes = await nats_env.plugin("quotes")
-    proxy = ClientProxy(quotes.nc, "quotes", [], QUOTES["exports"])
+    quotes = await nats_env.plugin(quotes_id)
+    proxy = ClientProxy(quotes.nc, quotes_id, [], QUOTES["exports"])
     plugin = construct(load_plugin_class(ROOT / "plugins" / "quotes"), proxy, QUOTES["config"])
     await plugin.initialize()
     await proxy.serve_exports()
     await settle(quotes.nc)
-    try:
-        yield gw, platform, violations
-    finally:
-        await plugin.shutdown()
-        await gw.stop()
+    return gw, platform, violations, plugin
 
 
 def events(violations, plugin: str, kind: str) -> list[dict]:
@@ -211,3 +222,26 @@ async def test_the_gateway_checks_the_pair_itself(calls, nats_env):
     await wait_until(lambda: [e for e in events(violations, "inspire", "permission")
                               if e["subject"] == "precinct.call.quotes.count" and e["source"] == "gateway"],
                      "the refusal reported")
+
+
+async def test_the_same_manifests_work_with_kubernetes_ids(nats_env: NatsEnv, tmp_path):
+    """On Kubernetes plugin ids carry the namespace (`bots-quotes`); the caller
+    still names the callee by subject namespace, and the compiled accounts
+    are the same code's."""
+    plugins = []
+    for name, fields in (("quotes", QUOTES), ("inspire", {"calls": ["quotes.lookup"]})):
+        spec = load_botplugin_spec({"version": "1", "image": "r/p@sha256:" + "0" * 64,
+                                    **{to_camel(k): v for k, v in fields.items()}})
+        plugins.append(Plugin(kubernetes_id("bots", name), spec))
+    plans = [compile_plan(p) for p in plugins]
+    assert [(p.id, p.namespace) for p in plans] == [("bots-quotes", "quotes"), ("bots-inspire", "bots-inspire")]
+    gw, platform, violations, plugin = await start(nats_env, tmp_path, plans, "bots-quotes")
+    try:
+        _conn, inspire = await caller(nats_env, "bots-inspire")
+        result = await inspire.call("quotes.lookup", {"word": "tea"})
+        # The callee's namespace is declared; the caller's is not, so it is its id, which differs per runtime.
+        assert result == {"quote": "Tea is liquid wisdom.", "asked_by": "bots-inspire",
+                          "asked_by_namespace": "bots-inspire"}
+    finally:
+        await plugin.shutdown()
+        await gw.stop()

@@ -53,6 +53,23 @@ def test_what_the_operator_sets_on_a_pod_is_what_the_runner_reads():
     assert ours and ours <= set(runner_wire.OPTION_VARIABLES) | {"DATA_DIR"}, ours
 
 
+def test_a_callees_exports_reach_its_runner_on_both_runtimes(monkeypatch, tmp_path):
+    """Kubernetes sets PRECINCT_EXPORTS on the Pod; the single host passes --export (supervisor.py)."""
+    manifest, problems = load_path(ROOT / "plugins" / "quotes")
+    assert not problems
+    objects = render(resource_from_manifest(manifest), Settings(), creds="x")
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env_vars = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+    assert env_vars[env.PREFIX + "EXPORTS"] == '["lookup", "count"]'
+    base = ["--plugin-dir", str(tmp_path), "--plugin-id", "quotes"]
+    monkeypatch.setenv(env.PREFIX + "EXPORTS", env_vars[env.PREFIX + "EXPORTS"])
+    assert runner_cli.resolve_options(base).exports == ["lookup", "count"]
+    assert runner_cli.resolve_options([*base, "--export", "lookup"]).exports == ["lookup"]
+    monkeypatch.setenv(env.PREFIX + "EXPORTS", '["a.b"]')
+    with pytest.raises(runner_cli.UsageError, match="one NATS token"):
+        runner_cli.resolve_options(base)
+
+
 def test_every_setting_is_named_in_the_wire_module_and_documented():
     named = {v for k, v in vars(env).items() if k.isupper() and isinstance(v, str) and v.startswith(env.PREFIX)
              and v != env.PREFIX}

@@ -21,7 +21,7 @@ EXAMPLE = {"name": "example", "version": "1", "commands": {"do": "example.do"}}
 
 # Calls between plugins are declared pairs, not grants; their rows compile these.
 CALLS = {"calls": ["quotes.lookup"]}
-EXPORTS = {"exports": ["lookup"]}
+EXPORTS = {"exports": ["lookup"], "subject_namespace": "example"}
 
 
 def _plan(*grants: Permission, **fields) -> SandboxPlan:

@@ -518,6 +518,16 @@ class PluginSpec(_Model):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _exports_have_a_name(self) -> "PluginSpec":
+        # Callers name a callee by its subject namespace; the default, the
+        # plugin id, differs between one host and Kubernetes.
+        if self.exports and self.subject_namespace is None:
+            raise ValueError("exports need a subject_namespace: callers name this plugin by it "
+                             "(<subject_namespace>.<action>), and the default, the plugin id, "
+                             "differs between one host and Kubernetes")
+        return self
+
     @field_validator("permissions")
     @classmethod
     def _unique(cls, value: list[Permission]) -> list[Permission]:
