@@ -245,3 +245,17 @@ async def test_the_same_manifests_work_with_kubernetes_ids(nats_env: NatsEnv, tm
     finally:
         await plugin.shutdown()
         await gw.stop()
+
+
+def test_the_example_pair_works_under_precinct_up(fleet):
+    """plugins/inspire asks plugins/quotes through the supervisor's real
+    gateway and runners, as docs/secure-plugins.md shows."""
+    start, _plugins, _state = fleet
+    up = start("quotes", "inspire")
+    up.wait_running("quotes", "inspire")
+    said = up.say("!inspire tea", "--json")
+    assert said.returncode == 0, (said.stdout, said.stderr)
+    reply = json.loads(said.stdout)["reply"]["result"]
+    assert reply["quote"] == "Tea is liquid wisdom." and reply["asked_by"] == "inspire", reply
+    missing = up.say("!inspire zebra")
+    assert missing.returncode != 0 and "no quote with 'zebra'" in missing.stdout + missing.stderr
