@@ -86,15 +86,18 @@ def test_diff_that_only_narrows_or_changes_nothing_needs_no_consent():
 
 
 def test_a_field_the_diff_has_never_heard_of_still_shows_and_needs_consent():
-    """Fields added to the manifest later (`exports`, `calls`) show up with no
-    change to the diff, and an addition there is never waved through."""
+    """A field the diff has no label for (`new_knob`) shows up under its own
+    name, and an addition there is never waved through; `exports` and `calls`
+    (added after the diff was written) only got labels."""
     before = {"exports": [], "calls": ["quotes.lookup"], "limits": {"pids": 8}}
     after = {"exports": ["lookup"], "calls": ["quotes.lookup", "weather.now"], "limits": {"pids": 8},
              "new_knob": {"level": 3}}
     d = compare("quotes", "1", "2", before, after, "quotes")
     assert {(c.path, c.item, c.widens) for c in d.changes} == {
         ("exports", "lookup", True), ("calls", "weather.now", True), ("new_knob.level", "3", True)}
-    assert "  + new exports: lookup" in d.lines()
+    assert "  + new new_knob.level: 3" in d.lines()
+    assert "  + new action other plugins may call: lookup" in d.lines()
+    assert "  + new call to another plugin: weather.now" in d.lines()
 
 
 def test_may_do_is_the_permissions_doc_rows_for_the_grants_held():

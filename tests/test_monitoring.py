@@ -115,7 +115,8 @@ async def test_monitor_merges_services_and_keeps_history():
         calls["n"] += 1
         return _status(1000 * calls["n"], 0.1 * calls["n"])
 
-    gw = {"plugins": {"dice": {"forwarded": 4, "rate_limited": 1}}}
+    gw = {"plugins": {"dice": {"forwarded": 4, "rate_limited": 1, "calls_answered": 2, "calls_failed": 1,
+                               "calls_served": 7}}}
     st = {"success": True, "plugins": {"dice": {"requests": 3, "errors": 1, "used_bytes": 10, "limit_bytes": 20}}}
     monitor = Monitor(status, nc=FakeNats({"precinct.gateway.stats": gw, "precinct.admin.storage.stats": st}))
     await monitor._on_result(SimpleNamespace(data=json.dumps({"plugin": "dice", "status": "ok"}).encode()))
@@ -129,7 +130,8 @@ async def test_monitor_merges_services_and_keeps_history():
     gw["plugins"]["dice"]["forwarded"] = 1          # the gateway restarted
     view = await monitor.sample()
     row = view["plugins"]["dice"]
-    assert row["traffic"] == {"messages_in": 5, "replies": 2, "errors": 3, "messages_out": 5, "rate_limited": 1}
+    assert row["traffic"] == {"messages_in": 5, "replies": 2, "errors": 3, "messages_out": 5, "rate_limited": 1,
+                              "calls_served": 7, "calls": {"answered": 2, "rate_limited": 0, "failed": 1}}
     assert row["storage"] == {"requests": 3, "errors": 1, "used_bytes": 10, "limit_bytes": 20}
     assert row["violations_by_kind"] == {"permission": 2}
     assert row["history"]["memory_bytes"] == [1000, 2000]

@@ -181,3 +181,40 @@ def test_a_withdrawn_plugin_gives_back_every_claim():
     assert [p.id for p in result.accepted] == ["second"]
     assert result.routes() == {"flip": {"subject": "rosey.command.coin.flip", "plugin": "second"}}
     assert "dice" not in result.namespaces and result.rejected[-1].reason == "FleetFull"
+
+
+def test_calls_and_exports_compile_to_exactly_the_declared_pairs():
+    caller = compile_plan(plugin("inspire", calls=["quotes.lookup"], resources={"rate_limits": {"calls_per_second": 3}}))
+    callee = compile_plan(plugin("quote-book", subject_namespace="quotes", exports=["lookup", "count"]))
+    bystander = compile_plan(plugin("dice"))
+
+    # The caller may publish only its declared call, which the server maps onto
+    # a platform subject carrying its id; platform offers that service.
+    assert [s for s in caller.account.user.publish if s.startswith("precinct.")] == ["precinct.call.quotes.lookup"]
+    calls = [i for i in caller.account.imports if i.local and i.local.startswith("precinct.call.")]
+    assert [(i.account, i.subject, i.kind) for i in calls] == [(PLATFORM, "precinct.relay.inspire.quotes.lookup", "service")]
+    assert [(e.subject, e.kind, e.singleton) for e in caller.platform_exports] == [("precinct.relay.inspire.>", "service", True)]
+    assert caller.calls == ("quotes.lookup",) and caller.rates.calls_per_second == 3
+    # The callee serves its exports under its id (not its namespace), to platform only, one answer each.
+    export_subjects = ["precinct.export.quote-book.lookup", "precinct.export.quote-book.count"]
+    assert [e.subject for e in callee.account.exports if e.subject.startswith("precinct.export.")] == export_subjects
+    assert all(e.singleton for e in callee.account.exports if e.subject.startswith("precinct.export."))
+    assert set(export_subjects) <= set(callee.account.user.subscribe)
+    assert [i.subject for i in callee.platform_imports if i.subject.startswith("precinct.export.")] == export_subjects
+    assert all(i.account == "plugin:quote-book" for i in callee.platform_imports)
+    # Nobody else gets any of it, and no plugin account imports another plugin's export.
+    for plan in (caller, callee, bystander):
+        assert all(i.account in (CORE, PLATFORM) for i in plan.account.imports)
+    assert not [s for s in bystander.account.user.publish + bystander.account.user.subscribe if "precinct.call" in s
+                or "precinct.export" in s or "precinct.relay" in s]
+    assert not bystander.platform_exports
+    shared = platform_account([caller, callee, bystander])
+    assert {i.subject for i in shared.imports if i.subject.startswith("precinct.export.")} == set(export_subjects)
+    assert not [i for i in core_account([caller, callee]).imports if "precinct." in i.subject]
+
+
+def test_plan_text_shows_calls_and_exports():
+    text = describe_plan(compile_plan(plugin("inspire", calls=["quotes.lookup"])))
+    assert "calls:       quotes.lookup" in text and "5 calls/s" in text
+    text = describe_plan(compile_plan(plugin("quote-book", subject_namespace="quotes", exports=["lookup"])))
+    assert "exports:     quotes.lookup" in text and "calls/s" not in text

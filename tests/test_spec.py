@@ -97,7 +97,7 @@ def test_kubernetes_ids_are_injective(pairs):
 @pytest.mark.parametrize("field, value", [
     ("name", "vault\n"), ("version", "1.0.0\n"), ("subject_namespace", "vault\n"), ("events", ["trivia\n"]),
     ("commands", {"roll\n": "dice.roll"}), ("commands", {"roll": "dice\n.roll"}), ("commands", {"roll": "dice.roll\n"}),
-    ("entrypoint", "plugin:Dice\n"),
+    ("entrypoint", "plugin:Dice\n"), ("calls", ["quotes\n.lookup"]), ("calls", ["quotes.lookup\n"]),
 ])
 def test_patterns_match_whole_strings(field, value):
     """`re.match` lets `$` match before a trailing newline; every check is whole-string."""
@@ -123,6 +123,26 @@ def test_every_field_that_reaches_a_jwt_subject_or_file_is_bounded():
     # At the bounds, everything still validates.
     load_manifest({"name": "x", "version": "1", "events": [f"e{i}" for i in range(8)], "config": {"b": "x" * 60_000},
                    "commands": {f"c{i}": f"ns{i % 4}." + "a" * 62 + f"{i:02d}" for i in range(64)}})
+
+
+def test_calls_name_a_namespace_and_an_action_and_exports_an_action():
+    m = load_manifest({"name": "x", "version": "1", "subject_namespace": "x", "exports": ["lookup", "add_quote"],
+                       "calls": ["quotes.lookup"],
+                       "resources": {"rate_limits": {"calls_per_second": 0.5}}})
+    assert m.exports == ["lookup", "add_quote"] and m.calls == ["quotes.lookup"]
+    assert m.resources.rate_limits.calls_per_second == 0.5
+    assert load_manifest({"name": "x", "version": "1"}).resources.rate_limits.calls_per_second == 5
+    assert "not '<namespace>.<action>'" in _refusal(subject_namespace="x", exports=["quotes.lookup"])
+    assert "exports need a subject_namespace" in _refusal(exports=["lookup"])
+    assert "must be '<namespace>.<action>'" in _refusal(calls=["lookup"])
+    assert "reserved for the platform" in _refusal(calls=["precinct.stats"])
+    assert "listed twice" in _refusal(calls=["a.b", "a.b"]) and "listed twice" in _refusal(subject_namespace="x", exports=["b", "b"])
+    assert "at most 16" in _refusal(calls=[f"ns.a{i}" for i in range(model.MAX_CALLS + 1)])
+    assert "at most 16" in _refusal(subject_namespace="x", exports=[f"a{i}" for i in range(model.MAX_EXPORTS + 1)])
+    assert "greater than 0" in _refusal(resources={"rate_limits": {"calls_per_second": 0}})
+    spec = load_botplugin_spec({"version": "1", "image": "r/x@sha256:" + "0" * 64, "calls": ["quotes.lookup"],
+                                "subjectNamespace": "x", "exports": ["lookup"], "resources": {"rateLimits": {"callsPerSecond": 2}}})
+    assert spec.calls == ["quotes.lookup"] and spec.resources.rate_limits.calls_per_second == 2
 
 
 def _unbounded(schema: dict, defs: dict, path: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,24 @@ def test_observe_grant_is_valid_but_warned_about_loudly(tmp_path):
     # `precinct plan` says it too, in the plugin's own block.
     plan = runner.invoke(app, ["plan", str(watcher)])
     assert plan.exit_code == 0 and "WARNING:     watcher is granted observe_chat_and_events" in plan.output
+
+
+def test_a_call_nothing_in_the_fleet_exports_is_warned_about(tmp_path):
+    """validate and plan, given several plugins, name a call no plugin among them
+    exports (no error: the callee may be installed later); the example pair is clean."""
+    asker = tmp_path / "asker"; asker.mkdir()
+    write(asker, "name: asker\nversion: '1'\ncalls: [quotes.lookup, quotes.missing]\n")
+    for name in ("quotes", "inspire"):
+        shutil.copytree(ROOT / "plugins" / name, tmp_path / name)
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {asker / 'plugin.yaml'}: calls: no plugin here exports quotes.missing: the gateway "
+                        "answers such a call `unavailable` until a plugin with that subject_namespace does"], out
+    plan = runner.invoke(app, ["plan", str(tmp_path)])
+    assert plan.exit_code == 0 and "no plugin here exports quotes.missing" in plan.output
+    assert "calls:       quotes.lookup, quotes.missing" in plan.output
+    assert "exports:     quotes.lookup, quotes.count" in plan.output
 
 
 def test_plugin_yml_folders_without_a_manifest_and_both_spellings_follow_one_rule(tmp_path):

@@ -15,7 +15,7 @@ from precinct import settings
 from precinct.k8s.render import Settings, render, resource_from_manifest
 from precinct.spec.load import load_path
 from precinct.wire import environment as env
-from precinct.wire import subjects
+from precinct.wire import headers, subjects
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "plugins" / "runner"))
@@ -29,6 +29,9 @@ def test_the_runners_copy_equals_the_platforms(plugin_id, instance):
     assert runner_wire.config(plugin_id, instance) == subjects.config(plugin_id, instance)
     assert runner_wire.queue_group(plugin_id) == subjects.queue_group(plugin_id)
     assert runner_wire.COMMAND_ROOT == subjects.COMMAND_ROOT
+    assert runner_wire.call("quotes.lookup") == subjects.call("quotes.lookup")
+    assert runner_wire.export(plugin_id, "lookup") == subjects.export(plugin_id, "lookup")
+    assert (runner_wire.CALLER, runner_wire.CALLER_NAMESPACE) == (headers.CALLER, headers.CALLER_NAMESPACE)
     assert runner_wire.ENV_PREFIX == env.PREFIX
     assert runner_wire.OPTION_VARIABLES == env.RUNNER_OPTIONS
 
@@ -48,6 +51,23 @@ def test_what_the_operator_sets_on_a_pod_is_what_the_runner_reads():
     names = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
     ours = {n.removeprefix(env.PREFIX) for n in names if n.startswith(env.PREFIX)}
     assert ours and ours <= set(runner_wire.OPTION_VARIABLES) | {"DATA_DIR"}, ours
+
+
+def test_a_callees_exports_reach_its_runner_on_both_runtimes(monkeypatch, tmp_path):
+    """Kubernetes sets PRECINCT_EXPORTS on the Pod; the single host passes --export (supervisor.py)."""
+    manifest, problems = load_path(ROOT / "plugins" / "quotes")
+    assert not problems
+    objects = render(resource_from_manifest(manifest), Settings(), creds="x")
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env_vars = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+    assert env_vars[env.PREFIX + "EXPORTS"] == '["lookup", "count"]'
+    base = ["--plugin-dir", str(tmp_path), "--plugin-id", "quotes"]
+    monkeypatch.setenv(env.PREFIX + "EXPORTS", env_vars[env.PREFIX + "EXPORTS"])
+    assert runner_cli.resolve_options(base).exports == ["lookup", "count"]
+    assert runner_cli.resolve_options([*base, "--export", "lookup"]).exports == ["lookup"]
+    monkeypatch.setenv(env.PREFIX + "EXPORTS", '["a.b"]')
+    with pytest.raises(runner_cli.UsageError, match="one NATS token"):
+        runner_cli.resolve_options(base)
 
 
 def test_every_setting_is_named_in_the_wire_module_and_documented():

@@ -24,6 +24,8 @@ the small fixed sets below. There is never a user, channel or subject label.
 | precinct_plugin_replies_total | counter | plugin | commands the plugin answered (success or error) |
 | precinct_plugin_errors_total | counter | plugin | commands that got no usable answer: no reply in time, no instance listening, a reply that is not JSON (a `success: false` answer is a reply, not an error) |
 | precinct_plugin_rate_limited_total | counter | plugin | messages the gateway dropped for the plugin's rate |
+| precinct_plugin_calls_total | counter | plugin, outcome | calls the plugin made to other plugins, through the gateway: outcome = answered, rate_limited, failed (not declared, nobody exports it, no answer in time) |
+| precinct_plugin_calls_served_total | counter | plugin | calls to the plugin's exports that it answered |
 | precinct_plugin_violations_total | counter | plugin, kind | violations (strikes' events): kind = rate_limit, permission, duplicate_reply, seccomp, landlock, egress |
 | precinct_plugin_refusals_total | counter | plugin, mechanism | every refusal by the sandbox: mechanism = seccomp, landlock, egress |
 | precinct_refusal_records_lost_total | counter | source | refusal records lost host-wide: source = kernel_backlog, socket_overflows, reader_over_budget |
@@ -55,6 +57,8 @@ REFUSAL_MECHANISMS = ("seccomp", "landlock", "egress")
 LOST_SOURCES = ("kernel_backlog", "socket_overflows", "reader_over_budget")
 RELOAD_OUTCOMES = ("succeeded", "failed", "rolled_back")
 RECONCILE_OUTCOMES = ("ok", "retry", "error")
+# Outcome -> the gateway's counter for it (services/gateway.py Counters).
+CALL_OUTCOMES = {"answered": "calls_answered", "rate_limited": "calls_rate_limited", "failed": "calls_failed"}
 # Single-host slot states (runtime/slot.py) and the operator's (k8s/metrics.py).
 STATES = ("Starting", "Running", "BackOff", "CrashLoopBackOff", "Stopped", "Rejected", "Suspended",
           "Progressing", "Failed")
@@ -90,6 +94,8 @@ REPLIES = _m("precinct_plugin_replies_total", COUNTER, "Commands the plugin answ
 ERRORS = _m("precinct_plugin_errors_total", COUNTER,
             "Commands that got no usable answer (timeout, no responders, a reply that is not JSON)")
 RATE_LIMITED = _m("precinct_plugin_rate_limited_total", COUNTER, "Messages dropped by the plugin's rate limit")
+CALLS = _m("precinct_plugin_calls_total", COUNTER, "Calls to other plugins by outcome", ("plugin", "outcome"))
+CALLS_SERVED = _m("precinct_plugin_calls_served_total", COUNTER, "Calls to the plugin's exports that it answered")
 VIOLATIONS = _m("precinct_plugin_violations_total", COUNTER, "Violations by kind", ("plugin", "kind"))
 REFUSALS = _m("precinct_plugin_refusals_total", COUNTER, "Refusals by the sandbox, by mechanism", ("plugin", "mechanism"))
 REFUSALS_LOST = _m("precinct_refusal_records_lost_total", COUNTER, "Refusal records lost, by source", ("source",))
@@ -102,7 +108,7 @@ STORAGE_LIMIT = _m("precinct_plugin_storage_limit_bytes", GAUGE, "Quota of the p
 RECONCILES = _m("precinct_operator_reconciles_total", COUNTER, "Operator reconciles by outcome", ("outcome",))
 
 ALL: tuple[Metric, ...] = (CPU_SECONDS, CPU_LIMIT, MEMORY, MEMORY_LIMIT, RESTARTS, OOM_KILLS, LOG_DROPPED, MESSAGES_IN,
-                           MESSAGES_OUT, REPLIES, ERRORS, RATE_LIMITED, VIOLATIONS, REFUSALS, RELOADS, STATE,
+                           MESSAGES_OUT, REPLIES, ERRORS, RATE_LIMITED, CALLS, CALLS_SERVED, VIOLATIONS, REFUSALS, RELOADS, STATE,
                            STORAGE_REQUESTS, STORAGE_ERRORS, STORAGE_BYTES, STORAGE_LIMIT, REFUSALS_LOST,
                            RECONCILES)
 BY_NAME = {m.name: m for m in ALL}
@@ -162,6 +168,10 @@ def families(view: dict[str, Any]) -> list:
         for metric, key in ((MESSAGES_IN, "messages_in"), (MESSAGES_OUT, "messages_out"), (REPLIES, "replies"),
                             (ERRORS, "errors"), (RATE_LIMITED, "rate_limited")):
             put(metric, traffic.get(key, 0))
+        calls = traffic.get("calls") or {}
+        for outcome in CALL_OUTCOMES:
+            put(CALLS, calls.get(outcome, 0), outcome)
+        put(CALLS_SERVED, traffic.get("calls_served", 0))
         by_kind = p.get("violations_by_kind") or {}
         for kind in sorted(set(VIOLATION_KINDS) | set(by_kind)):
             put(VIOLATIONS, by_kind.get(kind, 0), kind)

@@ -1,6 +1,7 @@
 """One real `precinct up` (real nats-server, gateway, storage, cgroups) runs
 the attack suite's plugins (`SUITE`, from tests/attacks/plugins/) plus a
-well-behaved bystander (tests/fixtures/plugins/8ball) for the whole module. A
+well-behaved bystander (tests/fixtures/plugins/8ball) and the callee of the
+call attacks (the example plugins/quotes) for the whole module. A
 background thread asks the bystander `!8ball` every two seconds for as long as
 the fleet lives; each attack test asserts that none of those questions went
 unanswered while it ran (`Fleet.bystander_since`)."""
@@ -18,16 +19,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from attack_support import AttackFleet  # noqa: E402
-from runtime_support import FIXTURES, Up  # noqa: E402
+from runtime_support import EXAMPLES, FIXTURES, Up  # noqa: E402
 
 # thief is rejected (CommandConflict) and never runs; crashloop is armed last;
 # tempescape and blobbomb never run either: their migrations are refused.
 RUNNING = ("eightball", "membomb", "forkbomb", "threadbomb", "cpuspin", "diskfill", "bigpayload", "flood",
            "spoofer", "snoop", "kvforge", "netout", "udpexfil", "writer", "signaller", "eventflood", "slowquery",
-           "logflood", "egress6", "hostsock", "refuser", "crashloop")
+           "logflood", "egress6", "hostsock", "refuser", "crashloop", "quotes", "callforger", "callstorm")
 # The attack plugins this fleet stages. The rest of tests/attacks/plugins/ runs
 # in tests/test_confinement.py's fleet (its `spinner` claims `!spin` too).
-SUITE = tuple(p for p in RUNNING if p != "eightball") + ("thief", "tempescape", "blobbomb")
+SUITE = tuple(p for p in RUNNING if p not in ("eightball", "quotes")) + ("thief", "tempescape", "blobbomb")
 
 
 class Bystander(threading.Thread):
@@ -115,7 +116,7 @@ def fleet(tmp_path_factory):
         (plugins / "snoop" / "leak_core").symlink_to(state / "nats" / "creds" / "core.creds")
         (plugins / "snoop" / "leak_shadow").symlink_to("/etc/shadow")
 
-    with Fleet.started(tmp_path_factory.mktemp("attacks"), SUITE, others=[FIXTURES / "8ball"],
+    with Fleet.started(tmp_path_factory.mktemp("attacks"), SUITE, others=[FIXTURES / "8ball", EXAMPLES / "quotes"],
                        prepare=links_out, running=RUNNING, timeout=240) as fleet:
         fleet.bystander.start()
         try:

@@ -8,9 +8,9 @@ different layer, is said in docs/threat-model.md:
 * fork and thread bombs: pods carry no pids limit of their own; the
   kubelet's `podPidsLimit` (a node setting) is what stops them;
 * the bus attacks (flood, spoofing, eavesdropping, KV forgery, oversized
-  payloads) are stopped by the NATS account JWTs and the gateway, which are
+  payloads, forged and undeclared calls, call storms) are stopped by the NATS account JWTs and the gateway, which are
   the same code in both runtimes (tests/test_nats_jwt.py, the single-host
-  attack tests);
+  attack tests; tests/test_calls.py calls with Kubernetes-style ids);
 * a command claimed twice is refused by the operator's claim check
   (tests/test_operator.py).
 """

@@ -51,6 +51,10 @@ def _nothing_arrived(sock: socket.socket) -> bool:
     return False
 
 
+def _counts(status: dict, plugin: str) -> dict:
+    return (status["plugins"][plugin].get("violations") or {}).get("counts") or {}
+
+
 # -- resources ---------------------------------------------------------------------
 
 
@@ -168,6 +172,42 @@ async def test_spoofing_the_core_and_another_plugin_is_refused_and_reported(flee
     finally:
         await core.close()
     await asyncio.to_thread(fleet.bystander_since, since)
+
+
+def test_forged_and_undeclared_calls_are_refused_and_reported(fleet):
+    since = fleet.mark()
+    result = fleet.ask("!callforge")
+    # The declared call passes, but the callee is told who really called (the forged stamp was dropped).
+    assert result["declared"]["ok"] is True, result
+    assert result["declared"]["result"]["asked_by"] == "callforger", result
+    assert result["declared"]["result"]["asked_by_namespace"] == "callforger", result
+    # Undeclared, and round the gateway: refused by the server, nothing answers.
+    assert result["undeclared"] == "timeout", result
+    assert result["precinct.relay.eightball.quotes.lookup"] == "timeout", result
+    assert result["precinct.export.quotes.lookup"] == "timeout", result
+    fleet.wait_condition("callforger", "PermissionsCompliant", "PermissionViolation")
+    fleet.up.wait_for(lambda s: _counts(s, "callforger").get("permission", 0) >= 3,
+                      "the undeclared call and both detours reported on callforger", 60)
+    assert not _counts(fleet.status(), "eightball"), "the forgery was charged to the plugin it named"
+    assert fleet.status()["plugins"]["quotes"]["state"] == "Running"
+    fleet.bystander_since(since)
+
+
+def test_a_call_storm_is_rate_limited_and_reported(fleet):
+    since = fleet.mark()
+    outcomes = fleet.ask("!callstorm")
+    answered = outcomes.get("answered", 0)
+    assert 1 <= answered <= 20 and outcomes.get("rate_limited", 0) >= 250, outcomes   # 2 calls a second
+    cond = fleet.wait_condition("callstorm", "PermissionsCompliant", "RateLimited")
+    assert "precinct.call.quotes.lookup" in cond["message"], cond
+    fleet.up.wait_for(lambda s: _counts(s, "callstorm").get("rate_limit", 0) >= 250,
+                      "the refused calls counted on callstorm", 60)
+    # Refused, not queued: once its bucket has refilled (2 a second) the next call passes.
+    deadline = time.monotonic() + 30
+    while (once := fleet.ask("!callstorm once")) != {"answered": 1} and time.monotonic() < deadline:
+        time.sleep(1)
+    assert once == {"answered": 1}, once
+    fleet.bystander_since(since)
 
 
 def test_claiming_another_plugins_command_is_rejected_and_reported(fleet):
@@ -314,10 +354,6 @@ def test_signalling_and_ptracing_other_processes_is_refused(fleet):
 
 
 # -- shared services (issue 14) ----------------------------------------------------------
-
-
-def _counts(status: dict, plugin: str) -> dict:
-    return (status["plugins"][plugin].get("violations") or {}).get("counts") or {}
 
 
 def test_a_flood_of_large_events_cannot_starve_the_gateway(fleet):

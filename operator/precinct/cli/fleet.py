@@ -62,4 +62,13 @@ def check_fleet(paths: list[Path]) -> FleetReport:
         warning = observer_warning(plan)
         if warning:
             report.warnings.append(Problem(sources[plan.id] or plan.id, "permissions", warning))
+    # Checked as a fleet (more than one plugin): a call nothing here exports is
+    # no error (the callee may be installed later) but is answered `unavailable`.
+    if len(report.plans) > 1:
+        exported = {f"{plan.namespace}.{action}" for plan in report.plans for action in plan.exports}
+        for plan in report.plans:
+            for target in (t for t in plan.calls if t not in exported):
+                report.warnings.append(Problem(sources[plan.id] or plan.id, "calls",
+                                               f"no plugin here exports {target}: the gateway answers such a call "
+                                               f"`unavailable` until a plugin with that subject_namespace does"))
     return report

@@ -84,6 +84,10 @@ def plan(
     report = check_fleet(paths)
     for problem in report.problems:
         typer.echo(str(problem), err=True)
+    if not as_json:
+        # (The observer warning is part of each plan's text already.)
+        for warning in (w for w in report.warnings if w.field != "permissions"):
+            typer.echo(f"warning: {warning}", err=True)
     if as_json:
         typer.echo(json.dumps({p.id: p.to_dict() for p in report.plans}, indent=2))
     else:

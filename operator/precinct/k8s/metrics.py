@@ -12,7 +12,7 @@ Kubernetes they come from the kubelet's cAdvisor series, joined to the
   precinct_plugin_restarts_total{plugin}            container restarts summed over the plugin's Pods
   precinct_plugin_oom_kills_total{plugin}           restarts whose last termination was OOMKilled
   precinct_plugin_violations_total{plugin,kind}     the gateway's violation events the operator receives
-  precinct_plugin_messages_out_total, precinct_plugin_rate_limited_total, precinct_plugin_storage_*
+  precinct_plugin_messages_out_total, precinct_plugin_rate_limited_total, precinct_plugin_calls_*, precinct_plugin_storage_*
                                                     the gateway's and storage's counters, requested over
                                                     NATS (platform account) every POLL_INTERVAL seconds
 
@@ -131,10 +131,14 @@ class OperatorMetrics(m.Collector):
                 fam.add_metric([pid, kind], kinds.get(kind, 0))
         yield fam
         out, limited = m.new_family(m.MESSAGES_OUT), m.new_family(m.RATE_LIMITED)
+        calls, served = m.new_family(m.CALLS), m.new_family(m.CALLS_SERVED)
         for pid, c in sorted(gateway.items()):
             out.add_metric([pid], c.get("forwarded", 0))
             limited.add_metric([pid], c.get("rate_limited", 0))
-        yield from (out, limited)
+            for outcome, key in m.CALL_OUTCOMES.items():
+                calls.add_metric([pid, outcome], c.get(key, 0))
+            served.add_metric([pid], c.get("calls_served", 0))
+        yield from (out, limited, calls, served)
         fams = {k: m.new_family(metric) for k, metric in (("requests", m.STORAGE_REQUESTS), ("errors", m.STORAGE_ERRORS),
                                                          ("used_bytes", m.STORAGE_BYTES), ("limit_bytes", m.STORAGE_LIMIT))}
         for pid, c in sorted(storage.items()):

@@ -345,6 +345,8 @@ def pod_template(resource: BotPluginResource, plan: SandboxPlan, settings: Setti
         _env("CONFIG", f"{CONFIG_DIR}/{CONFIG_KEY}"),
         _env("COMMANDS", json.dumps(plan.command_subjects())),
     ]
+    if plan.exports:
+        env.append(_env("EXPORTS", json.dumps(list(plan.exports))))
     if spec.entrypoint:
         env.append(_env("ENTRYPOINT", spec.entrypoint))
     if data_dir != "none":

@@ -25,9 +25,16 @@ from .sandbox import SandboxPlan, compile_plan
 EXAMPLE = "example"
 
 
-@cache
-def _plan(*grants: Permission, name: str = EXAMPLE) -> SandboxPlan:
-    manifest = load_manifest({"name": name, "version": "1", "commands": {"do": f"{name}.do"},
+# Calls between plugins are declared pairs, not grants; their rows compile these.
+CALLS = {"calls": ["quotes.lookup"]}
+
+
+def _exports(name: str) -> dict:
+    return {"exports": ["lookup"], "subject_namespace": name}
+
+
+def _plan(*grants: Permission, name: str = EXAMPLE, **fields) -> SandboxPlan:
+    manifest = load_manifest({"name": name, "version": "1", "commands": {"do": f"{name}.do"}, **fields,
                               "permissions": [g.value for g in grants]})
     return compile_plan(Plugin(manifest.id, manifest.without_name()))
 
@@ -90,6 +97,17 @@ def _kernel(plan: SandboxPlan, base: SandboxPlan | None) -> str:
     return "; ".join(parts)
 
 
+def _call_services(plan: SandboxPlan) -> str:
+    if plan.calls:
+        relayed = [i.subject for i in plan.account.imports if i.local and i.local.startswith("precinct.call.")]
+        return (f"the server delivers the call to the platform as {_code(relayed)} (the caller's id written by the "
+                "server); gateway: passes it on only if the callee (the plugin whose subject namespace is `quotes`) "
+                "exports `lookup`; `calls_per_second` per caller; stamps the caller's id in `Precinct-Caller` "
+                "(whatever the caller wrote there is dropped); refusals answered and reported")
+    return ("gateway: the only party that can reach these subjects; each call arrives with the caller's id "
+            "in `Precinct-Caller` and its subject namespace in `Precinct-Caller-Namespace`, never from the payload")
+
+
 def _services(plan: SandboxPlan, base: SandboxPlan | None, grant: Permission | None) -> str:
     rates = plan.rates
     if base is None:
@@ -138,6 +156,10 @@ def grant_rows(name: str = EXAMPLE) -> tuple[GrantRow, ...]:
         reference = _plan(*[Permission(i) for i in implied], name=name) if implied else base
         rows.append(GrantRow(grant, label, _nats(plan, reference), _kernel(plan, reference),
                              _services(plan, reference, grant)))
+    for label, fields in (("`calls: [quotes.lookup]` (declared, not a grant)", CALLS),
+                          ("`exports: [lookup]` (declared, not a grant)", _exports(name))):
+        plan = _plan(name=name, **fields)
+        rows.append(GrantRow(None, label, _nats(plan, base), "", _call_services(plan)))
     return tuple(rows)
 
 
@@ -178,6 +200,10 @@ def render() -> str:
         "`read_messages` never includes `pm` (private messages stay with the core). No grant lets a",
         "plugin receive another plugin's commands, replies or storage requests, or publish under",
         "another plugin's namespace.",
+        "",
+        "`calls` and `exports` are how plugins ask each other for something; both sides declare it, and every call",
+        "passes the gateway (see [secure-plugins.md](secure-plugins.md#calls-between-plugins)). A plugin calls by the",
+        "callee's subject namespace (`quotes.lookup`), so a manifest means the same on one host and in Kubernetes.",
         "",
         "`observe_chat_and_events` is the one privileged grant: a plugin holding it reads every public",
         "chat event, every chat message plugins send and every `rosey.event.…` event plugins publish",

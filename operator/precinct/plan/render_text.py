@@ -23,10 +23,15 @@ def describe_plan(plan: SandboxPlan) -> str:
         *([f"  WARNING:     {warning}"] if warning else []),
         f"  permissions: {', '.join(plan.permissions) or '(none)'}",
         "  commands:    " + (", ".join(command_lines(plan)) or "(none)"),
+        "  exports:     " + (", ".join(f"{plan.namespace}.{a}" for a in plan.exports) or "(none)")
+        + (" (other plugins that declare these calls may ask it)" if plan.exports else ""),
+        "  calls:       " + (", ".join(plan.calls) or "(none)")
+        + (" (through the gateway, which names this plugin to the callee)" if plan.calls else ""),
         f"  limits:      cpu {format_millicores(lim.cpu_millicores)}, memory {format_bytes(lim.memory_bytes)}, "
         f"pids {lim.pids}, disk {format_bytes(lim.disk_bytes)}",
         f"  rates:       {rates.messages_per_second:g} msg/s (burst {rates.burst}), "
-        f"{rates.database_queries_per_second:g} db queries/s",
+        f"{rates.database_queries_per_second:g} db queries/s"
+        + (f", {rates.calls_per_second:g} calls/s" if plan.calls else ""),
         f"  may publish: {', '.join(plan.account.user.publish)}",
         f"  may receive: {', '.join(plan.account.user.subscribe)}",
         f"  storage:     {', '.join(plan.storage.operations) or '(none)'}",

@@ -21,6 +21,13 @@ The NATS edges (also tabled in docs/nats.md, "The edges"):
   health         plugin exports precinct.ping.<id>.* to platform.
   config         plugin exports precinct.config.<id>.* to platform: the
                  supervisor's hot config reload (only platform can send it).
+  calls          `calls: [quotes.lookup]`: the plugin imports platform's
+                 precinct.relay.<id>.quotes.lookup as precinct.call.quotes.lookup,
+                 the only call subjects it may publish; the gateway (platform)
+                 checks the pair, rate-limits, stamps the caller and asks...
+  exports        ...the callee, which exports precinct.export.<id>.<action> for
+                 each of its `exports` to platform only, so the gateway is the
+                 one party that can reach them.
   observe        observe_chat_and_events only: the plugin imports core's chat
                  in and platform's relayed chat out and rosey.event.> (the
                  streams those accounts already export) under precinct.observe,
@@ -131,6 +138,7 @@ class RatePlan:
     messages_per_second: float
     burst: int
     database_queries_per_second: float
+    calls_per_second: float
     max_payload_replies_per_request: int = 1
 
 
@@ -152,6 +160,8 @@ class SandboxPlan:
     event_roots: tuple[str, ...]             # subject prefixes it may publish events under
     commands: dict[str, str]                 # chat word -> command subject
     command_groups: dict[str, dict]          # chat word -> {"subcommands", "default"} (CommandGroup.route())
+    exports: tuple[str, ...]                 # actions other plugins may call (`<namespace>.<action>`)
+    calls: tuple[str, ...]                   # other plugins' actions it may call (`<their namespace>.<action>`)
     limits: Limits
     fence: Fence
     rates: RatePlan
@@ -243,7 +253,8 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     event_subjects = _event_subjects(plugin)
     chat_out = list(CHAT_OUT_SUBJECTS) if Permission.send_messages in grants else []
 
-    exports: list[Export] = [Export(s, "service", singleton=True) for s in command_subjects]
+    export_subjects = [wire.export(pid, action) for action in spec.exports]
+    exports: list[Export] = [Export(s, "service", singleton=True) for s in [*command_subjects, *export_subjects]]
     exports.append(Export(wire.ping(pid), "service", singleton=True))
     exports.append(Export(wire.config(pid), "service", singleton=True))
     outbound = [*chat_out, *event_subjects, reply_subject]
@@ -262,6 +273,10 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
             local = template.format(ns=ns)
             imports.append(Import(PLATFORM, f"{wire.storage_root(pid)}.{op}", "service", local=local))
             storage_publish.append(local)
+    # Calls: identity comes from the platform subject the server maps to, like storage.
+    call_publish = [wire.call(target) for target in spec.calls]
+    imports += [Import(PLATFORM, wire.relayed_calls(pid, target), "service", local=wire.call(target))
+                for target in spec.calls]
 
     # An observer subscribes to everything in its own account: that is only
     # what was imported into it (the observed streams, its granted chat in),
@@ -270,23 +285,27 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
     # here cannot reach other plugins' commands, replies or storage, or PMs.
     subscribe = (">",) if observer else (
         *command_subjects,
+        *export_subjects,
         wire.ping(pid),
         wire.config(pid),
         *(CHAT_IN_SUBJECTS if Permission.read_messages in grants else ()),
         "_INBOX.>",  # replies to its own storage requests, inside its own account
     )
-    user = UserPermissions(publish=tuple([*outbound, *storage_publish]), subscribe=tuple(subscribe),
+    user = UserPermissions(publish=tuple([*outbound, *storage_publish, *call_publish]), subscribe=tuple(subscribe),
                            max_responses=OBSERVER_MAX_RESPONSES if observer else 1)
     account = AccountPlan(exports=tuple(exports), imports=tuple(imports), user=user)
 
     core_imports = tuple(Import(me, s, "service") for s in command_subjects)
     platform_imports = tuple(
         [Import(me, wire.ping(pid), "service"), Import(me, wire.config(pid), "service")]
+        + [Import(me, s, "service") for s in export_subjects]
         + [Import(me, s, "stream", prefix=prefix) for s in outbound]
     )
     platform_exports = tuple(
         [Export(f"{wire.storage_root(pid)}.>", "service", singleton=True)] if storage_ops else []
-    ) + tuple(Export(f"{root}.>", "stream") for root in spec.events)
+    ) + tuple(Export(f"{root}.>", "stream") for root in spec.events) + tuple(
+        [Export(wire.relayed_calls(pid), "service", singleton=True)] if spec.calls else []
+    )
 
     data_dir = (
         "write" if Permission.file_system_write in grants
@@ -305,12 +324,15 @@ def compile_plan(plugin: Plugin) -> SandboxPlan:
         event_roots=tuple(event_subjects),
         commands=commands,
         command_groups={word: group.route() for word, group in sorted(spec.command_groups.items())},
+        exports=tuple(spec.exports),
+        calls=tuple(spec.calls),
         limits=Limits(res.cpu_millicores, res.memory_bytes, res.pids_limit, res.disk_bytes),
         fence=Fence(code="read", data_dir=data_dir, network=network, denied_destinations=DENIED_DESTINATIONS),
         rates=RatePlan(
             messages_per_second=res.rate_limits.messages_per_second,
             burst=res.rate_limits.effective_burst,
             database_queries_per_second=res.rate_limits.database_queries_per_second,
+            calls_per_second=res.rate_limits.calls_per_second,
         ),
         storage=StoragePlan(
             reads=Permission.database_read in grants,

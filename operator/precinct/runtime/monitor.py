@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from .. import metrics
 from ..wire import subjects as wire
 
 log = logging.getLogger("precinct.monitor")
@@ -168,11 +169,16 @@ class Monitor:
         d = self.dispatch.get(pid, {})
         for key in ("messages_in", "replies", "errors"):
             traffic[key] = d.get(key, 0)
-        for key, src in (("messages_out", "forwarded"), ("rate_limited", "rate_limited")):
+        for key, src in (("messages_out", "forwarded"), ("rate_limited", "rate_limited"), ("calls_served", "calls_served")):
             if gw is not None:
                 traffic[key] = int(mono((pid, "gw", src), gw.get(src, 0)))
             else:
                 traffic[key] = old_traffic.get(key, 0)
+        if gw is not None:
+            traffic["calls"] = {outcome: int(mono((pid, "gw", src), gw.get(src, 0)))
+                                for outcome, src in metrics.CALL_OUTCOMES.items()}
+        else:
+            traffic["calls"] = old_traffic.get("calls", {})
         storage = None
         if st is not None:
             storage = {"requests": int(mono((pid, "st", "requests"), st.get("requests", 0))),

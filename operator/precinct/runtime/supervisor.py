@@ -509,6 +509,8 @@ class Supervisor:
                 argv += ["--entrypoint", entry.plugin.spec.entrypoint]
             for subject in entry.plan.command_subjects():
                 argv += ["--command", subject]
+            for action in entry.plan.exports:
+                argv += ["--export", action]
             set_plan = getattr(self.confinement, "set_plan", None)
             if set_plan is not None:  # the sandbox needs the plan and the host paths it must expose
                 set_plan(plugin_id, plan=entry.plan, folder=entry.folder, creds=self.identity.creds_for(plugin_id),

@@ -17,6 +17,19 @@ exports the plain subjects to the core, so the core sees only what passed.
 The plugin id comes from the subject prefix the server wrote, never from the
 payload.
 
+Calls between plugins. A caller's `precinct.call.<ns>.<action>` request
+arrives here as `precinct.relay.<caller id>.<ns>.<action>` (the server
+wrote the id; the caller may only publish the calls its manifest declares).
+The gateway checks the pair (the caller declared the call; the plugin whose
+subject namespace is <ns> exports <action>), takes a token from the caller's
+`calls_per_second` bucket, and asks the callee on
+`precinct.export.<callee id>.<action>` with the headers `Precinct-Caller:
+<caller id>` and `Precinct-Caller-Namespace: <ns>` (the caller's own
+`Precinct-*` and `Nats-*` headers dropped first), then passes the answer
+back. What it refuses is answered at once with
+`{"ok": false, "code": ..., "error": ...}` (codes in CALL_ERRORS) and counted;
+a refused pair or rate is also reported as a violation.
+
 Isolation. Each plugin is relayed over a NATS connection of its own (named
 `precinct-gateway:<id>`), which also carries what the gateway republishes
 for it. The server buffers up to `max_pending` bytes per connection and cuts
@@ -65,7 +78,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import nats
-from nats.errors import SlowConsumerError
+from nats.errors import NoRespondersError, SlowConsumerError
 
 from .buckets import TokenBucket
 from ..wire import headers as headers_wire
@@ -89,6 +102,12 @@ PENDING_MSGS = 8_192          # per-plugin buffer in the gateway before it drops
 PENDING_BYTES = 8 * 2**20     # ...or this many bytes (16 messages of the largest size)
 CUT_SUBJECT = "(connection cut by the server: slow consumer)"
 VERDICT_CACHE = 4096          # remembered subject checks per plugin
+CALL_TIMEOUT = 8.0            # seconds a callee may take (the runner's callers wait 10 s by default)
+CALLS_IN_FLIGHT = 32          # per caller: calls awaiting their callee at once
+
+# Why the gateway answered a call itself instead of the callee.
+NOT_DECLARED, RATE_LIMITED, UNAVAILABLE, TIMEOUT, BUSY = "not_declared", "rate_limited", "unavailable", "timeout", "busy"
+CALL_ERRORS = (NOT_DECLARED, RATE_LIMITED, UNAVAILABLE, TIMEOUT, BUSY)
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -115,6 +134,10 @@ class Counters:
     permission_violations: int = 0
     dropped: int = 0             # dropped unread: the plugin's buffer in the gateway was full
     disconnects: int = 0         # the server cut this plugin's gateway connection (slow consumer)
+    calls_answered: int = 0      # its calls the callee answered
+    calls_rate_limited: int = 0  # its calls refused by calls_per_second (or too many in flight)
+    calls_failed: int = 0        # its calls refused otherwise: not declared, nobody exports it, no answer in time
+    calls_served: int = 0        # calls to its exports it answered
 
 
 class PluginState:
@@ -124,11 +147,17 @@ class PluginState:
         rate, burst = self._rates(plan)
         self.out_bucket = TokenBucket(rate, burst)      # a new plugin may send its burst at once
         self.reply_bucket = TokenBucket(rate, burst)
+        self.call_bucket = TokenBucket(*self._call_rates(plan))
+        self.calls_in_flight = 0
+        self.namespace = plugin_id
+        self.calls: frozenset[str] = frozenset()
+        self.exports: frozenset[str] = frozenset()
         self.allowed: tuple[str, ...] = ()
         self._verdicts: dict[str, bool] = {}          # subject -> allowed, so the match runs once per subject
         self.nonces: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.counters = Counters()
         self.subscription = None
+        self.call_subscription = None
         self.nc = None               # this plugin's own connection (None: the gateway's shared one)
         self.configure(plan)
 
@@ -138,10 +167,19 @@ class PluginState:
         rate = float(rates.get("messages_per_second") or 1.0)
         return rate, float(rates.get("burst") or max(1, int(rate + 0.999)))
 
+    @staticmethod
+    def _call_rates(plan: dict[str, Any]) -> tuple[float, float]:
+        rate = float((plan.get("rates") or {}).get("calls_per_second") or 1.0)
+        return rate, float(max(1, int(rate + 0.999)))      # one second's worth
+
     def configure(self, plan: dict[str, Any]) -> None:
         rate, burst = self._rates(plan)
         self.out_bucket.reconfigure(rate, burst)
         self.reply_bucket.reconfigure(rate, burst)
+        self.call_bucket.reconfigure(*self._call_rates(plan))
+        self.namespace = plan.get("namespace") or self.id
+        self.calls = frozenset(plan.get("calls") or ())
+        self.exports = frozenset(plan.get("exports") or ())
         # Defence in depth: the server already refuses anything else, but the
         # plan is what this plugin was granted, so check against it too.
         exports = (plan.get("account") or {}).get("exports") or []
@@ -190,6 +228,8 @@ class Gateway:
         self.aggregator = Aggregator(report_interval)
         self.report_interval = report_interval
         self.plugins: dict[str, PluginState] = {}
+        self.by_namespace: dict[str, PluginState] = {}    # subject namespace -> plugin (callees by name)
+        self._calls: set[asyncio.Task] = set()
         self.tail = LogTail(server_log, offset_file) if server_log else None
         self.unknown_accounts: collections.Counter[str] = collections.Counter()
         self._tasks: list[asyncio.Task] = []
@@ -208,9 +248,9 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._tail_loop(), name="gateway-log"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._calls]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._calls]:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -246,12 +286,16 @@ class Gateway:
                 new.append(state)
             else:
                 state.configure(entry["plan"])
+        # Subject namespaces are claimed by one plugin each (spec/ownership.py).
+        self.by_namespace = {state.namespace: state for state in self.plugins.values()}
         results = await asyncio.gather(*(self._open_link(state) for state in new), return_exceptions=True)
         for state, result in zip(new, results):
             if isinstance(result, BaseException):
                 # Retried by the next sync (the fleet watch asks for one); the others go ahead.
                 log.error("gateway: cannot relay %s: %s", state.id, result)
                 await self._close_link(self.plugins.pop(state.id))
+                if self.by_namespace.get(state.namespace) is state:
+                    del self.by_namespace[state.namespace]
             else:
                 log.info("gateway: relaying %s", state.id)
 
@@ -262,14 +306,21 @@ class Gateway:
         nc = state.nc or self.nc
         state.subscription = await nc.subscribe(f"plugin.{state.id}.>", cb=self._handler(state),
                                                 pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES)
+        # Every plugin, not only those declaring calls now: a changed manifest
+        # reconfigures a plugin without reopening its link.
+        state.call_subscription = await nc.subscribe(wire.relayed_calls(state.id), cb=self._call_handler(state),
+                                                     pending_msgs_limit=PENDING_MSGS,
+                                                     pending_bytes_limit=PENDING_BYTES)
 
     async def _close_link(self, state: PluginState) -> None:
         nc, state.nc = state.nc, None
         try:
             if nc is not None:
                 await nc.close()
-            elif state.subscription is not None:
-                await state.subscription.unsubscribe()
+            else:
+                for sub in (state.subscription, state.call_subscription):
+                    if sub is not None:
+                        await sub.unsubscribe()
         except Exception:  # noqa: BLE001 - the connection may be gone  # nosec B110 - best-effort during teardown
             pass
 
@@ -352,6 +403,81 @@ class Gateway:
         await (state.nc or self.nc).publish(subject, data, headers=out)
         state.counters.forwarded += 1
         return True
+
+    # -- calls between plugins ---------------------------------------------------------
+
+    def _call_handler(self, state: PluginState):
+        cut = len(wire.relayed_calls(state.id, ""))
+
+        async def on_call(msg) -> None:
+            await self.call(state, msg.subject[cut:], msg)
+
+        return on_call
+
+    async def call(self, caller: PluginState, target: str, msg) -> None:
+        """One call from `caller` (its id from the subject the server wrote) to
+        `target` (`<ns>.<action>`). Checked and counted here, at once; the
+        callee is awaited in a task of its own, so a slow callee holds up
+        neither this caller's other calls nor anyone else's."""
+        subject = wire.call(target)       # what the caller published: what its reports name
+        if not msg.reply:
+            caller.counters.calls_failed += 1      # a call nobody waits for: nothing to pass on
+            return
+        if target not in caller.calls:
+            # The server already refuses an undeclared call; were the mapping ever wrong, this still does.
+            caller.counters.calls_failed += 1
+            self.aggregator.add(caller.id, PERMISSION, subject, SOURCE_GATEWAY)
+            return await self._refuse(caller, msg, NOT_DECLARED, f"{target} is not among the calls {caller.id} declares")
+        if not caller.call_bucket.take():
+            caller.counters.calls_rate_limited += 1
+            self.aggregator.add(caller.id, RATE_LIMIT, subject, SOURCE_GATEWAY)
+            return await self._refuse(caller, msg, RATE_LIMITED,
+                                      f"over calls_per_second ({caller.call_bucket.rate:g}/s)")
+        namespace, _, action = target.partition(".")
+        callee = self.by_namespace.get(namespace)
+        if callee is None or action not in callee.exports:
+            caller.counters.calls_failed += 1
+            return await self._refuse(caller, msg, UNAVAILABLE, f"no plugin in this fleet exports {target}")
+        if caller.calls_in_flight >= CALLS_IN_FLIGHT:
+            caller.counters.calls_rate_limited += 1
+            self.aggregator.add(caller.id, RATE_LIMIT, subject, SOURCE_GATEWAY)
+            return await self._refuse(caller, msg, BUSY, f"{CALLS_IN_FLIGHT} calls already waiting for an answer")
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith(("nats-", "precinct-"))}
+        headers[headers_wire.CALLER] = caller.id
+        headers[headers_wire.CALLER_NAMESPACE] = caller.namespace
+        caller.calls_in_flight += 1
+        task = asyncio.create_task(self._forward_call(caller, callee, action, msg, headers))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _forward_call(self, caller: PluginState, callee: PluginState, action: str, msg, headers: dict) -> None:
+        nc = caller.nc or self.nc
+        try:
+            answer = await nc.request(wire.export(callee.id, action), msg.data, timeout=CALL_TIMEOUT, headers=headers)
+        except NoRespondersError:
+            caller.counters.calls_failed += 1
+            await self._refuse(caller, msg, UNAVAILABLE, f"{callee.id} is not running")
+        except asyncio.TimeoutError:
+            caller.counters.calls_failed += 1
+            await self._refuse(caller, msg, TIMEOUT, f"{callee.id} did not answer within {CALL_TIMEOUT:g} s")
+        except Exception as exc:  # noqa: BLE001 - e.g. the link reconnecting: the caller gets an answer anyway
+            caller.counters.calls_failed += 1
+            await self._refuse(caller, msg, UNAVAILABLE, f"relaying to {callee.id} failed: {type(exc).__name__}")
+        else:
+            caller.counters.calls_answered += 1
+            callee.counters.calls_served += 1
+            await self._answer(caller, msg, answer.data)
+        finally:
+            caller.calls_in_flight -= 1
+
+    async def _refuse(self, caller: PluginState, msg, code: str, why: str) -> None:
+        await self._answer(caller, msg, json.dumps({"ok": False, "code": code, "error": why}).encode())
+
+    async def _answer(self, caller: PluginState, msg, data: bytes) -> None:
+        try:
+            await (caller.nc or self.nc).publish(msg.reply, data)
+        except Exception as exc:  # noqa: BLE001 - the caller's link may be gone; it times out instead
+            log.debug("gateway: answering %s's call failed: %s", caller.id, exc)
 
     # -- the server log -------------------------------------------------------------
 

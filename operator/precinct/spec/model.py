@@ -51,6 +51,7 @@ DEFAULT_PIDS = 64             # threads count against pids too; Python needs a h
 DEFAULT_DISK = "64Mi"         # data dir and storage database, together
 DEFAULT_MESSAGES_PER_SECOND = 10.0
 DEFAULT_DB_QUERIES_PER_SECOND = 10.0
+DEFAULT_CALLS_PER_SECOND = 5.0
 MIN_MEMORY = 32 * 2**20       # below this the Python runner itself cannot start
 MAX_CPU_MILLICORES = 64_000
 
@@ -62,6 +63,10 @@ MAX_CPU_MILLICORES = 64_000
 MAX_COMMANDS = 64
 MAX_COMMAND_NAMESPACES = 4
 MAX_EVENT_ROOTS = 8
+# Each export is a service in the plugin's account and an import in platform's;
+# each call an import in the plugin's account from platform's (docs/secure-plugins.md#calls-between-plugins).
+MAX_EXPORTS = 16
+MAX_CALLS = 16
 MAX_CONFIG_BYTES = 64 * 1024          # config.json as written for the runner
 MAX_CONFIG_SCHEMA_BYTES = 64 * 1024
 
@@ -145,6 +150,11 @@ class RateLimits(_Model):
     database_queries_per_second: float = Field(
         DEFAULT_DB_QUERIES_PER_SECOND, gt=0, le=10_000,
         description="Storage requests per second; excess is answered with a rate-limit error.",
+    )
+    calls_per_second: float = Field(
+        DEFAULT_CALLS_PER_SECOND, gt=0, le=10_000,
+        description="Calls to other plugins' exports per second (gateway token bucket, burst one second's worth); "
+                    "excess is refused and reported.",
     )
     burst: int | None = Field(
         None, ge=1, le=100_000,
@@ -378,6 +388,16 @@ class PluginSpec(_Model):
         description="Chat word -> subcommands and default actions: `!countdown list`, `!countdown movie 20:00`.",
     )
     events: list[Token] = Field(default_factory=list, max_length=MAX_EVENT_ROOTS, description="Extra event roots.")
+    exports: list[Annotated[str, StringConstraints(max_length=MAX_ACTION)]] = Field(
+        default_factory=list, max_length=MAX_EXPORTS,
+        description="Actions other plugins may call ('lookup'); a caller names one as "
+                    "'<this plugin's subject namespace>.<action>' in its calls.",
+    )
+    calls: list[Annotated[str, StringConstraints(max_length=MAX_TOKEN + 1 + MAX_ACTION)]] = Field(
+        default_factory=list, max_length=MAX_CALLS,
+        description="Other plugins' exported actions this plugin calls, as '<their subject namespace>.<action>' "
+                    "(quotes.lookup); every call passes the gateway, which names the caller to the callee.",
+    )
     dependencies: list[Annotated[str, StringConstraints(max_length=reqs.MAX_LENGTH)]] = Field(
         default_factory=list, max_length=reqs.MAX_DEPENDENCIES,
         description="Python packages the plugin imports, as requirements ('httpx>=0.27'): installed as wheels "
@@ -393,6 +413,28 @@ class PluginSpec(_Model):
     @classmethod
     def _dependencies(cls, value: list[str]) -> list[str]:
         problems = reqs.check(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("exports")
+    @classmethod
+    def _exports(cls, value: list[str]) -> list[str]:
+        problems = [f"export {str(a)[:40]!r} must be 1-{MAX_ACTION} letters, digits, '-' or '_' (an action, "
+                    f"not '<namespace>.<action>': callers add this plugin's subject namespace)"
+                    for a in value if not ACTION.fullmatch(a)]
+        if len(set(value)) != len(value):
+            problems.append("an export is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("calls")
+    @classmethod
+    def _calls(cls, value: list[str]) -> list[str]:
+        problems = [p for target in value for p in _target_problems("calls", target)]
+        if len(set(value)) != len(value):
+            problems.append("a call is listed twice")
         if problems:
             raise ValueError("; ".join(problems))
         return value
@@ -474,6 +516,16 @@ class PluginSpec(_Model):
                             f"command_groups; at most {MAX_COMMAND_SUBJECTS}")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _exports_have_a_name(self) -> "PluginSpec":
+        # Callers name a callee by its subject namespace; the default, the
+        # plugin id, differs between one host and Kubernetes.
+        if self.exports and self.subject_namespace is None:
+            raise ValueError("exports need a subject_namespace: callers name this plugin by it "
+                             "(<subject_namespace>.<action>), and the default, the plugin id, "
+                             "differs between one host and Kubernetes")
         return self
 
     @field_validator("permissions")

@@ -41,5 +41,6 @@ NATS_FD = "PRECINCT_NATS_FD"            # the runner's channel for NATS sockets 
 
 # -- the plugin runner's options (plugins/runner reads them itself: its own copy in
 # precinct_runner/wire.py, checked equal by tests/test_wire.py) --------------------------
-RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT", "CONFIG",
-                  "CONFIG_JSON", "COMMANDS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "LOG_LEVEL")
+RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT",
+                  "CONFIG", "CONFIG_JSON", "COMMANDS", "EXPORTS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT",
+                  "LOG_LEVEL")

@@ -5,3 +5,7 @@
 PLUGIN = "Precinct-Plugin"
 # Added by nats-server to a request that crossed accounts (the requester's account).
 REQUEST_INFO = "Nats-Request-Info"
+# Stamped by the gateway on a call it passes to a callee: the caller's plugin id
+# and subject namespace. Whatever the caller put in these is dropped first.
+CALLER = "Precinct-Caller"
+CALLER_NAMESPACE = "Precinct-Caller-Namespace"

@@ -101,6 +101,33 @@ def queue_group(plugin_id: str) -> str:
     return f"precinct.{plugin_id}"
 
 
+# -- calls between plugins (docs/nats.md, "Calls between plugins") -------------------
+# A caller publishes a request on CALL_ROOT.<ns>.<action> in its own account
+# (the callee named by its subject namespace, so a manifest means the same on
+# every runtime); the server maps it to RELAY_ROOT.<caller id>.<ns>.<action> in
+# platform, where the gateway checks, counts and stamps it and asks the callee
+# on EXPORT_ROOT.<callee id>.<action>, which the callee exports to platform.
+
+CALL_ROOT = "precinct.call"
+RELAY_ROOT = "precinct.relay"
+EXPORT_ROOT = "precinct.export"
+
+
+def call(target: str) -> str:
+    """`quotes.lookup` -> what the caller publishes (runner: precinct_runner/wire.py)."""
+    return f"{CALL_ROOT}.{target}"
+
+
+def relayed_calls(caller_id: str, target: str = ">") -> str:
+    """Where one caller's calls arrive in platform: the id was written by the server."""
+    return f"{RELAY_ROOT}.{caller_id}.{target}"
+
+
+def export(plugin_id: str, action: str) -> str:
+    """Where a callee serves one exported action (runner: precinct_runner/wire.py)."""
+    return f"{EXPORT_ROOT}.{plugin_id}.{action}"
+
+
 VIOLATIONS = "precinct.violations.*"
 
 

@@ -54,6 +54,7 @@ ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 INSTANCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A command subject: NATS tokens, no wildcards, no whitespace.
 SUBJECT_PATTERN = re.compile(r"^[^.\s*>]+(\.[^.\s*>]+)*$")
+ACTION_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,62}[A-Za-z0-9])?$")
 
 RECONNECT_BASE = 0.25      # seconds; doubles per failed attempt
 RECONNECT_MAX = 8.0
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", action="append", metavar="SUBJECT",
                    help="a command subject the plugin claims; repeat for each "
                    "[PRECINCT_COMMANDS, a JSON list]; these subscriptions join queue group precinct.<plugin-id>")
+    p.add_argument("--export", action="append", metavar="ACTION",
+                   help="an action other plugins may call; repeat for each [PRECINCT_EXPORTS, a JSON list]; "
+                   "served on precinct.export.<plugin-id>.<action> in the same queue group")
     p.add_argument("--connect-timeout", type=float,
                    help="seconds to keep trying the first connection, 0 = forever [PRECINCT_CONNECT_TIMEOUT] (default 60)")
     p.add_argument("--init-timeout", type=float,
@@ -140,6 +144,7 @@ class Options(argparse.Namespace):
     deps: Path | None
     config: dict[str, Any]
     commands: list[str]
+    exports: list[str]
     connect_timeout: float
     init_timeout: float
     shutdown_timeout: float
@@ -199,6 +204,7 @@ def resolve_options(argv: list[str] | None = None) -> Options:
         raise UsageError(f"dependencies folder {opts.deps} does not exist")
     opts.config = _resolve_config(ns.config)
     opts.commands = _resolve_commands(ns.command)
+    opts.exports = _resolve_exports(ns.export)
 
     opts.connect_timeout = ns.connect_timeout if ns.connect_timeout is not None else _float_env("CONNECT_TIMEOUT", 60.0)
     opts.init_timeout = ns.init_timeout if ns.init_timeout is not None else _float_env("INIT_TIMEOUT", 20.0)
@@ -262,6 +268,25 @@ def _resolve_commands(cli: list[str] | None) -> list[str]:
         if not SUBJECT_PATTERN.match(subject):
             raise UsageError(f"command subject {subject!r} is not a NATS subject without wildcards")
     return list(dict.fromkeys(commands))
+
+
+def _resolve_exports(cli: list[str] | None) -> list[str]:
+    if cli:
+        exports = cli
+    else:
+        raw = _env("EXPORTS")
+        if raw is None:
+            return []
+        try:
+            exports = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"PRECINCT_EXPORTS: invalid JSON ({exc.msg}); expected a list of actions") from None
+        if not isinstance(exports, list) or not all(isinstance(e, str) for e in exports):
+            raise UsageError("PRECINCT_EXPORTS must be a JSON list of action names")
+    for action in exports:
+        if not ACTION_PATTERN.fullmatch(action):
+            raise UsageError(f"export {action!r} must be 1-64 letters, digits, '-' or '_' (one NATS token)")
+    return list(dict.fromkeys(exports))
 
 
 # -- running ------------------------------------------------------------------
@@ -406,7 +431,7 @@ class Runner:
         nc = self.nc
 
         try:
-            proxy = ClientProxy(nc, opts.plugin_id, opts.commands)
+            proxy = ClientProxy(nc, opts.plugin_id, opts.commands, opts.exports)
             plugin = construct(cls, proxy, opts.config)
         except LoadError as exc:
             self.fail(f"plugin failed to load from {opts.plugin_dir}: {exc}", exc)
@@ -447,11 +472,13 @@ class Runner:
             await self._on_config(msg, plugin)
 
         await nc.subscribe(wire.config(opts.plugin_id, opts.instance), cb=on_config)
+        await proxy.serve_exports()
         try:
             await nc.flush(timeout=10)
         except Exception:  # nosec B110 - reconnecting: the subscription is replayed
             pass
-        self.say(f"ready: {cls.__name__} {version or ''} serving {len(opts.commands)} command subject(s); "
+        self.say(f"ready: {cls.__name__} {version or ''} serving {len(opts.commands)} command subject(s)"
+                 f"{f' and {len(opts.exports)} export(s)' if opts.exports else ''}; "
                  f"health ping on {ping_subject}")
 
         stop_wait = asyncio.ensure_future(self.stop.wait())

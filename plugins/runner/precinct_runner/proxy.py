@@ -1,5 +1,8 @@
 """The client the plugin sees: the real nats-py client, except that
-subscriptions to its claimed command subjects join a queue group.
+subscriptions to its claimed command subjects join a queue group, plus two
+methods for calls between plugins (calls.py): `call(target, payload)` and
+`export(action, handler)`. A Rosey plugin that uses neither sees a plain
+nats-py client.
 
 With the queue group, two instances of one plugin (a hot reload, or replicas
 on Kubernetes) split the requests between them instead of both answering.
@@ -14,6 +17,7 @@ import contextlib
 from typing import Any
 
 from . import wire
+from .calls import DEFAULT_TIMEOUT, Exports, Handler, call
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -32,8 +36,10 @@ class ClientProxy:
     claimed command subject (or a `rosey.command.` wildcard that covers one)
     is changed, to use the plugin's queue group."""
 
-    def __init__(self, client: Any, plugin_id: str, commands: list[str] | tuple[str, ...]):
+    def __init__(self, client: Any, plugin_id: str, commands: list[str] | tuple[str, ...],
+                 exports: list[str] | tuple[str, ...] = ()):
         object.__setattr__(self, "_client", client)
+        object.__setattr__(self, "_exports", Exports(client, plugin_id, exports))
         object.__setattr__(self, "_queue", wire.queue_group(plugin_id))
         object.__setattr__(self, "_commands", frozenset(commands))
         object.__setattr__(self, "_command_subs", [])
@@ -55,6 +61,22 @@ class ClientProxy:
             self._command_subs.append(sub)
             return sub
         return await self._client.subscribe(subject, *args, **kwargs)
+
+    async def call(self, target: str, payload: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Call another plugin's exported action (`quotes.lookup`, listed under
+        `calls:` in plugin.yaml); its result, or CallError."""
+        return await call(self._client, target, payload, timeout)
+
+    async def export(self, action: str, handler: Handler) -> None:
+        """Answer calls to `action` (listed under `exports:` in plugin.yaml)
+        with `handler(payload, caller)`, sync or async; its return value
+        (JSON data) is the caller's result, an exception its CallError."""
+        self._exports.register(action, handler)
+
+    async def serve_exports(self) -> None:
+        """The runner's: subscribe every exported action in the plugin's queue
+        group (drained with the commands on SIGTERM)."""
+        self._command_subs.extend(await self._exports.serve(self._queue))
 
     async def drain_commands(self, timeout: float) -> None:
         """Stop taking commands but answer the ones already delivered: each
