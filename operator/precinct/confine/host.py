@@ -712,18 +712,25 @@ class HostConfinement(Confinement):
             out["cgroup-membership"] = p.membership
         return out
 
-    def details(self, plugin_id: str) -> dict[str, Any]:
+    def details(self, plugin_id: str, kernel: bool = False) -> dict[str, Any]:
+        """What the sandbox of this plugin is: uid, cgroup dirs, paths, and the
+        limits as read back when they were set (no file read). `kernel` adds
+        what only the kernel knows now (members, OOM kills, CPU and pids
+        counters): about eight cgroup reads, so only for one plugin's status
+        (`precinct status ID`), never for the whole fleet's."""
         p = self._plugins.get(plugin_id)
         if p is None:
             return {}
         out = dict(p.details)
         if p.cgroup is not None:
-            with contextlib.suppress(OSError):
-                out["cgroup_pids"] = sorted(p.cgroup.procs())
-                out["limits"] = p.cgroup.limits()
-                out["oom_kills"] = p.cgroup.oom_kills()
-                out["cpu_stat"] = p.cgroup.cpu_stat()
-                out["pids_refused"] = p.cgroup.pids_refused()
+            out["limits"] = dict(p.cgroup.read_back)
+            if kernel:
+                with contextlib.suppress(OSError):
+                    out["cgroup_pids"] = sorted(p.cgroup.procs())
+                    out["limits"] = p.cgroup.limits()
+                    out["oom_kills"] = p.cgroup.oom_kills()
+                    out["cpu_stat"] = p.cgroup.cpu_stat()
+                    out["pids_refused"] = p.cgroup.pids_refused()
         return out
 
     async def release(self, plugin_id: str) -> None:
@@ -761,7 +768,7 @@ class UnprivilegedConfinement(Confinement):
             "host_dirs": missing(f"{why}: host /tmp and /run are visible"),
         }
 
-    def details(self, plugin_id: str) -> dict[str, Any]:
+    def details(self, plugin_id: str, kernel: bool = False) -> dict[str, Any]:
         return {}
 
 
