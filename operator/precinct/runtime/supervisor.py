@@ -75,6 +75,15 @@ class PluginEntry:
     # permissions...), worked out on first use: an entry is replaced, never
     # edited, when its plugin changes.
     shown: dict | None = None
+    fleet_text: tuple[str, str] | None = None   # (account key, this entry's fleet.json text)
+
+    def fleet_json(self, account_key: str) -> str:
+        """This entry in fleet.json (services/fleetfile.py), serialised once
+        per account key: the plan of an entry never changes."""
+        if self.fleet_text is None or self.fleet_text[0] != account_key:
+            body = {"folder": str(self.folder), "plan": self.plan.to_dict(), "account_key": account_key}
+            self.fleet_text = (account_key, json.dumps(body, indent=1, sort_keys=True).replace("\n", "\n "))
+        return self.fleet_text[1]
 
     def static_status(self) -> dict:
         if self.shown is None:
@@ -158,6 +167,7 @@ class Supervisor:
         self.server_url = ""
         self.started_at = time.time()
         self._last_fingerprint: tuple | None = None
+        self._published: dict[str, str] = {}   # routes.json / fleet.json as last written
         self._watch = None      # runtime/dirwatch.py: is a fingerprint comparison worth it this tick?
         # At most this many plugin instances starting at once (runtime/slot.py).
         self._starts = asyncio.Semaphore(STARTS_IN_FLIGHT)
@@ -481,15 +491,25 @@ class Supervisor:
         """Tell the trusted services what changed: routes.json (chat word ->
         its route and owner, Ownership.routes()) and fleet.json (every running
         plugin's plan, folder and account key), written atomically, then
-        SIGHUP to each service."""
-        table = self.routes
-        fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict(),
-                       "account_key": self.identity.account_key(plugin_account(pid))}
-                 for pid, e in sorted(self.entries.items())}
-        for name, body in (("routes.json", table), ("fleet.json", fleet)):
+        SIGHUP to each service. Nothing is written and no service woken when
+        neither file would change; each entry's JSON is kept with the entry,
+        so a change costs the serialisation of what changed (fleet.json is
+        several MB at 500 plugins)."""
+        parts = [f" {json.dumps(pid)}: {e.fleet_json(self.identity.account_key(plugin_account(pid)))}"
+                 for pid, e in sorted(self.entries.items())]
+        texts = {"routes.json": json.dumps(self.routes, indent=1, sort_keys=True),
+                 "fleet.json": "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"}
+        changed = False
+        for name, text in texts.items():
+            if self._published.get(name) == text:
+                continue
             tmp = self.state_dir / f"{name}.tmp"
-            tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+            tmp.write_text(text)
             tmp.replace(self.state_dir / name)
+            self._published[name] = text
+            changed = True
+        if not changed:
+            return
         for name, slot in self.services.items():
             if name != "nats" and slot.status.pid:
                 with contextlib.suppress(ProcessLookupError):

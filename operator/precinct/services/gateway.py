@@ -235,6 +235,7 @@ class Gateway:
 
     async def _sync(self) -> None:
         wanted = self.fleet.plugins
+        changed = self.fleet.take_changes()
         for pid in [p for p in self.plugins if p not in wanted]:
             await self._close_link(self.plugins.pop(pid))
             log.info("gateway: %s removed", pid)
@@ -244,7 +245,7 @@ class Gateway:
             if state is None:
                 state = self.plugins[pid] = PluginState(pid, entry["plan"])
                 new.append(state)
-            else:
+            elif pid in changed:
                 state.configure(entry["plan"])
         results = await asyncio.gather(*(self._open_link(state) for state in new), return_exceptions=True)
         for state, result in zip(new, results):
