@@ -32,6 +32,17 @@ def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _alike(key: str, value: str) -> str:
+    """An enforcement value without what differs per plugin and is in the
+    table anyway (its uid, the pid its membership was verified with), so
+    plugins sandboxed the same way share one line."""
+    if key == "uid" and value.isdigit():
+        return "own uid"
+    if key == "cgroup-membership" and value.startswith("verified ("):
+        return "verified"
+    return value
+
+
 def render_status(status: dict, console: Console | None = None, kernel: bool = False) -> None:
     """The table, then what a person must notice (enforcement, refusals,
     problems). `kernel`: the answer for one plugin (`precinct status ID`),
@@ -59,10 +70,14 @@ def render_status(status: dict, console: Console | None = None, kernel: bool = F
     for pid, p in status.get("plugins", {}).items():
         enforcement = p.get("enforcement") or {}
         if enforcement:
-            alike.setdefault(", ".join(f"{k}={v}" for k, v in enforcement.items()), []).append(pid)
+            shown = enforcement.items() if kernel else ((k, _alike(k, v)) for k, v in enforcement.items())
+            alike.setdefault(", ".join(f"{k}={v}" for k, v in shown), []).append(pid)
+    lines = []
     for how, pids in alike.items():
         who = ", ".join(pids) if len(pids) <= 5 else f"{', '.join(pids[:3])} and {len(pids) - 3} more"
-        console.print(f"{who} enforced by: {how}", highlight=False)
+        lines.append(f"{who} enforced by: {how}")
+    if lines:
+        console.print("\n".join(lines), highlight=False, markup=False)
     for pid, p in status.get("plugins", {}).items():
         counts = {m: n for m, n in ((p.get("refusals") or {}).get("counts") or {}).items() if n}
         if counts:
