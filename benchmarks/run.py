@@ -13,7 +13,8 @@ Sections (in this order):
   gateway_storage  benchmarks/gateway_storage.py: gateway vs raw NATS throughput, storage p50/p99
   hot_reload       benchmarks/hot_reload.py: N reloads under load (default 30 here; its own CLI: 200)
   scale            N plugins (default 100) under one `precinct up`: time to start all,
-                   supervisor CPU while idle, memory of every process class
+                   supervisor CPU while idle, memory of every process class, and how
+                   long `precinct status` takes (CLI and control op, 10 calls each)
   operator         benchmarks/operator_scale.py: the operator reconciling N BotPlugins
                    (default 500) against the API stand-in; time to all Ready, operator RSS
   log_flood        benchmarks/log_flood.py: a plugin flooding its output, the supervisor's
@@ -534,6 +535,8 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
                 mem.setdefault(kind, []).append(rss_pss(p))
             except OSError:
                 pass
+        say("scale: timing `precinct status` (table, --json) and the control op")
+        latency = _status_latency(fleet.state)
     finally:
         say("scale: stopping")
         stop0 = time.monotonic()
@@ -576,6 +579,8 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         f"| whole tree CPU while idle | {total_cpu:.2f} % of one core | — | supervisor + every process below it |",
         f"| whole tree memory RSS / PSS | {total_rss / MIB:.0f} / {total_pss / MIB:.0f} MiB | — | sum over the processes below; PSS is the honest sum |",
         f"| `precinct up` stop (SIGTERM → exit) | {stop_s:.1f} s | — | wall clock |",
+        *(f"| {what}, p50 / max of {len(t)} | {pct(t, 0.5):.2f} / {max(t):.2f} s | {target} | {how} |"
+          for what, (t, target, how) in latency.items()),
         "",
         "| process class | count | CPU idle (% of one core, all of them) | RSS / PSS, all of them | RSS / PSS per process |",
         "|---|---|---|---|---|",
@@ -585,7 +590,42 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         headline(f"{count} plugins: supervisor CPU idle / RSS (PSS)",
                  f"{sup_cpu:.2f} % / {sup_rss / MIB:.0f} ({sup_pss / MIB:.0f}) MiB", "CPU < 5 %"),
         headline(f"{count} plugins: whole tree idle CPU / PSS", f"{total_cpu:.1f} % / {total_pss / MIB:.0f} MiB"),
+        headline(f"{count} plugins: `precinct status` wall time, p50 / max",
+                 f"{pct(latency['`precinct status`'][0], 0.5):.2f} / {max(latency['`precinct status`'][0]):.2f} s",
+                 "< 1 s"),
     ])
+
+
+def _status_latency(state: Path, calls: int = 10) -> dict[str, tuple[list[float], str, str]]:
+    """Wall time of what a person or a script waits for: the CLI (its own
+    start included, as typed) and, to tell the supervisor's share from the
+    CLI's, the bare control-socket `status` op."""
+    from precinct.runtime.control import call
+
+    def timed(fn: Callable[[], Any]) -> list[float]:
+        out = []
+        for _ in range(calls):
+            t0 = time.monotonic()
+            fn()
+            out.append(time.monotonic() - t0)
+        return out
+
+    def cli(*extra: str) -> Callable[[], Any]:
+        def run() -> None:
+            r = subprocess.run([*PRECINCT, "status", *extra, "--state-dir", str(state)],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"precinct status {' '.join(extra)} failed: {r.stderr[-500:]}")
+        return run
+
+    return {
+        "`precinct status`": (timed(cli()), "< 1 s", "wall time of the CLI call, output piped (160 columns)"),
+        "`precinct status --json`": (timed(cli("--json")), "—", "wall time of the CLI call"),
+        "control op `status`": (timed(lambda: call(state, "status", timeout=60)), "—",
+                                "the socket round trip alone, from this (already started) process"),
+        "`precinct --help`": (timed(lambda: subprocess.run([*PRECINCT, "--help"], capture_output=True, timeout=120)),
+                              "—", "the CLI's own start, for comparison"),
+    }
 
 
 # -- refusals: what a flood of refused calls costs the supervisor -----------------------------------

@@ -34,8 +34,8 @@ class AttackFleet:
         self.cgroup_dirs: set[str] = set()
         self.service_pids: list[int] = []
 
-    def status(self) -> dict:
-        status = self.up.status()
+    def status(self, plugin: str | None = None) -> dict:
+        status = self.up.status(plugin=plugin)
         assert status is not None, self.up.output()[-2000:]
         for plugin in status["plugins"].values():
             self.cgroup_dirs |= set((plugin.get("confinement") or {}).get("cgroups", {}).values())
@@ -43,7 +43,9 @@ class AttackFleet:
         return status
 
     def plugin(self, plugin_id: str) -> dict:
-        return self.status()["plugins"][plugin_id]
+        """One plugin's status, measured now, with its kernel counters
+        (`confinement`: cgroup_pids, oom_kills, cpu_stat, pids_refused)."""
+        return self.status(plugin_id)["plugins"][plugin_id]
 
     def ask(self, text: str, timeout: float = 20, ok: bool = True):
         """The plugin's answer (`structured_answer`); with ok=False the raw

@@ -44,12 +44,14 @@ class Up:
         self.log.flush()
         return Path(self.log.name).read_text()
 
-    def status(self, timeout: float = 90) -> dict | None:
+    def status(self, timeout: float = 90, plugin: str | None = None) -> dict | None:
         """The fleet's status, or None if the supervisor does not answer. The
         CLI alone takes seconds to start on a loaded machine (about 5 s at load
-        average 18 on 2 cores), so the deadline is generous."""
+        average 18 on 2 cores), so the deadline is generous. `plugin`: that
+        plugin alone, with its sandbox's kernel counters (`precinct status ID`)."""
         try:
-            result = precinct("status", "--json", "--state-dir", str(self.state_dir), timeout=timeout)
+            result = precinct("status", *([plugin] if plugin else []), "--json", "--state-dir", str(self.state_dir),
+                              timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
         if result.returncode != 0:

@@ -140,6 +140,25 @@ async def test_monitor_merges_services_and_keeps_history():
     assert len(monitor.view()["plugins"]["dice"]["history"]["memory_bytes"]) == 2
 
 
+async def test_sample_interval_grows_past_500_plugins_and_top_reads_the_last_sample():
+    count = {"plugins": 1, "calls": 0}
+
+    async def status():
+        count["calls"] += 1
+        one = _status(1000, 0.1)["plugins"]["dice"]
+        return {**_status(1000, 0.1), "plugins": {f"p{i}": dict(one, id=f"p{i}") for i in range(count["plugins"])}}
+
+    monitor = Monitor(status)
+    view = await monitor.sample()
+    assert view["interval_seconds"] == 2.0 and monitor.interval == 2.0
+    count["plugins"] = 1000                      # 1000 plugins: a sample every 4 s (N / 250)
+    view = await monitor.sample()
+    assert view["interval_seconds"] == 4.0 and monitor.interval == 4.0 and len(view["plugins"]) == 1000
+    calls = count["calls"]
+    top = await monitor.op_top({})
+    assert top is monitor.view() and count["calls"] == calls    # `precinct top` costs no sample of its own
+
+
 def _get(url: str, token: str | None = None, host: str | None = None) -> tuple[int, bytes, dict]:
     req = urllib.request.Request(url)
     if token:

@@ -68,6 +68,45 @@ def test_status_shows_version_and_revision_across_a_reload(fleet):
     assert up.say("!roll 1d6").returncode == 0
 
 
+def test_status_from_memory_follows_state_changes_and_one_plugin_gets_kernel_counters(fleet):
+    """`precinct status` reads no file per plugin (CPU and memory are the
+    monitor's last sample), yet a change of state shows at once, not one
+    sample later; `precinct status ID` measures that plugin now."""
+    start, plugins, state = fleet
+    up = start("dice-roller", "8ball")
+    up.wait_running("dice-roller", "eightball")
+    status = up.wait_for(lambda s: all(p["memory_bytes"] > 0 for p in s["plugins"].values()),
+                         "the monitor's sample of every plugin's memory", 60)
+    for p in status["plugins"].values():
+        # The sandbox as set up, limits read back at start: no kernel counters for the whole fleet.
+        assert not {"cgroup_pids", "oom_kills", "cpu_stat", "pids_refused"} & set(p["confinement"]), p["confinement"]
+        if p["enforcement"].get("memory", "").startswith("cgroup-"):
+            assert p["confinement"]["limits"]["memory"] == p["limits"]["memory_bytes"], p
+
+    one = up.status(plugin="dice-roller")
+    assert list(one["plugins"]) == ["dice-roller"] and one["services"], one
+    dice = one["plugins"]["dice-roller"]
+    assert dice["state"] == "Running" and dice["memory_bytes"] > 0, dice
+    if dice["enforcement"].get("memory", "").startswith("cgroup-"):     # confined (as root)
+        conf = dice["confinement"]
+        assert conf["runner_pid"] in conf["cgroup_pids"] and conf["pids_refused"] == 0, conf
+        assert "nr_throttled" in conf["cpu_stat"] and conf["oom_kills"] == 0, conf
+    text = precinct("status", "dice-roller", "--state-dir", str(state))
+    assert text.returncode == 0 and "dice-roller" in text.stdout and "eightball" not in text.stdout, text.stdout
+    unknown = precinct("status", "nosuch", "--state-dir", str(state))
+    assert unknown.returncode != 0 and "no plugin 'nosuch'" in unknown.stderr and "dice-roller" in unknown.stderr
+
+    # A crash shows as soon as the supervisor sees the exit; a removed plugin
+    # is gone from status once it is stopped. Generous deadlines: the CLI
+    # alone can take seconds to start on a loaded machine.
+    restarts = status["plugins"]["eightball"]["restarts"]
+    os.kill(status["plugins"]["eightball"]["pid"], signal.SIGKILL)
+    up.wait_for(lambda s: s["plugins"]["eightball"]["restarts"] > restarts, "the killed plugin's restart", 60)
+    (plugins / "dice-roller" / "plugin.yaml").unlink()
+    after = up.wait_for(lambda s: "dice-roller" not in s["plugins"], "the removed plugin gone from status", 60)
+    assert after["plugins"]["eightball"]["state"] in ("Running", "Starting", "BackOff"), after["plugins"]["eightball"]
+
+
 def test_second_up_on_the_same_state_dir_refuses(fleet):
     start, _plugins, _state = fleet
     first = start("8ball")

@@ -7,6 +7,7 @@ End to end with a real `precinct up`: tests/attacks/test_identity.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,70 @@ def test_an_owner_refused_for_another_reason_keeps_its_id(tmp_path):
     assert set(sup.entries) == {"dice"}
     assert ready(status["vault"])["reason"] == "CommandConflict"
     assert ready(status["vault@Vault"])["reason"] == "IdConflict"
+
+
+HUP_COUNTER = """
+import signal
+n = 0
+def hup(*_):
+    global n
+    n += 1
+    print("hup", n, flush=True)
+signal.signal(signal.SIGHUP, hup)
+signal.signal(signal.SIGUSR1, lambda *_: print("usr1", n, flush=True))
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_fleet_files_are_rewritten_and_services_woken_only_on_a_change(tmp_path):
+    """publish_fleet runs on every reconcile, hot reload and rollback: an
+    unchanged fleet must cost no write and no service reload (several MB
+    re-parsed at 500 plugins), and a reader learns which ids changed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from precinct.natsauth.identity import Identity
+    from precinct.runtime.slot import RestartPolicy, Slot
+    from precinct.services.fleetfile import FleetFile
+
+    plugins = tmp_path / "plugins"
+    for name in ("alpha", "beta"):
+        folder(plugins, name, f"name: {name}\nversion: '1'\ncommands: {{{name}: {name}.go}}\n")
+    sup = supervisor(tmp_path)
+    sup.identity = Identity(sup.state_dir / "nats")
+    sup.entries = {e.plugin.id: e for e in sup._scan()}
+    # A real process stands in for a trusted service: it prints each SIGHUP it gets.
+    service = subprocess.Popen([sys.executable, "-c", HUP_COUNTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout.readline().strip() == "ready"
+        sup.services["gateway"] = Slot("gateway", None, None, RestartPolicy())
+        sup.services["gateway"].status.pid = service.pid
+        fleet_path = sup.state_dir / "fleet.json"
+
+        sup.publish_fleet()
+        assert service.stdout.readline().split() == ["hup", "1"]
+        reader = FleetFile(fleet_path)
+        assert reader.reload() and reader.take_changes() == {"alpha", "beta"}
+        assert reader.plugins["alpha"]["account_key"] == sup.identity.account_key("plugin:alpha")
+        assert reader.plugins["beta"]["plan"] == json.loads(json.dumps(sup.entries["beta"].plan.to_dict()))
+        written = os.stat(fleet_path).st_ino
+
+        sup.publish_fleet()                        # nothing changed
+        os.kill(service.pid, signal.SIGUSR1)       # handled after any SIGHUP sent before it
+        assert service.stdout.readline().split() == ["usr1", "1"], "an unchanged fleet woke the service"
+        assert os.stat(fleet_path).st_ino == written, "an unchanged fleet.json was written again"
+
+        folder(plugins, "gamma", "name: gamma\nversion: '1'\ncommands: {gamma: gamma.go}\n")
+        sup.entries = {e.plugin.id: e for e in sup._scan()}   # alpha and beta keep their entries
+        sup.publish_fleet()
+        assert service.stdout.readline().split() == ["hup", "2"]
+        assert reader.reload(force=True) and reader.take_changes() == {"gamma"}
+        assert set(json.loads(fleet_path.read_text())) == {"alpha", "beta", "gamma"}
+        assert set(json.loads((sup.state_dir / "routes.json").read_text())) == {"alpha", "beta", "gamma"}
+    finally:
+        service.kill()
+        service.wait()

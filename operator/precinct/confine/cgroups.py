@@ -254,6 +254,9 @@ class PluginCgroup:
     host: CgroupHost
     plugin_id: str
     oom_baseline: int = 0
+    # The limits as the kernel held them when they were set (verify_limits):
+    # status shows these rather than reading four files per plugin each time.
+    read_back: dict[str, int] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -308,6 +311,7 @@ class PluginCgroup:
 
     def verify_limits(self, cpu_millicores: int, memory_bytes: int, pids: int) -> None:
         got = self.limits()
+        self.read_back = dict(got)
         # v1 rounds the memory limit down to a page.
         if not (0 < got["memory"] <= memory_bytes and got["memory"] > memory_bytes - 65536):
             raise CgroupError(f"memory limit reads back as {got['memory']}, wanted {memory_bytes}")

@@ -762,22 +762,30 @@ class HostConfinement(Confinement):
             out["cgroup-membership"] = p.membership
         return out
 
-    def details(self, plugin_id: str) -> dict[str, Any]:
+    def details(self, plugin_id: str, kernel: bool = False) -> dict[str, Any]:
+        """What the sandbox of this plugin is: uid, cgroup dirs, paths, and the
+        limits as read back when they were set (no file read). `kernel` adds
+        what only the kernel knows now (members, OOM kills, CPU and pids
+        counters): about eight cgroup reads, so only for one plugin's status
+        (`precinct status ID`), never for the whole fleet's; so are the
+        monitor's NATS socket counts (a file read)."""
         p = self._plugins.get(plugin_id)
         if p is None:
             return {}
         out = dict(p.details)
         channel = out.pop("nats_channel", None)
-        if channel:
+        if channel and kernel:
             # Counted by the instance's monitor (broker.py): sockets handed in, refused by the rate limit, failed.
             out["nats_sockets"] = broker.read_counts(channel) or {}
         if p.cgroup is not None:
-            with contextlib.suppress(OSError):
-                out["cgroup_pids"] = sorted(p.cgroup.procs())
-                out["limits"] = p.cgroup.limits()
-                out["oom_kills"] = p.cgroup.oom_kills()
-                out["cpu_stat"] = p.cgroup.cpu_stat()
-                out["pids_refused"] = p.cgroup.pids_refused()
+            out["limits"] = dict(p.cgroup.read_back)
+            if kernel:
+                with contextlib.suppress(OSError):
+                    out["cgroup_pids"] = sorted(p.cgroup.procs())
+                    out["limits"] = p.cgroup.limits()
+                    out["oom_kills"] = p.cgroup.oom_kills()
+                    out["cpu_stat"] = p.cgroup.cpu_stat()
+                    out["pids_refused"] = p.cgroup.pids_refused()
         return out
 
     async def release(self, plugin_id: str) -> None:
@@ -827,7 +835,7 @@ class UnprivilegedConfinement(Confinement):
             "host_dirs": missing(f"{why}: host /tmp and /run are visible"),
         }
 
-    def details(self, plugin_id: str) -> dict[str, Any]:
+    def details(self, plugin_id: str, kernel: bool = False) -> dict[str, Any]:
         return {}
 
 

@@ -1,7 +1,9 @@
 """Plugin health numbers for the single-host runtime: one `view()` for the
 dashboard, `precinct top` (control op `top`) and /metrics.
 
-`Monitor` samples every plugin every `interval` seconds: the slot snapshot
+`Monitor` samples every plugin every `interval` seconds (2 s, or N / 250 s
+above 500 plugins, so a sample never costs more than about 250 plugins' worth
+a second): the slot snapshot
 (state, CPU, memory, restarts, OOM kills), the violation ladder, the gateway's
 and storage's counters (requested over NATS in the platform account:
 `precinct.gateway.stats`, `precinct.admin.storage.stats`) and the dispatcher's
@@ -29,7 +31,8 @@ from ..wire import subjects as wire
 log = logging.getLogger("precinct.monitor")
 
 HISTORY = 90                  # samples kept per plugin (3 minutes at the default interval)
-INTERVAL = 2.0                # seconds between samples
+INTERVAL = 2.0                # seconds between samples, at most 500 plugins
+PLUGINS_PER_SECOND = 250      # beyond 500 plugins the interval grows: N / 250 s
 STATS_TIMEOUT = 0.5           # seconds to wait for the gateway's / storage's counters
 # What counts as an error (docs/monitoring.md). A plugin that answers
 # `{"success": false, "error": "no quote #42"}` has done its job: that is an
@@ -64,7 +67,8 @@ class Monitor:
         self.status_fn = status_fn
         self.nc = nc                  # platform account: gateway and storage stats
         self.core_nc = core_nc        # core account: the dispatcher's outcomes
-        self.interval = interval
+        self.base_interval = interval
+        self.interval = interval      # grows with the fleet: interval_for()
         self.history_len = history
         self.dispatch: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.history: dict[str, collections.deque] = {}
@@ -148,6 +152,7 @@ class Monitor:
                 del self.history[pid]
         if record:
             self.samples += 1
+            self.interval = self.interval_for(len(plugins))
         self._view = {
             "generated_at": now, "samples": self.samples, "interval_seconds": self.interval,
             "uptime_seconds": status.get("uptime_seconds"), "nats": status.get("nats"),
@@ -227,6 +232,12 @@ class Monitor:
                         "memory_bytes": [h[2] for h in hist], "messages": [h[3] for h in hist]},
         }
 
+    def interval_for(self, plugins: int) -> float:
+        """Seconds between samples for a fleet this size: the base interval,
+        longer once more than 500 plugins would make a sample every 2 s cost
+        a noticeable share of a core."""
+        return max(self.base_interval, plugins / PLUGINS_PER_SECOND)
+
     def view(self) -> dict[str, Any]:
         return self._view
 
@@ -235,5 +246,7 @@ class Monitor:
         return await self.sample(record=False)
 
     async def op_top(self, _request: dict) -> dict[str, Any]:
-        """Control API op `top`."""
-        return await self.fresh_view()
+        """Control API op `top`: the last sample (at most one interval old),
+        as the dashboard shows it. Sampling again for each `precinct top`
+        would make every open `top` cost as much as the monitor itself."""
+        return self._view

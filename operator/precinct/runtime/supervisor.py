@@ -71,6 +71,27 @@ class PluginEntry:
     plan: SandboxPlan
     digest: str
     slot: Slot
+    # What status shows of this entry that never changes (version, limits,
+    # permissions...), worked out on first use: an entry is replaced, never
+    # edited, when its plugin changes.
+    shown: dict | None = None
+    fleet_text: tuple[str, str] | None = None   # (account key, this entry's fleet.json text)
+
+    def fleet_json(self, account_key: str) -> str:
+        """This entry in fleet.json (services/fleetfile.py), serialised once
+        per account key: the plan of an entry never changes."""
+        if self.fleet_text is None or self.fleet_text[0] != account_key:
+            body = {"folder": str(self.folder), "plan": self.plan.to_dict(), "account_key": account_key}
+            self.fleet_text = (account_key, json.dumps(body, indent=1, sort_keys=True).replace("\n", "\n "))
+        return self.fleet_text[1]
+
+    def static_status(self) -> dict:
+        if self.shown is None:
+            self.shown = {"version": self.plugin.spec.version,
+                          "digest": self.digest.partition(":")[2][:12],   # the code's sha256, short
+                          "folder": str(self.folder), "limits": asdict(self.plan.limits),
+                          "permissions": list(self.plan.permissions)}
+        return self.shown
 
 
 class StateLock:
@@ -146,6 +167,7 @@ class Supervisor:
         self.server_url = ""
         self.started_at = time.time()
         self._last_fingerprint: tuple | None = None
+        self._published: dict[str, str] = {}   # routes.json / fleet.json as last written
         self._watch = None      # runtime/dirwatch.py: is a fingerprint comparison worth it this tick?
         # At most this many plugin instances starting at once (runtime/slot.py).
         self._starts = asyncio.Semaphore(STARTS_IN_FLIGHT)
@@ -224,7 +246,7 @@ class Supervisor:
                                                      "logs": self._op_logs})
         await self.control.start()
         from .dashboard import Monitoring
-        self.monitoring = Monitoring(self.state_dir, lambda: self._op_status({"light": True}), nc=self._nc,
+        self.monitoring = Monitoring(self.state_dir, self._sampled_status, nc=self._nc,
                                      core=(self.server_url, str(self.identity.core_creds())),
                                      dashboard_port=self.dashboard_port, metrics_port=self.metrics_port,
                                      plugins_dir=self.plugins_dir)
@@ -471,15 +493,25 @@ class Supervisor:
         """Tell the trusted services what changed: routes.json (chat word ->
         its route and owner, Ownership.routes()) and fleet.json (every running
         plugin's plan, folder and account key), written atomically, then
-        SIGHUP to each service."""
-        table = self.routes
-        fleet = {pid: {"folder": str(e.folder), "plan": e.plan.to_dict(),
-                       "account_key": self.identity.account_key(plugin_account(pid))}
-                 for pid, e in sorted(self.entries.items())}
-        for name, body in (("routes.json", table), ("fleet.json", fleet)):
+        SIGHUP to each service. Nothing is written and no service woken when
+        neither file would change; each entry's JSON is kept with the entry,
+        so a change costs the serialisation of what changed (fleet.json is
+        several MB at 500 plugins)."""
+        parts = [f" {json.dumps(pid)}: {e.fleet_json(self.identity.account_key(plugin_account(pid)))}"
+                 for pid, e in sorted(self.entries.items())]
+        texts = {"routes.json": json.dumps(self.routes, indent=1, sort_keys=True),
+                 "fleet.json": "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"}
+        changed = False
+        for name, text in texts.items():
+            if self._published.get(name) == text:
+                continue
             tmp = self.state_dir / f"{name}.tmp"
-            tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+            tmp.write_text(text)
             tmp.replace(self.state_dir / name)
+            self._published[name] = text
+            changed = True
+        if not changed:
+            return
         for name, slot in self.services.items():
             if name != "nats" and slot.status.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -635,50 +667,91 @@ class Supervisor:
 
     # -- control API ------------------------------------------------------------
 
+    def measure(self) -> None:
+        """The monitor's tick: read CPU and memory of every live instance
+        (two cgroup reads each). Status requests report these numbers and
+        read nothing themselves, so `precinct status` costs the same at 500
+        plugins whether or not anyone is watching."""
+        for entry in self.entries.values():
+            entry.slot.measure()
+        for slot in self.services.values():
+            slot.measure()
+
+    async def _sampled_status(self) -> dict:
+        """What the monitor samples (runtime/monitor.py): fresh numbers, then status."""
+        self.measure()
+        return await self._op_status({})
+
     async def _op_status(self, request: dict) -> dict:
-        """The fleet's status. `{"light": true}` (the monitor's sample, every
-        2 s) leaves out each sandbox's kernel details (`confinement`: cgroup
-        members, limits read back, CPU and pids counters), which cost about a
-        dozen cgroup file reads per plugin and which no sample shows."""
-        full = not request.get("light")
-        plugins = {}
-        for pid, entry in sorted(self.entries.items()):
-            self.violations.refresh(pid, entry.slot)
-            _limits_condition(entry.slot, self.confinement.enforcement(pid))
-            snap = asdict(entry.slot.snapshot())
-            details = getattr(self.confinement, "details", None)
-            snap["confinement"] = details(pid) if details is not None and full else {}
-            snap["uid"] = snap["confinement"].get("uid", snap["uid"])
-            snap["violations"] = self.violations.summary(pid)
-            refusals = getattr(self.confinement, "refusals", None)
-            snap["refusals"] = refusals(pid) if refusals is not None else {}
-            snap["reloads"] = dict(self.rollouts.outcomes.get(pid, {}))
-            snap["version"] = entry.plugin.spec.version
-            snap["revision"] = self.rollouts.revision(pid)
-            snap["digest"] = entry.digest.partition(":")[2][:12]   # the code's sha256, short
-            snap["folder"] = str(entry.folder)
-            snap["limits"] = asdict(entry.plan.limits)
-            snap["permissions"] = list(entry.plan.permissions)
-            plugins[pid] = snap
-        for folder, info in sorted(self.rejected.items()):
-            # Keyed by plugin id (folder name if the manifest has none); a
-            # folder whose id another plugin owns appears as `<id>@<folder>`.
-            key = info.get("id") or folder
-            if key in plugins or info["reason"] == ID_CONFLICT:
-                key = f"{key}@{folder}"
-            while key in plugins:
-                key += "+"
-            reason = info["reason"]
-            plugins[key] = {"id": info.get("id"), "folder": folder, "state": REJECTED, "last_exit": None,
-                            "restarts": 0,
-                            "conditions": [{"type": cond.READY, "status": "False", "reason": reason,
-                                            "message": "; ".join(info["problems"])}],
-                            "problems": info["problems"]}
-        services = {name: asdict(slot.snapshot()) for name, slot in self.services.items()}
+        """The fleet's status, built from what the supervisor holds in memory:
+        states and conditions as they are now, CPU and memory as the monitor
+        last measured them (every `interval_seconds`), the sandbox as it was
+        set up (uid, cgroup dirs, limits read back at start). No file is read
+        per plugin. `{"plugin": ID}` (`precinct status ID`) answers for that
+        plugin alone, measured now and with what only the kernel knows
+        (`confinement`: cgroup members, OOM kills, CPU and pids counters)."""
+        one = request.get("plugin")
+        if one is not None:
+            return self._status_of(str(one))
+        plugins = {pid: self._plugin_status(pid, entry) for pid, entry in sorted(self.entries.items())}
+        for key, row in self._rejected_rows(plugins):
+            plugins[key] = row
+        return self._status_body(plugins)
+
+    def _status_of(self, name: str) -> dict:
+        entry = self.entries.get(name)
+        if entry is not None:
+            entry.slot.measure()
+            return self._status_body({name: self._plugin_status(name, entry, kernel=True)})
+        rows = dict(self._rejected_rows({pid: None for pid in self.entries}))
+        if name in rows:
+            return self._status_body({name: rows[name]})
+        known = sorted([*self.entries, *rows])
+        raise ControlError(f"no plugin {name!r} here (known: {', '.join(known) or 'none'})")
+
+    def _status_body(self, plugins: dict) -> dict:
+        services = {name: slot.snapshot_dict() for name, slot in self.services.items()}
         reporting = getattr(self.confinement, "refusal_reporting", None)
         return {"plugins": plugins, "services": services, "nats": self.server_url,
                 "refusals": reporting() if reporting is not None else {},
                 "state_dir": str(self.state_dir), "uptime_seconds": round(time.time() - self.started_at, 1)}
+
+    def _plugin_status(self, pid: str, entry: PluginEntry, kernel: bool = False) -> dict:
+        self.violations.refresh(pid, entry.slot)
+        _limits_condition(entry.slot, self.confinement.enforcement(pid))
+        snap = entry.slot.snapshot_dict()
+        details = getattr(self.confinement, "details", None)
+        snap["confinement"] = details(pid, kernel=kernel) if details is not None else {}
+        snap["uid"] = snap["confinement"].get("uid", snap["uid"])
+        snap["violations"] = self.violations.summary(pid)
+        refusals = getattr(self.confinement, "refusals", None)
+        snap["refusals"] = refusals(pid) if refusals is not None else {}
+        snap["reloads"] = dict(self.rollouts.outcomes.get(pid, {}))
+        snap["revision"] = self.rollouts.revision(pid)
+        shown = entry.static_status()
+        snap.update(shown, limits=dict(shown["limits"]), permissions=list(shown["permissions"]))
+        return snap
+
+    def _rejected_rows(self, taken: dict) -> list[tuple[str, dict]]:
+        """Folders that do not run, keyed by plugin id (folder name if the
+        manifest has none); a folder whose id another plugin owns appears as
+        `<id>@<folder>`."""
+        rows: list[tuple[str, dict]] = []
+        used = set(taken)
+        for folder, info in sorted(self.rejected.items()):
+            key = info.get("id") or folder
+            if key in used or info["reason"] == ID_CONFLICT:
+                key = f"{key}@{folder}"
+            while key in used:
+                key += "+"
+            used.add(key)
+            reason = info["reason"]
+            rows.append((key, {"id": info.get("id"), "folder": folder, "state": REJECTED, "last_exit": None,
+                               "restarts": 0,
+                               "conditions": [{"type": cond.READY, "status": "False", "reason": reason,
+                                               "message": "; ".join(info["problems"])}],
+                               "problems": info["problems"]}))
+        return rows
 
     async def _op_logs(self, request: dict) -> dict:
         """`precinct logs PLUGIN [-f]`: the plugin's captured output (plugin_log.py

@@ -34,6 +34,7 @@ class FleetFile:
         self.by_account: dict[str, str] = {}
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self.generation = 0
+        self._changes: set[str] = set()   # ids added, removed or changed, not yet taken
 
     def _files(self) -> list[Path]:
         if self.path.is_dir():
@@ -65,12 +66,22 @@ class FleetFile:
         self._stamp = stamp
         plugins = {pid: entry for pid, entry in data.items() if isinstance(entry, dict) and "plan" in entry}
         changed = plugins != self.plugins
+        if changed:
+            self._changes |= {pid for pid in plugins.keys() | self.plugins.keys()
+                              if plugins.get(pid) != self.plugins.get(pid)}
         self.plugins = plugins
         self.by_account = {e["account_key"]: pid for pid, e in plugins.items() if e.get("account_key")}
         if changed:
             self.generation += 1
             log.info("fleet loaded: %d plugin(s)", len(plugins))
         return changed
+
+    def take_changes(self) -> set[str]:
+        """The plugin ids whose entry appeared, went or changed since the last
+        call: a service reconfigures those only, not the whole fleet, on each
+        reload (at 500 plugins most reloads change one)."""
+        changes, self._changes = self._changes, set()
+        return changes
 
     def get(self, plugin_id: str) -> dict[str, Any] | None:
         """The entry for `plugin_id`, re-reading the file once if it is unknown."""

@@ -275,6 +275,7 @@ class Gateway:
 
     async def _sync(self) -> None:
         wanted = self.fleet.plugins
+        changed = self.fleet.take_changes()
         for pid in [p for p in self.plugins if p not in wanted]:
             await self._close_link(self.plugins.pop(pid))
             log.info("gateway: %s removed", pid)
@@ -284,7 +285,7 @@ class Gateway:
             if state is None:
                 state = self.plugins[pid] = PluginState(pid, entry["plan"])
                 new.append(state)
-            else:
+            elif pid in changed:
                 state.configure(entry["plan"])
         # Subject namespaces are claimed by one plugin each (spec/ownership.py).
         self.by_namespace = {state.namespace: state for state in self.plugins.values()}

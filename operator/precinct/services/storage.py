@@ -229,9 +229,10 @@ class StorageService:
 
     def reload(self) -> None:
         self.fleet.reload(force=True)
-        for pid, tenant in list(self.tenants.items()):
-            plan = self.fleet.plan(pid)
-            if plan is None:
+        for pid in self.fleet.take_changes():     # only the plugins whose entry changed
+            tenant = self.tenants.get(pid)
+            plan = self.fleet.plugins.get(pid, {}).get("plan")
+            if tenant is None or plan is None:
                 continue   # removed: its file stays; the handle closes when the service stops
             tenant.bucket.reconfigure(*self._rate(plan))
             limit = int((plan.get("limits") or {}).get("disk_bytes") or 0)
