@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nats
 
-from runtime_support import pid_alive, precinct
+from runtime_support import FIXTURES, copy_plugin, pid_alive, precinct
 
 
 def condition(status: dict, plugin: str, type_: str) -> dict | None:
@@ -212,6 +212,7 @@ async def test_markov_learning_survives_a_crash_and_a_restart(fleet):
 
 async def test_migrations_are_applied_before_the_plugin_starts(fleet):
     start, plugins, state = fleet
+    copy_plugin(FIXTURES / "quotes", plugins)     # the fixture, not plugins/quotes (the calls example)
     up = start("quotes")
     # The plugin refuses to start without its migrations, so Running means the platform applied them.
     await in_thread(up.wait_running, "quotes")

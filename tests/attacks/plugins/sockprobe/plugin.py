@@ -1,0 +1,1 @@
+../prober/plugin.py
