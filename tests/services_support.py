@@ -44,6 +44,28 @@ async def ask(nc, subject: str, body: Any = None, *, raw: bytes | None = None, t
     return json.loads(msg.data)
 
 
+async def started_gateway(nats_env, tmp_path: Path, plans: list[SandboxPlan], report_interval: float):
+    """Accounts for `plans`, a fleet file, and the gateway started as serve()
+    runs it (one connection per plugin): (gateway, the platform client)."""
+    import nats
+
+    from precinct.services.fleetfile import FleetFile
+    from precinct.services.gateway import Gateway
+
+    await nats_env.sync(*plans)
+    fleet = write_fleet(tmp_path / "fleet.json", plans, nats_env.identity)
+    platform = await nats_env.platform()
+
+    async def connect_link(name, error_cb, disconnected_cb):
+        return await nats.connect(nats_env.server.url, user_credentials=str(nats_env.identity.platform_creds()),
+                                  name=name, error_cb=error_cb, disconnected_cb=disconnected_cb)
+
+    gw = Gateway(platform.nc, FleetFile(fleet), report_interval=report_interval, connect_link=connect_link,
+                 server_log=nats_env.server.config.log_file, offset_file=tmp_path / "offset.json")
+    await gw.start()
+    return gw, platform
+
+
 def code_of(reply: dict) -> str | None:
     err = reply.get("error")
     return err.get("code") if isinstance(err, dict) else None

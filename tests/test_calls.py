@@ -13,21 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-import nats
 import pytest
 
 from conftest import NatsEnv, eventually, make_plugins, settle
 from pydantic.alias_generators import to_camel
 
 from precinct.plan.sandbox import compile_plan
-from precinct.services.fleetfile import FleetFile
-from precinct.services.gateway import Gateway
 from precinct.spec.identity import kubernetes_id
 from precinct.spec.model import load_botplugin_spec
 from precinct.spec.ownership import Plugin
 from precinct.wire import headers as wire_headers
 from precinct.wire.subjects import GATEWAY_STATS
-from services_support import ask, wait_until, write_fleet
+from services_support import ask, started_gateway, wait_until
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "plugins" / "runner"))
@@ -60,17 +57,7 @@ async def calls(nats_env: NatsEnv, tmp_path):
 async def start(nats_env: NatsEnv, tmp_path: Path, plans, quotes_id: str):
     """Accounts for `plans`, the gateway as serve() runs it, and the example
     quotes plugin (id `quotes_id`) hosted as the runner hosts it."""
-    await nats_env.sync(*plans)
-    fleet = write_fleet(tmp_path / "fleet.json", plans, nats_env.identity)
-    platform = await nats_env.platform()
-
-    async def connect_link(name, error_cb, disconnected_cb):   # as serve() does: one connection per plugin
-        return await nats.connect(nats_env.server.url, user_credentials=str(nats_env.identity.platform_creds()),
-                                  name=name, error_cb=error_cb, disconnected_cb=disconnected_cb)
-
-    gw = Gateway(platform.nc, FleetFile(fleet), report_interval=REPORT, connect_link=connect_link,
-                 server_log=nats_env.server.config.log_file, offset_file=tmp_path / "offset.json")
-    await gw.start()
+    gw, platform = await started_gateway(nats_env, tmp_path, plans, REPORT)
     violations = await platform.collect("precinct.violations.>")
     quotes = await nats_env.plugin(quotes_id)
     proxy = ClientProxy(quotes.nc, quotes_id, [], QUOTES["exports"])

@@ -9,16 +9,14 @@ import asyncio
 import json
 import time
 
-import nats
 import pytest
 from nats.aio.msg import Msg
 
 from conftest import NatsEnv, eventually, make_plugins
-from precinct.services.fleetfile import FleetFile
-from precinct.services.gateway import Aggregator, Gateway
+from precinct.services.gateway import Aggregator
 from precinct.wire.subjects import GATEWAY_STATS as STATS_SUBJECT
 from precinct.services.serverlog import LogTail, parse_violation
-from services_support import ask, wait_until, write_fleet
+from services_support import ask, started_gateway, wait_until
 
 ACC = "A" + "B" * 55
 OTHER = "A" + "C" * 55
@@ -112,17 +110,7 @@ async def gateway(nats_env: NatsEnv, tmp_path):
         ("polite", {"permissions": ["send_messages"]}),
         ("mute", {}),
     )
-    await nats_env.sync(*plans)
-    fleet = write_fleet(tmp_path / "fleet.json", plans, nats_env.identity)
-    platform = await nats_env.platform()
-
-    async def connect_link(name, error_cb, disconnected_cb):   # as serve() does: one connection per plugin
-        return await nats.connect(nats_env.server.url, user_credentials=str(nats_env.identity.platform_creds()),
-                                  name=name, error_cb=error_cb, disconnected_cb=disconnected_cb)
-
-    gw = Gateway(platform.nc, FleetFile(fleet), report_interval=REPORT, connect_link=connect_link,
-                 server_log=nats_env.server.config.log_file, offset_file=tmp_path / "offset.json")
-    await gw.start()
+    gw, platform = await started_gateway(nats_env, tmp_path, plans, REPORT)
     violations = await platform.collect("precinct.violations.>")
     core = await nats_env.core()
     try:

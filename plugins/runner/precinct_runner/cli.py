@@ -251,19 +251,24 @@ def _parse_config(text: str, label: str) -> dict[str, Any]:
     return value
 
 
-def _resolve_commands(cli: list[str] | None) -> list[str]:
+def _string_list(cli: list[str] | None, name: str, what: str) -> list[str]:
+    """The repeated option's values, else PRECINCT_<name> as a JSON list of strings."""
     if cli:
-        commands = cli
-    else:
-        raw = _env("COMMANDS")
-        if raw is None:
-            return []
-        try:
-            commands = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"PRECINCT_COMMANDS: invalid JSON ({exc.msg}); expected a list of subjects") from None
-        if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
-            raise UsageError("PRECINCT_COMMANDS must be a JSON list of subject strings")
+        return cli
+    raw = _env(name)
+    if raw is None:
+        return []
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"PRECINCT_{name}: invalid JSON ({exc.msg}); expected a list of {what}") from None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise UsageError(f"PRECINCT_{name} must be a JSON list of {what}")
+    return values
+
+
+def _resolve_commands(cli: list[str] | None) -> list[str]:
+    commands = _string_list(cli, "COMMANDS", "subject strings")
     for subject in commands:
         if not SUBJECT_PATTERN.match(subject):
             raise UsageError(f"command subject {subject!r} is not a NATS subject without wildcards")
@@ -271,18 +276,7 @@ def _resolve_commands(cli: list[str] | None) -> list[str]:
 
 
 def _resolve_exports(cli: list[str] | None) -> list[str]:
-    if cli:
-        exports = cli
-    else:
-        raw = _env("EXPORTS")
-        if raw is None:
-            return []
-        try:
-            exports = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"PRECINCT_EXPORTS: invalid JSON ({exc.msg}); expected a list of actions") from None
-        if not isinstance(exports, list) or not all(isinstance(e, str) for e in exports):
-            raise UsageError("PRECINCT_EXPORTS must be a JSON list of action names")
+    exports = _string_list(cli, "EXPORTS", "action names")
     for action in exports:
         if not ACTION_PATTERN.fullmatch(action):
             raise UsageError(f"export {action!r} must be 1-64 letters, digits, '-' or '_' (one NATS token)")
