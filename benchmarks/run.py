@@ -574,7 +574,7 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         "| figure | value | target | how |",
         "|---|---|---|---|",
         f"| time from `precinct up` to all {count} Running | {startup:.1f} s | — | wall clock |",
-        f"| supervisor CPU while idle | {sup_cpu:.2f} % of one core | < 5 % | the supervisor process (it also runs every plugin's NATS relay) |",
+        f"| supervisor CPU while idle | {sup_cpu:.2f} % of one core | < 5 % | the supervisor process (with the handoff it copies no plugin traffic; with the relay fallback it would) |",
         f"| supervisor memory RSS / PSS | {sup_rss / MIB:.1f} / {sup_pss / MIB:.1f} MiB | — | `smaps_rollup` |",
         f"| whole tree CPU while idle | {total_cpu:.2f} % of one core | — | supervisor + every process below it |",
         f"| whole tree memory RSS / PSS | {total_rss / MIB:.0f} / {total_pss / MIB:.0f} MiB | — | sum over the processes below; PSS is the honest sum |",
