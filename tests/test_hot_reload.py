@@ -368,19 +368,22 @@ def test_as_root_a_new_instance_oom_killed_in_initialize_leaves_the_old_untouche
 
 
 @needs_root
-def test_as_root_a_plugin_that_writes_its_data_dir_still_hands_over(tmp_path):
-    """Its ext4 image must never be mounted read-write by two instances:
-    the old one stops before the new one starts (docs/single-host.md)."""
+@pytest.mark.parametrize("grant, mode", [("file_system_write", "read-write"), ("file_system_read", "read-only")])
+def test_as_root_a_plugin_that_writes_its_data_dir_hands_over_one_that_reads_it_overlaps(tmp_path, grant, mode):
+    """Its ext4 image must never be mounted read-write by two instances: with
+    `file_system_write` the old one stops before the new one starts
+    (docs/single-host.md). Read-only, both mount it and the reload overlaps."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     folder = copy_plugin(FIXTURES / PLUGIN, plugins)
     manifest = folder / "plugin.yaml"
-    manifest.write_text(manifest.read_text() + "permissions: [file_system_write]\n")
+    manifest.write_text(manifest.read_text() + f"permissions: [{grant}]\n")
     up = Up(plugins, tmp_path / "state")
     try:
         up.wait_running(PLUGIN)
         before = sandbox_of(up)
-        assert before["enforcement"]["data_dir"] == "read-write", before["enforcement"]
+        assert before["enforcement"]["data_dir"] == mode, before["enforcement"]
+        assert before["enforcement"]["disk"].startswith("ext4 image"), before["enforcement"]
         watch = Leaves(Path(before["confinement"]["plugin_cgroups"]["memory"]))
 
         async def scenario():
@@ -397,10 +400,17 @@ def test_as_root_a_plugin_that_writes_its_data_dir_still_hands_over(tmp_path):
         finally:
             watch.stop()
         assert second[1] != first[1]
-        assert watch.most == 1, watch.together
-        assert "handing over" in up.output(), up.output()[-2000:]
-        # The dispatcher retries what finds no responder in the gap: delayed, not lost.
+        if mode == "read-write":
+            assert watch.most == 1, watch.together
+            assert "handing over" in up.output(), up.output()[-2000:]
+        else:
+            assert watch.most == 2, watch.most
+            assert "beside the old one" in up.output() and "handing over" not in up.output(), up.output()[-2000:]
+        # A handover's gap: the dispatcher retries what finds no responder, so delayed, not lost.
         assert summary["lost"] == 0 and summary["failed"] == 0 and summary["duplicated"] == 0, summary
+        after = sandbox_of(up)
+        assert after["enforcement"]["disk"].startswith("ext4 image"), after["enforcement"]
+        assert after["enforcement"]["cgroup-membership"].startswith("verified"), after["enforcement"]
     finally:
         up.stop()
 
