@@ -742,6 +742,61 @@ def test_cgroup_v2_instance_leaves_on_a_fake_tree(tmp_path):
     assert instance.limits()["cpu_quota_us"] == -1
 
 
+@needs_root
+def test_instance_leaves_and_the_plugin_backstop_on_this_hosts_cgroups(tmp_path):
+    """Real cgroups: two instances of one plugin, each with its own memory and
+    pids limit in its leaf; the plugin cgroup holds the CPU quota and a
+    backstop raised (never lowered) to cover both, even when the second
+    instance's limit is larger (v1: memsw must be raised before memory).
+    Releasing one leaves the other and the plugin cgroup; the last takes the
+    plugin cgroup with it."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from precinct.confine.host import HostConfinement, _Instance, _Plugin
+
+    host = HostConfinement(tmp_path, disable=[])
+    cgroups = host.capabilities().cgroups
+    if cgroups is None:
+        pytest.skip(f"no usable cgroups: {host.capabilities().cgroups_problem}")
+    p = _Plugin("twin")
+    host._plugins["twin"] = p
+
+    async def scenario():
+        old = p.instances["aaaaaa"] = _Instance("aaaaaa", tmp_path / "a")
+        old.cgroup = await host._instance_cgroup(p, old, cgroups, SimpleNamespace(
+            memory_bytes=64 * MiB, pids=16, cpu_millicores=200))
+        assert p.backstop == (128 * MiB, 32)
+        new = p.instances["bbbbbb"] = _Instance("bbbbbb", tmp_path / "b")
+        new.cgroup = await host._instance_cgroup(p, new, cgroups, SimpleNamespace(
+            memory_bytes=256 * MiB, pids=8, cpu_millicores=100))
+        assert p.backstop == (512 * MiB, 32)            # twice the new one's memory; the pids backstop kept
+        assert old.cgroup.limits()["memory"] == 64 * MiB and new.cgroup.limits()["memory"] == 256 * MiB
+        assert old.cgroup.limits()["pids"] == 16 and new.cgroup.limits()["pids"] == 8
+        shared = p.cgroup.limits()
+        assert shared["memory"] == 512 * MiB and shared["pids"] == 32, shared
+        assert shared["cpu_quota_us"] == 100 * shared["cpu_period_us"] // 1000     # the newest plan's, shared
+        assert old.cgroup.limits()["cpu_quota_us"] == -1                           # none of its own
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            for d in old.cgroup.dirs():
+                (d / "cgroup.procs").write_text(str(proc.pid))
+            assert old.cgroup.membership_problems(proc.pid) == []
+            assert new.cgroup.membership_problems(proc.pid)               # in its own leaf, not the other's
+            assert host._lookup_owner(proc.pid, 0) == "twin"               # an instance leaf maps to its plugin
+            await host.release("twin", "bbbbbb")
+            assert proc.poll() is None and all(d.is_dir() for d in old.cgroup.dirs())
+            assert not any(d.is_dir() for d in new.cgroup.dirs()) and p.cgroup is not None
+            await host.release("twin", "aaaaaa")                            # the last: kills what is left
+            assert proc.wait(10) == -signal.SIGKILL
+            assert p.cgroup is None and not any(d.is_dir() for d in old.cgroup.dirs())
+        finally:
+            proc.kill()
+            proc.wait()
+
+    asyncio.run(scenario())
+
+
 def test_cgroup_v1_detection_matches_this_kind_of_host(tmp_path):
     from precinct.confine.cgroups import CgroupHost
 
