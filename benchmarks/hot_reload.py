@@ -78,8 +78,9 @@ def bench_hot_reload(reloads: int = 200, rate: float = 25.0) -> str:
             wall = time.monotonic() - started
             log = up.output()
             handovers, overlaps = log.count("handing over"), log.count("beside the old one")
-            mode = (f"{handovers} handover(s) (old drained, then new started; the dispatcher retries the gap), "
-                    f"{overlaps} overlap(s) (new started beside the old, which stops once the new answers)")
+            mode = (f"{overlaps} overlap(s) (the new instance started beside the old one, which was drained "
+                    f"once the new one answered its health ping), {handovers} handover(s) (old drained, then new "
+                    "started; the dispatcher retries the gap)")
         finally:
             up.stop()
     success = 100.0 * r["ok"] / reloads
@@ -99,7 +100,7 @@ def bench_hot_reload(reloads: int = 200, rate: float = 25.0) -> str:
         f"| commands answered twice | {r['duplicated']} | 0 |",
         f"| edit -> first answer from the new revision, p50 / p99 | "
         f"{statistics.median(r['took']) if r['took'] else float('nan'):.2f} s / {pct(r['took'], 0.99):.2f} s | |",
-        f"| command round trip during the run, p99 / max (commands sent in a handover gap wait for the new instance) | {r['p99_ms']} ms / {r['max_ms']} ms | p99 ≤ 50 ms (no gap) |",
+        f"| command round trip during the run, p99 / max (in a handover, commands sent in the gap wait for the new instance) | {r['p99_ms']} ms / {r['max_ms']} ms | p99 ≤ 50 ms (no gap) |",
         "",
     ]
     return "\n".join(rows)

@@ -60,12 +60,14 @@ class AttackFleet:
     @contextlib.contextmanager
     def started(cls, tmp: Path, attacks: Iterable[str], *, running: Iterable[str], timeout: float,
                 others: Iterable[Path] = (), env: dict[str, str] | None = None,
-                prepare: Callable[[Path, Path], None] | None = None) -> Iterator[AttackFleet]:
+                prepare: Callable[[Path, Path], None] | None = None,
+                args: Iterable[str] = ()) -> Iterator[AttackFleet]:
         """Copy the named attack plugins (and `others`, plugin folders from
         elsewhere) into tmp/plugins, let `prepare(plugins, state)` adjust the
-        copies, run `precinct up` with `env`, and yield once every plugin in
-        `running` is Running. On the way out: stop the supervisor, kill the
-        services it may have orphaned, remove the plugin cgroups."""
+        copies, run `precinct up` with `env` (and `args`, more options), and
+        yield once every plugin in `running` is Running. On the way out: stop
+        the supervisor, kill the services it may have orphaned, remove the
+        plugin cgroups."""
         plugins, state = tmp / "plugins", tmp / "state"
         plugins.mkdir()
         for name in attacks:
@@ -74,7 +76,7 @@ class AttackFleet:
             copy_plugin(src, plugins)
         if prepare is not None:
             prepare(plugins, state)
-        up = Up(plugins, state, env=env)
+        up = Up(plugins, state, *args, env=env)
         fleet = cls(up, state, tmp)
         try:
             up.wait_running(*running, timeout=timeout)

@@ -133,12 +133,13 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def cleanup_cgroups(dirs: set[str]) -> None:
-    """Remove the (now empty) plugin cgroups a test's supervisor left, deepest first."""
+    """Remove the (now empty) plugin cgroups a test's supervisor left, deepest
+    first: each instance's leaf, its plugin's cgroup, the supervisor's parent."""
     import contextlib
 
     for d in sorted(dirs, key=len, reverse=True):
         path = Path(d)
-        for target in (path, path.parent):
+        for target in (path, path.parent, path.parent.parent):
             with contextlib.suppress(OSError):
                 if target.is_dir() and not (target / "cgroup.procs").read_text().strip():
                     target.rmdir()

@@ -133,6 +133,9 @@ class Fleet(AttackFleet):
         assert limits["memory"] == info["limits"]["memory_bytes"], (limits, info["limits"])
         assert limits["pids"] == info["limits"]["pids"], limits
         assert limits["cpu_quota_us"] == info["limits"]["cpu_millicores"] * limits["cpu_period_us"] // 1000, limits
+        for controller, leaf in conf["cgroups"].items():     # the instance's leaf, under the plugin's cgroup
+            assert Path(leaf).parent == Path(conf["plugin_cgroups"][controller]), (leaf, conf["plugin_cgroups"])
+            assert Path(leaf).name == f"i-{info['instance']}", (leaf, info["instance"])
         members = processes_of_uid(conf["uid"])
         assert members, f"no process runs as uid {conf['uid']}"
         for pid in members:
@@ -152,8 +155,14 @@ def fleet(tmp_path_factory):
     # proxy is told to allow (the positive control for the egress refusals).
     standin = LoopbackHTTP()
     try:
+        # The prober provokes refusals in test after test, each a strike for the
+        # ladder. With the default 10 s cooldown, whether two tests' refusals
+        # are one strike or two depended on how fast the machine ran them, and a
+        # third suspended the prober mid-module. One strike per minute here: the
+        # ladder itself is tested in test_refusals.py and the attack suite.
         with Fleet.started(tmp_path_factory.mktemp("confine"), PLUGINS, running=PLUGINS, timeout=180,
-                           env={"PRECINCT_EGRESS_TEST_ALLOW": standin.address}) as fleet:
+                           env={"PRECINCT_EGRESS_TEST_ALLOW": standin.address},
+                           args=("--violation-cooldown", "60")) as fleet:
             fleet.standin = standin
             yield fleet
     finally:
@@ -237,7 +246,8 @@ def test_cpu_spinner_is_held_to_its_quota(fleet):
     info = fleet.assert_confined("spinner")
     conf = info["confinement"]
     assert info["limits"]["cpu_millicores"] == 100
-    cpu_dir = Path(conf["cgroups"]["cpu"])
+    # The quota is the plugin's, shared by its instances: its cgroup throttles.
+    cpu_dir = Path(conf["plugin_cgroups"]["cpu"])
 
     def stat() -> dict[str, int]:
         return {k: int(v) for k, v in (line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())}
@@ -245,7 +255,7 @@ def test_cpu_spinner_is_held_to_its_quota(fleet):
     def usage() -> float:
         if conf["cgroup_version"] == "v2":
             return stat()["usage_usec"] / 1e6
-        return int((Path(conf["cgroups"]["cpuacct"]) / "cpuacct.usage").read_text()) / 1e9
+        return int((Path(conf["plugin_cgroups"]["cpuacct"]) / "cpuacct.usage").read_text()) / 1e9
 
     throttled, used = stat()["nr_throttled"], usage()
     assert fleet.ask("!spin 3")["spinning"] == 3
@@ -714,6 +724,90 @@ def test_cgroup_v2_detection_and_files_on_a_fake_tree(tmp_path):
     with pytest.raises(CgroupError, match="lacks memory"):
         CgroupHost.detect("precinct-t", mountinfo=mountinfo, proc_cgroup="0::/system.slice/precinct.service\n",
                           prefix=tmp_path)
+
+
+def test_cgroup_v2_instance_leaves_on_a_fake_tree(tmp_path):
+    """v2 (not this host): the plugin cgroup hands memory, cpu and pids to its
+    leaves; a leaf gets its own memory and pids limits and no CPU quota (the
+    plugin's is shared); members are expected in the leaf."""
+    from precinct.confine.cgroups import CgroupHost
+
+    root = tmp_path / "sys" / "fs" / "cgroup"
+    own = root / "system.slice" / "precinct.service"
+    plugin = own / "precinct-t" / "dice"
+    leaf = plugin / "i-abc123"
+    leaf.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu memory pids\n")
+    for d in (own, own / "precinct-t", plugin):
+        (d / "cgroup.subtree_control").write_text("")
+        (d / "cgroup.procs").write_text("")
+    for name, value in (("cpu.max", "max 100000"), ("cgroup.procs", ""), ("memory.events", "oom_kill 0\n")):
+        (leaf / name).write_text(value)
+    mountinfo = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    host = CgroupHost.detect("precinct-t", mountinfo=mountinfo, proc_cgroup="0::/system.slice/precinct.service\n",
+                             prefix=tmp_path)
+    group = host.plugin_group("dice", fresh=False)
+    assert (plugin / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    instance = host.instance_group(group, "abc123", 64 * MiB, 32)
+    assert (leaf / "memory.max").read_text() == str(64 * MiB) and (leaf / "pids.max").read_text() == "32"
+    assert (leaf / "cpu.max").read_text() == "max 100000"
+    assert instance.expected_paths() == {"": "/system.slice/precinct.service/precinct-t/dice/i-abc123"}
+    assert instance.limits()["cpu_quota_us"] == -1
+
+
+@needs_root
+def test_instance_leaves_and_the_plugin_backstop_on_this_hosts_cgroups(tmp_path):
+    """Real cgroups: two instances of one plugin, each with its own memory and
+    pids limit in its leaf; the plugin cgroup holds the CPU quota and a
+    backstop raised (never lowered) to cover both, even when the second
+    instance's limit is larger (v1: memsw must be raised before memory).
+    Releasing one leaves the other and the plugin cgroup; the last takes the
+    plugin cgroup with it."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from precinct.confine.host import HostConfinement, _Instance, _Plugin
+
+    host = HostConfinement(tmp_path, disable=[])
+    cgroups = host.capabilities().cgroups
+    if cgroups is None:
+        pytest.skip(f"no usable cgroups: {host.capabilities().cgroups_problem}")
+    p = _Plugin("twin")
+    host._plugins["twin"] = p
+
+    async def scenario():
+        old = p.instances["aaaaaa"] = _Instance("aaaaaa", tmp_path / "a")
+        old.cgroup = await host._instance_cgroup(p, old, cgroups, SimpleNamespace(
+            memory_bytes=64 * MiB, pids=16, cpu_millicores=200))
+        assert p.backstop == (128 * MiB, 32)
+        new = p.instances["bbbbbb"] = _Instance("bbbbbb", tmp_path / "b")
+        new.cgroup = await host._instance_cgroup(p, new, cgroups, SimpleNamespace(
+            memory_bytes=256 * MiB, pids=8, cpu_millicores=100))
+        assert p.backstop == (512 * MiB, 32)            # twice the new one's memory; the pids backstop kept
+        assert old.cgroup.limits()["memory"] == 64 * MiB and new.cgroup.limits()["memory"] == 256 * MiB
+        assert old.cgroup.limits()["pids"] == 16 and new.cgroup.limits()["pids"] == 8
+        shared = p.cgroup.limits()
+        assert shared["memory"] == 512 * MiB and shared["pids"] == 32, shared
+        assert shared["cpu_quota_us"] == 100 * shared["cpu_period_us"] // 1000     # the newest plan's, shared
+        assert old.cgroup.limits()["cpu_quota_us"] == -1                           # none of its own
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            for d in old.cgroup.dirs():
+                (d / "cgroup.procs").write_text(str(proc.pid))
+            assert old.cgroup.membership_problems(proc.pid) == []
+            assert new.cgroup.membership_problems(proc.pid)               # in its own leaf, not the other's
+            assert host._lookup_owner(proc.pid, 0) == "twin"               # an instance leaf maps to its plugin
+            await host.release("twin", "bbbbbb")
+            assert proc.poll() is None and all(d.is_dir() for d in old.cgroup.dirs())
+            assert not any(d.is_dir() for d in new.cgroup.dirs()) and p.cgroup is not None
+            await host.release("twin", "aaaaaa")                            # the last: kills what is left
+            assert proc.wait(10) == -signal.SIGKILL
+            assert p.cgroup is None and not any(d.is_dir() for d in old.cgroup.dirs())
+        finally:
+            proc.kill()
+            proc.wait()
+
+    asyncio.run(scenario())
 
 
 def test_cgroup_v1_detection_matches_this_kind_of_host(tmp_path):

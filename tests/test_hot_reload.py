@@ -2,14 +2,20 @@
 
 - code updates under steady load: every command answered exactly once, none lost;
 - a broken update: the old version keeps serving, status says RolledBack;
-- a config-only change with a reconfigure() hook: same pid, new config in effect.
+- a config-only change with a reconfigure() hook: same pid, new config in effect;
+- as root (the kernel sandbox, issue 18 item 3): the new instance runs beside
+  the old one, each in its own cgroup under the plugin's; a new instance
+  OOM-killed in initialize() leaves the old one untouched; a plugin that
+  writes its data dir still hands over, never two instances at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -120,9 +126,9 @@ def test_broken_update_rolls_back_and_the_old_version_keeps_serving(counter):
     assert after[0] == 0  # the old code still answers
     assert status["plugins"][PLUGIN]["reloads"].get("rolled_back") == 1, status["plugins"][PLUGIN]["reloads"]
     assert summary["duplicated"] == 0, summary
-    # Overlap (unprivileged): nothing lost at all. Handover (root sandbox): the old
-    # instance was drained, the new one crashed, the old came back within the
-    # dispatcher's retry window for most commands; report, do not hide, the rest.
+    # Overlap (this plugin writes no data dir, so as root too): the old
+    # instance was never stopped and nothing was lost.
+    assert after[1] == before[1], (before, after)
     assert summary["lost"] == 0, summary
     # The broken digest is not retried on every scan: a later good edit is.
     set_revision(folder, 7)
@@ -158,10 +164,9 @@ def test_config_only_change_reloads_without_a_restart(counter):
 
 
 def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
-    """As root the kernel sandbox makes every reload a handover (tests above);
-    unprivileged, or with any confinement that holds two instances of one
-    plugin, the new version starts beside the old one. Run the supervisor
-    in-process with the no-op confinement to exercise that path."""
+    """The overlap path without the kernel sandbox (what an unprivileged
+    supervisor does): run the supervisor in-process with the no-op
+    confinement, so this holds as root too."""
     import logging
 
     from precinct.confine.launch import Confinement
@@ -184,7 +189,7 @@ def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
                     or sup.entries[PLUGIN].slot.status.state != "Running":
                 assert time.monotonic() < deadline and not task.done(), "supervisor did not come up"
                 await asyncio.sleep(0.2)
-            assert sup.rollouts.overlap_ok()
+            assert sup.rollouts.overlap_ok(sup.entries[PLUGIN], sup.entries[PLUGIN])
             load = CommandLoad(state, rate=25)
             await load.start()
             first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
@@ -218,6 +223,197 @@ def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
     ready = next(c for c in conditions if c["type"] == "Ready")
     assert latest["status"] == "False" and latest["reason"] == "RolledBack", conditions
     assert ready["status"] == "True", conditions
+
+
+# -- as root: two instances in the kernel sandbox ----------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the kernel sandbox needs root; CI runs these as root")
+
+
+class Leaves:
+    """Watches a plugin's cgroup (memory hierarchy) from a thread, every
+    10 ms: which instance leaves (`i-<instance>`) hold processes at each
+    moment. The first moment two did, it also records /proc/<pid>/cgroup of
+    every process in them, to check each is in its own leaf in every
+    hierarchy."""
+
+    def __init__(self, plugin_dir: Path) -> None:
+        self.dir = plugin_dir
+        self.most = 0
+        self.together: dict[str, dict[int, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            now: dict[str, set[int]] = {}
+            for leaf in self.dir.glob("i-*"):
+                try:
+                    procs = {int(x) for x in (leaf / "cgroup.procs").read_text().split()}
+                except (OSError, ValueError):
+                    continue
+                if procs:
+                    now[leaf.name] = procs
+            self.most = max(self.most, len(now))
+            if len(now) >= 2 and not self.together:
+                shown: dict[str, dict[int, str]] = {}
+                for name, procs in now.items():
+                    for pid in procs:
+                        try:
+                            shown.setdefault(name, {})[pid] = Path(f"/proc/{pid}/cgroup").read_text()
+                        except OSError:
+                            pass
+                self.together = shown
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def sandbox_of(up: Up) -> dict:
+    """The plugin's status with its kernel counters (`precinct status ID`)."""
+    return up.status(plugin=PLUGIN)["plugins"][PLUGIN]
+
+
+@needs_root
+def test_as_root_a_reload_runs_the_new_instance_beside_the_old(counter):
+    up, folder = counter
+    before = sandbox_of(up)
+    conf = before["confinement"]
+    plugin_dir, leaf = Path(conf["plugin_cgroups"]["memory"]), Path(conf["cgroups"]["memory"])
+    assert leaf.parent == plugin_dir and leaf.name == f"i-{before['instance']}", conf
+    memory = before["limits"]["memory_bytes"]
+    # Each instance has the plugin's memory and pids limit; the plugin cgroup twice that, and the CPU quota.
+    assert conf["limits"]["memory"] == memory and conf["limits"]["plugin_memory"] == 2 * memory, conf["limits"]
+    assert conf["limits"]["pids"] == before["limits"]["pids"], conf["limits"]
+    assert conf["limits"]["plugin_pids"] == 2 * before["limits"]["pids"], conf["limits"]
+    assert conf["limits"]["cpu_quota_us"] == before["limits"]["cpu_millicores"] * conf["limits"]["cpu_period_us"] // 1000
+    watch = Leaves(plugin_dir)
+
+    async def scenario():
+        load = CommandLoad(up.state_dir, rate=25)
+        await load.start()
+        first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
+        set_revision(folder, 1)
+        second = await load.wait_for(lambda a: a[0] == 1, timeout=60)
+        await asyncio.sleep(0.5)
+        await load.stop()
+        return first, second, load.summary()
+
+    try:
+        first, second, summary = asyncio.run(scenario())
+    finally:
+        watch.stop()
+    assert second[1] != first[1]
+    assert summary["lost"] == 0 and summary["failed"] == 0 and summary["duplicated"] == 0, summary
+    assert "beside the old one" in up.output() and "handing over" not in up.output(), up.output()[-2000:]
+    # Both ran at once, each process in its own instance's leaf in every hierarchy.
+    assert len(watch.together) == 2, (watch.most, watch.together)
+    for name, members in watch.together.items():
+        for pid, text in members.items():
+            for line in text.splitlines():
+                controllers, path = line.split(":", 2)[1:]
+                ours = set(controllers.split(",")) & {"memory", "pids", "cpu", "cpuacct", "freezer"}
+                if ours or (controllers == "" and conf["cgroup_version"] == "v2"):
+                    assert path.endswith(f"/{PLUGIN}/{name}"), (pid, line)
+    after = sandbox_of(up)
+    new_leaf = Path(after["confinement"]["cgroups"]["memory"])
+    assert new_leaf.parent == plugin_dir and new_leaf != leaf
+    assert not leaf.exists(), "the old instance's cgroup outlived it"
+    assert not (up.state_dir / "confine" / PLUGIN / before["instance"]).exists(), "its files outlived it"
+    assert after["enforcement"]["cgroup-membership"].startswith("verified"), after["enforcement"]
+
+
+@needs_root
+def test_as_root_a_new_instance_oom_killed_in_initialize_leaves_the_old_untouched(counter):
+    up, folder = counter
+    before = sandbox_of(up)
+    leaf = Path(before["confinement"]["cgroups"]["memory"])
+    memory = before["limits"]["memory_bytes"]
+
+    async def scenario():
+        load = CommandLoad(up.state_dir, rate=20)
+        await load.start()
+        first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
+        code = folder / "plugin.py"
+        text = code.read_text().replace(
+            "    async def initialize(self):\n",
+            f"    async def initialize(self):\n        self.hog = b'x' * {2 * memory}   # twice its memory_limit\n")
+        assert "self.hog" in text
+        tmp = folder / ".plugin.py.tmp"
+        tmp.write_text(text)
+        tmp.replace(code)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(up.status)
+            if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1)
+        last = load.latest()
+        await load.stop()
+        return first, last, load.summary()
+
+    first, last, summary = asyncio.run(scenario())
+    after = sandbox_of(up)
+    latest = {c["type"]: c for c in after["conditions"]}["LatestRevisionReady"]
+    assert latest["reason"] == "RolledBack" and "OOMKilled" in latest["message"], latest
+    # The same process of the old version served throughout, in the same cgroup, never OOM-killed.
+    assert last[1] == first[1], (first, last)
+    assert (after["pid"], after["instance"], after["restarts"]) == (before["pid"], before["instance"], before["restarts"])
+    assert after["confinement"]["cgroups"]["memory"] == str(leaf) and leaf.is_dir()
+    assert after["confinement"]["oom_kills"] == 0 and after["state"] == "Running", after["confinement"]
+    assert summary["lost"] == 0 and summary["failed"] == 0 and summary["duplicated"] == 0, summary
+    assert [p.name for p in leaf.parent.glob("i-*")] == [leaf.name], "the failed instance's cgroup is left"
+
+
+@needs_root
+@pytest.mark.parametrize("grant, mode", [("file_system_write", "read-write"), ("file_system_read", "read-only")])
+def test_as_root_a_plugin_that_writes_its_data_dir_hands_over_one_that_reads_it_overlaps(tmp_path, grant, mode):
+    """Its ext4 image must never be mounted read-write by two instances: with
+    `file_system_write` the old one stops before the new one starts
+    (docs/single-host.md). Read-only, both mount it and the reload overlaps."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    folder = copy_plugin(FIXTURES / PLUGIN, plugins)
+    manifest = folder / "plugin.yaml"
+    manifest.write_text(manifest.read_text() + f"permissions: [{grant}]\n")
+    up = Up(plugins, tmp_path / "state")
+    try:
+        up.wait_running(PLUGIN)
+        before = sandbox_of(up)
+        assert before["enforcement"]["data_dir"] == mode, before["enforcement"]
+        assert before["enforcement"]["disk"].startswith("ext4 image"), before["enforcement"]
+        watch = Leaves(Path(before["confinement"]["plugin_cgroups"]["memory"]))
+
+        async def scenario():
+            load = CommandLoad(up.state_dir, rate=20)
+            await load.start()
+            first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
+            set_revision(folder, 1)
+            second = await load.wait_for(lambda a: a[0] == 1, timeout=60)
+            await load.stop()
+            return first, second, load.summary()
+
+        try:
+            first, second, summary = asyncio.run(scenario())
+        finally:
+            watch.stop()
+        assert second[1] != first[1]
+        if mode == "read-write":
+            assert watch.most == 1, watch.together
+            assert "handing over" in up.output(), up.output()[-2000:]
+        else:
+            assert watch.most == 2, watch.most
+            assert "beside the old one" in up.output() and "handing over" not in up.output(), up.output()[-2000:]
+        # A handover's gap: the dispatcher retries what finds no responder, so delayed, not lost.
+        assert summary["lost"] == 0 and summary["failed"] == 0 and summary["duplicated"] == 0, summary
+        after = sandbox_of(up)
+        assert after["enforcement"]["disk"].startswith("ext4 image"), after["enforcement"]
+        assert after["enforcement"]["cgroup-membership"].startswith("verified"), after["enforcement"]
+    finally:
+        up.stop()
 
 
 # -- what counts as a change (no processes) ---------------------------------------------------

@@ -4,10 +4,15 @@ cgroup has the controllers delegated, v1 otherwise (detected, never assumed).
 Where plugin cgroups live: nested under the supervisor's own cgroup in each
 hierarchy (read from /proc/self/cgroup), as
 
-    <supervisor's cgroup>/precinct-<hash of the state dir>/<plugin id>
+    <supervisor's cgroup>/precinct-<hash of the state dir>/<plugin id>/i-<instance>
 
 so a supervisor confined by its own parent (systemd, a CI job) confines its
-plugins inside that, and two supervisors never share a cgroup.
+plugins inside that, and two supervisors never share a cgroup. Processes live
+only in the instance leaves, so two instances of one plugin (a hot reload,
+runtime/rollout.py) run side by side, each with its own memory and pids
+limit and its own OOM count, and one is killed without touching the other.
+The plugin cgroup above them holds no process: it carries the CPU quota the
+instances share and a memory and pids backstop (see HostConfinement).
 
 Detection reads /proc/self/mountinfo and /proc/self/cgroup. A host with a v2
 mount is not necessarily a v2 host: these machines mount cgroup2 at
@@ -188,8 +193,9 @@ class CgroupHost:
     def parent_rel(self, h: Hierarchy) -> str:
         return f"{h.own.rstrip('/')}/{self.tag}"
 
-    def rel(self, h: Hierarchy, plugin_id: str) -> str:
-        return f"{self.parent_rel(h)}/{plugin_id}"
+    def rel(self, h: Hierarchy, plugin_id: str, instance: str | None = None) -> str:
+        base = f"{self.parent_rel(h)}/{plugin_id}"
+        return f"{base}/i-{instance}" if instance else base
 
     def prepare(self) -> None:
         """Create the per-supervisor parent cgroups (v2: enable controllers
@@ -202,11 +208,25 @@ class CgroupHost:
                 self._delegate_v2(h, parent)
             else:
                 parent.mkdir(exist_ok=True)
+                if h.mountpoint == self.hierarchies["memory"].mountpoint:
+                    self._hierarchical_memory(parent)
             for child in parent.iterdir() if parent.is_dir() else []:
-                if child.is_dir() and not self._procs(child):
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
+                if child.is_dir():
+                    _remove_empty(child)
         self._prepared = True
+
+    @staticmethod
+    def _hierarchical_memory(parent: Path) -> None:
+        """v1: the plugin cgroup's backstop limits its instances only if
+        memory.use_hierarchy is 1 (always, since Linux 5.11). Set it while
+        there are no children yet; refuse cgroups if it stays 0."""
+        flag = parent / "memory.use_hierarchy"
+        if not flag.exists() or _read(flag).strip() == "1":
+            return
+        with contextlib.suppress(OSError):
+            _write(flag, "1")
+        if _read(flag).strip() != "1":
+            raise CgroupError(f"{flag} reads 0: a plugin's memory backstop would not cover its instances")
 
     def _delegate_v2(self, h: Hierarchy, parent: Path) -> None:
         own = h.dir_of(h.own)
@@ -226,19 +246,36 @@ class CgroupHost:
         if not set(wanted) <= enabled:
             _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
 
-    def create(self, plugin_id: str, cpu_millicores: int, memory_bytes: int, pids: int) -> "PluginCgroup":
+    def plugin_group(self, plugin_id: str, fresh: bool) -> "PluginCgroup":
+        """The plugin's cgroup, made if missing. `fresh`: no instance of the
+        plugin runs, so anything found there is left from an earlier run
+        (a killed supervisor) and is killed and removed first."""
         self.prepare()
         group = PluginCgroup(self, plugin_id)
-        for h in self.distinct():
-            d = h.dir_of(self.rel(h, plugin_id))
-            if d.is_dir():
-                group.kill_all()
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+        if fresh and any(d.is_dir() for d in group.dirs()):
+            group.remove_tree()
+        for d in group.dirs():
             if self.version == "v1":
                 d.parent.mkdir(exist_ok=True)       # removed when its last plugin went
             d.mkdir(exist_ok=True)
-        group.set_limits(cpu_millicores, memory_bytes, pids)
+        if self.version == "v2":
+            # It holds no process, so it may hand the controllers to its instances.
+            d = group.dir("memory")
+            if not set(NEEDED) <= set(_read(d / "cgroup.subtree_control").split()):
+                _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in NEEDED))
+        return group
+
+    def instance_group(self, plugin: "PluginCgroup", instance: str, memory_bytes: int, pids: int) -> "PluginCgroup":
+        """A leaf for one instance under `plugin`, with its own memory and
+        pids limits; its CPU is the plugin's quota, shared."""
+        group = PluginCgroup(self, plugin.plugin_id, instance=instance)
+        for d in group.dirs():
+            if d.is_dir():                      # the same 24-bit name again: whatever is there is stale
+                group.kill_all()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            d.mkdir(exist_ok=True)
+        group.set_limits(None, memory_bytes, pids)
         return group
 
     @staticmethod
@@ -249,14 +286,28 @@ class CgroupHost:
             return []
 
 
+def _remove_empty(d: Path) -> None:
+    """Remove `d` and the cgroups under it that hold no process (leftovers)."""
+    for child in d.iterdir():
+        if child.is_dir():
+            _remove_empty(child)
+    if not CgroupHost._procs(d):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 @dataclass
 class PluginCgroup:
+    """A plugin's cgroup (`instance` None: no process in it; the shared CPU
+    quota and the backstop) or one instance's leaf under it."""
+
     host: CgroupHost
     plugin_id: str
     oom_baseline: int = 0
     # The limits as the kernel held them when they were set (verify_limits):
     # status shows these rather than reading four files per plugin each time.
     read_back: dict[str, int] = field(default_factory=dict)
+    instance: str | None = None
 
     @property
     def version(self) -> str:
@@ -264,35 +315,49 @@ class PluginCgroup:
 
     def dir(self, controller: str) -> Path:
         h = self.host.hierarchies[controller]
-        return h.dir_of(self.host.rel(h, self.plugin_id))
+        return h.dir_of(self.host.rel(h, self.plugin_id, self.instance))
 
     def dirs(self) -> list[Path]:
-        return [h.dir_of(self.host.rel(h, self.plugin_id)) for h in self.host.distinct()]
+        return [h.dir_of(self.host.rel(h, self.plugin_id, self.instance)) for h in self.host.distinct()]
 
     def expected_paths(self) -> dict[str, str]:
-        """/proc/<pid>/cgroup field -> the path a member must show there."""
-        return {h.line: self.host.rel(h, self.plugin_id) for h in self.host.distinct()}
+        """/proc/<pid>/cgroup field -> the path a member must show there
+        (for the plugin cgroup: the path its instances' paths start with)."""
+        return {h.line: self.host.rel(h, self.plugin_id, self.instance) for h in self.host.distinct()}
 
     # -- limits ---------------------------------------------------------------
 
-    def set_limits(self, cpu_millicores: int, memory_bytes: int, pids: int) -> None:
-        quota = max(MIN_QUOTA_US, cpu_millicores * CFS_PERIOD_US // 1000)
+    def set_limits(self, cpu_millicores: int | None, memory_bytes: int, pids: int) -> None:
+        """Write the limits and read them back. `cpu_millicores` None: no CPU
+        quota here (an instance leaf: its plugin's quota covers it)."""
+        quota = max(MIN_QUOTA_US, cpu_millicores * CFS_PERIOD_US // 1000) if cpu_millicores is not None else None
         if self.version == "v2":
             d = self.dir("memory")
             _write(d / "memory.max", str(memory_bytes))
             if (d / "memory.swap.max").exists():
                 _write(d / "memory.swap.max", "0")
-            _write(d / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+            if quota is not None:
+                _write(d / "cpu.max", f"{quota} {CFS_PERIOD_US}")
             _write(d / "pids.max", str(pids))
         else:
             mem = self.dir("memory")
-            _write(mem / "memory.limit_in_bytes", str(memory_bytes))
-            if (mem / "memory.memsw.limit_in_bytes").exists():
-                with contextlib.suppress(OSError):   # absent without swap accounting
-                    _write(mem / "memory.memsw.limit_in_bytes", str(memory_bytes))
-            cpu = self.dir("cpu")
-            _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-            _write(cpu / "cpu.cfs_quota_us", str(quota))
+            limit, memsw = mem / "memory.limit_in_bytes", mem / "memory.memsw.limit_in_bytes"
+            # memory+swap may never be set below memory: when a limit grows
+            # (the plugin's backstop), memsw goes first; when it shrinks, last.
+            order = [limit, memsw]
+            if memsw.exists() and memory_bytes > int(_read(limit)):
+                order.reverse()
+            for path in order:
+                if path is memsw:
+                    if memsw.exists():
+                        with contextlib.suppress(OSError):   # absent without swap accounting
+                            _write(memsw, str(memory_bytes))
+                else:
+                    _write(path, str(memory_bytes))
+            if quota is not None:
+                cpu = self.dir("cpu")
+                _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+                _write(cpu / "cpu.cfs_quota_us", str(quota))
             _write(self.dir("pids") / "pids.max", str(pids))
         self.verify_limits(cpu_millicores, memory_bytes, pids)
         self.oom_baseline = self.oom_kills()
@@ -309,13 +374,13 @@ class PluginCgroup:
                 "cpu_period_us": int(_read(self.dir("cpu") / "cpu.cfs_period_us")),
                 "pids": int(_read(self.dir("pids") / "pids.max"))}
 
-    def verify_limits(self, cpu_millicores: int, memory_bytes: int, pids: int) -> None:
+    def verify_limits(self, cpu_millicores: int | None, memory_bytes: int, pids: int) -> None:
         got = self.limits()
         self.read_back = dict(got)
         # v1 rounds the memory limit down to a page.
         if not (0 < got["memory"] <= memory_bytes and got["memory"] > memory_bytes - 65536):
             raise CgroupError(f"memory limit reads back as {got['memory']}, wanted {memory_bytes}")
-        if got["cpu_quota_us"] <= 0:
+        if cpu_millicores is not None and got["cpu_quota_us"] <= 0:
             raise CgroupError("cpu quota reads back unlimited")
         if got["pids"] != pids:
             raise CgroupError(f"pids limit reads back as {got['pids']}, wanted {pids}")
@@ -424,7 +489,9 @@ class PluginCgroup:
             time.sleep(0.02)
 
     def remove(self, timeout: float = 3.0) -> list[str]:
-        """Kill what is left and remove the cgroups; the problems, if any."""
+        """Kill what is left and remove the cgroups; the problems, if any.
+        An instance removes its leaf only; the plugin cgroup, once its
+        instances are gone, also the per-supervisor parent (v1) if empty."""
         problems = []
         if self.procs():
             self.kill_all()
@@ -438,8 +505,18 @@ class PluginCgroup:
                         problems.append(f"{d}: {exc.strerror}")
                         break
                     time.sleep(0.05)
-        if self.version == "v1":
+        if self.version == "v1" and self.instance is None:
             for d in self.dirs():                   # the per-supervisor parent, once empty
                 with contextlib.suppress(OSError):
                     d.parent.rmdir()
         return problems
+
+    def remove_tree(self) -> list[str]:
+        """The plugin cgroup and every instance leaf found under it (left by
+        an earlier run): killed and removed."""
+        names = {child.name[2:] for d in self.dirs() if d.is_dir()
+                 for child in d.iterdir() if child.is_dir() and child.name.startswith("i-")}
+        problems = []
+        for name in sorted(names):
+            problems += PluginCgroup(self.host, self.plugin_id, instance=name).remove()
+        return problems + self.remove()

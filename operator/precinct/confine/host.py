@@ -6,6 +6,12 @@ the plugin's view of its files, the handshake socket) and returns the command
 that starts the trusted init (init.py) instead of the runner. See
 docs/confinement.md for what each layer stops and what it does not.
 
+Everything wrap() sets up is the instance's own (files under
+confine/<id>/<instance>/, a cgroup leaf under the plugin's cgroup, the
+handshake), so a hot reload starts the new instance beside the old one;
+release(id, instance) undoes one instance and never touches the other. The
+uid, the data image and the plugin's cgroup are the plugin's.
+
 `PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
 landlock, seccomp, disk, view, handoff) switches layers off for debugging and for proving that
 the attack tests fail without them; status then reports each as
@@ -125,22 +131,51 @@ class Capabilities:
 
 
 @dataclass
-class _Plugin:
-    id: str
-    plan: SandboxPlan | None = None
-    folder: Path | None = None
-    creds: Path | None = None
-    config: Path | None = None
+class _Instance:
+    """One instance of a plugin: everything a second instance started beside
+    it (a hot reload, runtime/rollout.py) must not share or overwrite."""
+
+    name: str
+    confdir: Path                          # <state>/confine/<id>/<instance>: code, creds, config, init.json
     nats: tuple[str, int] = ("127.0.0.1", 4222)
-    uid: int | None = None
-    cgroup: PluginCgroup | None = None
-    instance: str | None = None
+    cgroup: PluginCgroup | None = None     # its leaf under the plugin's cgroup
+    memory_bytes: int = 0                  # its limits, which the plugin cgroup's backstop must cover
+    pids: int = 0
     servers: list[ListenerServer] = field(default_factory=list)
     handshake: asyncio.Task | None = None
     handshake_sock: socket.socket | None = None
     membership: str = "pending"
     enforcement: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Plugin:
+    id: str
+    plan: SandboxPlan | None = None        # set_plan(): for the next wrap() only
+    folder: Path | None = None
+    creds: Path | None = None
+    config: Path | None = None
+    nats: tuple[str, int] = ("127.0.0.1", 4222)
+    uid: int | None = None
+    # Holds no process: the CPU quota its instances share, and a memory and
+    # pids backstop (`backstop`, as last written) above their own limits.
+    cgroup: PluginCgroup | None = None
+    backstop: tuple[int, int] = (0, 0)
+    instances: dict[str, _Instance] = field(default_factory=dict)   # in the order they started
+    last: _Instance | None = None          # the latest that ended: its enforcement shows until the next starts
+    # Held while an instance's cgroup is made or removed, so the plugin
+    # cgroup is never removed under an instance being set up.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def current(self, instance: str | None = None, ended: bool = True) -> _Instance | None:
+        """`instance`; without one, the newest that runs (the one status
+        shows: a rollout stops the older). `ended`: else the latest that ended
+        (how it was enforced, while the plugin waits to restart)."""
+        found = self.instances.get(instance) if instance is not None else next(reversed(self.instances.values()), None)
+        if found is None and ended and self.last is not None and instance in (None, self.last.name):
+            return self.last
+        return found
 
 
 def environment_problem() -> str | None:
@@ -322,19 +357,34 @@ class HostConfinement(Confinement):
     def _layer(self, name: str) -> bool:
         return name not in self.disabled
 
+    # Two instances of a plugin may run side by side: each has its own files,
+    # cgroup leaf, handshake and relay, so starting one never touches another.
+    instances_per_plugin = 2
+
+    def can_overlap(self, old: SandboxPlan, new: SandboxPlan) -> bool:
+        """May `new` start beside a running `old`? Not when either may write
+        its data dir: the ext4 image must never be mounted read-write by two
+        instances (nor read-only beside a writer), so those hand over. Nor
+        when the image would be grown (resize2fs) under a mounted instance."""
+        modes = (old.fence.data_dir, new.fence.data_dir)
+        if "write" in modes:
+            return False
+        return "read" not in modes or old.limits.disk_bytes == new.limits.disk_bytes
+
     async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
         p = self._plugins.get(plugin_id)
         if p is None or p.plan is None:
             raise RuntimeError(f"no sandbox plan for {plugin_id}: the supervisor must call set_plan() first")
-        self._end_instance(p)
         caps = self.capabilities()
         if not caps.root:
             raise RuntimeError("HostConfinement needs root")
         self._start_reporting()
-        plan = p.plan
+        # The plan is for this launch: read it all now, before any await lets another launch set its own.
+        plan, folder, plan_creds, plan_config = p.plan, p.folder, p.creds, p.config
+        p.plan = None
         enf: dict[str, str] = {}
-        p.instance = spec.instance
-        p.membership = "pending"
+        confdir = self.state_dir / "confine" / plugin_id / spec.instance
+        inst = p.instances[spec.instance] = _Instance(spec.instance, confdir, nats=p.nats)
 
         # Identity.
         if self._layer("uid"):
@@ -350,14 +400,16 @@ class HostConfinement(Confinement):
         p.uid = uid
         enf["no_new_privs"] = "yes"
 
-        # Files: code snapshot, credentials, config, data dir.
-        confdir = _private_dir(self.state_dir / "confine" / plugin_id)
+        # Files: code snapshot, credentials, config, data dir. Per instance:
+        # the instance running beside this one keeps reading its own.
+        _private_dir(confdir.parent)
+        _private_dir(confdir)
         code = confdir / "code"
-        await asyncio.get_running_loop().run_in_executor(None, _copy_tree_readable, p.folder, code)
+        await asyncio.get_running_loop().run_in_executor(None, _copy_tree_readable, folder, code)
         creds = confdir / "nats.creds"
-        _install_secret(p.creds, creds, uid, gid)
+        _install_secret(plan_creds, creds, uid, gid)
         config = confdir / "config.json"
-        _install_secret(p.config, config, uid, gid)
+        _install_secret(plan_config, config, uid, gid)
         data_mode = plan.fence.data_dir
         data = self.state_dir / "plugin-data" / plugin_id
         image = data.with_name(f"{plugin_id}.img")
@@ -368,7 +420,7 @@ class HostConfinement(Confinement):
         ]
         runner_python = Path(spec.argv[0])
         env_dir = runner_python.parent.parent
-        mapping = {str(p.folder): str(IN_CODE), str(p.creds): str(IN_CREDS), str(p.config): str(IN_CONFIG)}
+        mapping = {str(folder): str(IN_CODE), str(plan_creds): str(IN_CREDS), str(plan_config): str(IN_CONFIG)}
         if (env_dir / "pyvenv.cfg").is_file():
             binds.append({"src": str(env_dir), "dst": "runner", "kind": "dir", "ro": True})
             mapping[str(runner_python)] = str(IN_RUNNER / "bin" / runner_python.name)
@@ -416,15 +468,14 @@ class HostConfinement(Confinement):
         rlimits: dict[str, int] = {"RLIMIT_CORE": 0}
         limits = plan.limits
         if caps.cgroups is not None and self._layer("cgroups"):
-            p.cgroup = caps.cgroups.create(plugin_id, limits.cpu_millicores, limits.memory_bytes, limits.pids)
+            inst.cgroup = await self._instance_cgroup(p, inst, caps.cgroups, limits)
             v = caps.cgroups.version
-            cgroup_procs = [str(d / "cgroup.procs") for d in p.cgroup.dirs()]
-            cgroup_expected = p.cgroup.expected_paths()
+            cgroup_procs = [str(d / "cgroup.procs") for d in inst.cgroup.dirs()]
+            cgroup_expected = inst.cgroup.expected_paths()
             enf["memory"] = f"cgroup-{v}"
             enf["cpu"] = f"cgroup-{v} {'cfs quota' if v == 'v1' else 'cpu.max'}"
             enf["pids"] = f"cgroup-{v}"
         else:
-            p.cgroup = None
             why = caps.cgroups_problem if self._layer("cgroups") else f"disabled by {DISABLE_ENV}"
             rlimits["RLIMIT_AS"] = max(limits.memory_bytes * 4, 512 * 2**20)
             enf["memory"] = f"rlimit-as {rlimits['RLIMIT_AS']} (a MemoryError, not a kill; {missing(why)})"
@@ -446,9 +497,9 @@ class HostConfinement(Confinement):
         else:
             enf["pidns"] = "yes"
             enf["proc"] = "private (hidepid)"
-        nats_host, nats_port = p.nats
+        nats_host, nats_port = inst.nats
         listeners = []
-        fence = self._fence(p.nats) if (netns and caps.handoff_problem is None) else caps.handoff_problem
+        fence = self._fence(inst.nats) if (netns and caps.handoff_problem is None) else caps.handoff_problem
         handoff = isinstance(fence, ConnectFence)
         handoff_cfg = None
         relayed_because = None
@@ -511,7 +562,7 @@ class HostConfinement(Confinement):
         else:
             why = f"disabled by {DISABLE_ENV}" if not self._layer("seccomp") else caps.seccomp_problem
             enf["seccomp"] = missing(f"{why}: io_uring, UDP, raw and netlink sockets, ptrace are allowed")
-        enf["cgroup-membership"] = "pending" if p.cgroup is not None else "n/a"
+        enf["cgroup-membership"] = "pending" if inst.cgroup is not None else "n/a"
 
         # Host directories covered in its mount namespace (init._hide_host_dirs).
         hide: list[str] = []
@@ -530,9 +581,9 @@ class HostConfinement(Confinement):
         hs.bind(str(hs_path))
         os.chmod(hs_path, 0o600)
         hs.listen(1)
-        p.handshake_sock = hs
-        p.handshake = asyncio.create_task(self._handshake(p, hs, hs_path, spec.instance, pidns, netns, http),
-                                          name=f"confine-handshake:{plugin_id}")
+        inst.handshake_sock = hs
+        inst.handshake = asyncio.create_task(self._handshake(p, inst, hs, hs_path, pidns, netns, http),
+                                             name=f"confine-handshake:{plugin_id}:{spec.instance}")
         handshake = str(hs_path)
         if any(str(HANDSHAKE_DIR).startswith(d + "/") for d in hide):
             # /run is hidden before the runner connects: it reaches the socket
@@ -553,27 +604,30 @@ class HostConfinement(Confinement):
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(cfg, fh, indent=1)
-        p.enforcement = enf
-        p.details = {
+        inst.enforcement = enf
+        inst.details = {
             **({"network_relayed_because": relayed_because} if relayed_because else {}),
             "nats_channel": str(confdir / "broker.json") if handoff else None,
             **({"nats_fence": str(fence.directory)} if isinstance(fence, ConnectFence) else {}),
-            "uid": uid, "gid": gid, "cgroup_version": caps.cgroups.version if p.cgroup else None,
-            "cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies} if p.cgroup else {},
+            "uid": uid, "gid": gid, "instance": spec.instance,
+            "cgroup_version": caps.cgroups.version if inst.cgroup else None,
+            # Where its processes are (the instance's leaf), and the plugin cgroup above it.
+            "cgroups": {c: str(inst.cgroup.dir(c)) for c in inst.cgroup.host.hierarchies} if inst.cgroup else {},
+            "plugin_cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies}
+            if inst.cgroup and p.cgroup else {},
             "data_dir": str(data_host) if data_host else None, "code": str(code),
             "creds": str(creds), "init_config": str(cfg_path), "sandbox": str(SANDBOX),
         }
         return LaunchSpec(argv=[*_init_command(), str(cfg_path)],
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", instance=spec.instance)
 
-    async def _handshake(self, p: _Plugin, hs: socket.socket, hs_path: Path, instance: str,
+    async def _handshake(self, p: _Plugin, inst: _Instance, hs: socket.socket, hs_path: Path,
                          pidns: bool, netns: bool, http: bool) -> None:
         loop = asyncio.get_running_loop()
         try:
             conn, body, fds, pid = await _recv_handshake(hs, HANDSHAKE_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
-            if p.instance == instance:
-                p.membership = f"{MISSING}: no handshake from the init ({exc})"
+            inst.membership = f"{MISSING}: no handshake from the init ({exc})"
             return
         finally:
             with contextlib.suppress(OSError):
@@ -581,10 +635,10 @@ class HostConfinement(Confinement):
             hs_path.unlink(missing_ok=True)
         listeners = [socket.socket(fileno=fd) for fd in fds]
         try:
-            problems = self._verify(p, pid, body, instance, pidns, netns, len(listeners))
+            problems = self._verify(inst, pid, body, pidns, netns, len(listeners))
             if problems:
-                p.membership = f"{MISSING}: refused to start: {'; '.join(problems)}"
-                log.error("plugin %s: %s", p.id, p.membership)
+                inst.membership = f"{MISSING}: refused to start: {'; '.join(problems)}"
+                log.error("plugin %s: %s", p.id, inst.membership)
                 await loop.sock_sendall(conn, f"no: {'; '.join(problems)}\n".encode())
                 for s in listeners:
                     s.close()
@@ -592,7 +646,7 @@ class HostConfinement(Confinement):
             names = body.get("listeners") or []
             for name, listener in zip(names, listeners):
                 if name == "nats":
-                    server = nats_relay(f"{p.id}/nats", listener, *p.nats)
+                    server = nats_relay(f"{p.id}/nats", listener, *inst.nats)
                 elif name == "egress" and http:
                     # This proxy serves this plugin's namespace only: its refusals are this plugin's.
                     proxy = EgressProxy(allow=self.egress_allow, on_refused=lambda reason, plugin_id=p.id:
@@ -602,20 +656,21 @@ class HostConfinement(Confinement):
                     listener.close()
                     continue
                 await server.start()
-                p.servers.append(server)
-            p.membership = f"verified (pid {pid})" if p.cgroup is not None else "n/a"
-            p.details["runner_pid"] = pid
+                inst.servers.append(server)
+            inst.membership = f"verified (pid {pid})" if inst.cgroup is not None else "n/a"
+            inst.details["runner_pid"] = pid
             await loop.sock_sendall(conn, b"go\n")
         finally:
             conn.close()
 
-    def _verify(self, p: _Plugin, pid: int, body: dict, instance: str, pidns: bool, netns: bool,
+    def _verify(self, inst: _Instance, pid: int, body: dict, pidns: bool, netns: bool,
                 listeners: int) -> list[str]:
         problems = []
-        if p.instance != instance or body.get("instance") != instance:
-            problems.append(f"instance mismatch ({body.get('instance')!r}, expected {instance!r})")
-        if p.cgroup is not None:
-            problems += p.cgroup.membership_problems(pid)
+        if body.get("instance") != inst.name:
+            problems.append(f"instance mismatch ({body.get('instance')!r}, expected {inst.name!r})")
+        if inst.cgroup is not None:
+            # Its own leaf, not merely somewhere under the plugin's cgroup.
+            problems += inst.cgroup.membership_problems(pid)
         for ns, wanted in (("pid", pidns), ("net", netns), ("mnt", True)):
             if not wanted:
                 continue
@@ -631,17 +686,18 @@ class HostConfinement(Confinement):
             problems.append("relay listeners missing")
         return problems
 
-    def _end_instance(self, p: _Plugin) -> None:
-        for server in p.servers:
+    @staticmethod
+    def _end_instance(inst: _Instance) -> None:
+        for server in inst.servers:
             server.close()
-        p.servers.clear()
-        if p.handshake_sock is not None:
+        inst.servers.clear()
+        if inst.handshake_sock is not None:
             with contextlib.suppress(OSError):
-                p.handshake_sock.close()
-            p.handshake_sock = None
-        if p.handshake is not None and not p.handshake.done():
-            p.handshake.cancel()
-        p.handshake = None
+                inst.handshake_sock.close()
+            inst.handshake_sock = None
+        if inst.handshake is not None and not inst.handshake.done():
+            inst.handshake.cancel()
+        inst.handshake = None
 
     # -- refusals -----------------------------------------------------------------
 
@@ -705,8 +761,10 @@ class HostConfinement(Confinement):
         shown = parse_proc_cgroup(text) if text else {}
         for p in list(self._plugins.values()):
             if p.cgroup is not None and shown:
+                # Its processes are in instance leaves under the plugin's cgroup.
                 expected = p.cgroup.expected_paths()
-                if expected and all(shown.get(k) == v for k, v in expected.items()):
+                if expected and all(shown.get(k, "").startswith(v + "/") or shown.get(k) == v
+                                    for k, v in expected.items()):
                     return p.id
         for p in list(self._plugins.values()):
             # By uid only when the cgroups could not say: the process is gone, or the plugin has none.
@@ -735,31 +793,32 @@ class HostConfinement(Confinement):
 
     # -- reports ------------------------------------------------------------------
 
-    def exit_reason(self, plugin_id: str, returncode: int) -> str | None:
-        p = self._plugins.get(plugin_id)
-        if p is None:
+    def exit_reason(self, plugin_id: str, returncode: int, instance: str | None = None) -> str | None:
+        inst = self._instance(plugin_id, instance)
+        if inst is None:
             return None
-        self._end_instance(p)
-        if p.cgroup is not None and p.cgroup.oom_killed_since_start():
+        self._end_instance(inst)
+        # Its own leaf's count: an OOM kill in the instance beside it is not its exit reason.
+        if inst.cgroup is not None and inst.cgroup.oom_killed_since_start():
             return "OOMKilled"
         return None
 
-    def sample(self, plugin_id: str, pid: int) -> ProcessStats:
-        p = self._plugins.get(plugin_id)
-        if p is None or p.cgroup is None:
+    def sample(self, plugin_id: str, pid: int, instance: str | None = None) -> ProcessStats:
+        inst = self._instance(plugin_id, instance)
+        if inst is None or inst.cgroup is None:
             return proc_sample(pid)
-        cpu = p.cgroup.cpu_seconds()
+        cpu = inst.cgroup.cpu_seconds()
         if cpu is None:
             cpu = proc_sample(pid).cpu_seconds
-        return ProcessStats(cpu, p.cgroup.memory_bytes())
+        return ProcessStats(cpu, inst.cgroup.memory_bytes())
 
-    def enforcement(self, plugin_id: str) -> dict[str, str]:
-        p = self._plugins.get(plugin_id)
-        if p is None or not p.enforcement:
+    def enforcement(self, plugin_id: str, instance: str | None = None) -> dict[str, str]:
+        inst = self._instance(plugin_id, instance)
+        if inst is None or not inst.enforcement:
             return {}
-        out = dict(p.enforcement)
-        if p.cgroup is not None:
-            out["cgroup-membership"] = p.membership
+        out = dict(inst.enforcement)
+        if inst.cgroup is not None:
+            out["cgroup-membership"] = inst.membership
         return out
 
     def details(self, plugin_id: str, kernel: bool = False) -> dict[str, Any]:
@@ -770,40 +829,96 @@ class HostConfinement(Confinement):
         (`precinct status ID`), never for the whole fleet's; so are the
         monitor's NATS socket counts (a file read)."""
         p = self._plugins.get(plugin_id)
-        if p is None:
+        inst = p.current(ended=False) if p is not None else None     # an ended one's cgroup and files are gone
+        if inst is None:
             return {}
-        out = dict(p.details)
+        out = dict(inst.details)
         channel = out.pop("nats_channel", None)
         if channel and kernel:
             # Counted by the instance's monitor (broker.py): sockets handed in, refused by the rate limit, failed.
             out["nats_sockets"] = broker.read_counts(channel) or {}
-        if p.cgroup is not None:
-            out["limits"] = dict(p.cgroup.read_back)
+        if inst.cgroup is not None:
+            out["limits"] = self._limits(p, inst, live=kernel)
             if kernel:
                 with contextlib.suppress(OSError):
-                    out["cgroup_pids"] = sorted(p.cgroup.procs())
-                    out["limits"] = p.cgroup.limits()
-                    out["oom_kills"] = p.cgroup.oom_kills()
-                    out["cpu_stat"] = p.cgroup.cpu_stat()
-                    out["pids_refused"] = p.cgroup.pids_refused()
+                    out["cgroup_pids"] = sorted(inst.cgroup.procs())
+                    out["oom_kills"] = inst.cgroup.oom_kills()
+                    out["cpu_stat"] = p.cgroup.cpu_stat() if p.cgroup else {}    # the quota is the plugin's
+                    out["pids_refused"] = inst.cgroup.pids_refused()
         return out
 
-    async def release(self, plugin_id: str) -> None:
-        p = self._plugins.pop(plugin_id, None)
+    @staticmethod
+    def _limits(p: _Plugin, inst: _Instance, live: bool = False) -> dict[str, int]:
+        """As the kernel holds them: memory and pids from the instance's leaf,
+        the CPU quota and the backstop from the plugin's cgroup. `live` reads
+        the files now; else they are as read back when they were set."""
+        def held(group: PluginCgroup | None) -> dict[str, int]:
+            if group is None:
+                return {}
+            if live:
+                with contextlib.suppress(OSError):
+                    return group.limits()
+            return dict(group.read_back)
+        own, shared = held(inst.cgroup), held(p.cgroup)
+        return {"memory": own.get("memory"), "pids": own.get("pids"),
+                "cpu_quota_us": shared.get("cpu_quota_us"), "cpu_period_us": shared.get("cpu_period_us"),
+                "plugin_memory": shared.get("memory"), "plugin_pids": shared.get("pids")}
+
+    def _instance(self, plugin_id: str, instance: str | None) -> _Instance | None:
+        p = self._plugins.get(plugin_id)
+        return p.current(instance) if p is not None else None
+
+    async def _instance_cgroup(self, p: _Plugin, inst: _Instance, host: CgroupHost, limits: Any) -> PluginCgroup:
+        """The instance's leaf under the plugin's cgroup.
+
+        `memory_limit` and `pids_limit` are each instance's own: a new
+        instance starting beside the old one (a hot reload) can never OOM-kill
+        it or take its pids. `cpu_limit` is the plugin's, shared by its
+        instances: an overlap costs the host no more CPU. The plugin cgroup's
+        memory and pids are a backstop: twice one instance's, and never less
+        than what its running instances may use together. While an instance
+        runs the backstop is only ever raised (lowering it could reclaim from,
+        or on v2 OOM-kill, the running one); it starts afresh when the plugin
+        starts with no instance running."""
+        inst.memory_bytes, inst.pids = limits.memory_bytes, limits.pids
+        async with p.lock:
+            running = [i for i in p.instances.values() if i.cgroup is not None]
+            if p.cgroup is None or not running:
+                p.cgroup, p.backstop = host.plugin_group(p.id, fresh=True), (0, 0)
+            memory = max(p.backstop[0], 2 * inst.memory_bytes, inst.memory_bytes + sum(i.memory_bytes for i in running))
+            pids = max(p.backstop[1], 2 * inst.pids, inst.pids + sum(i.pids for i in running))
+            p.cgroup.set_limits(limits.cpu_millicores, memory, pids)
+            p.backstop = (memory, pids)
+            return host.instance_group(p.cgroup, inst.name, inst.memory_bytes, inst.pids)
+
+    async def release(self, plugin_id: str, instance: str | None = None) -> None:
+        """An instance is over: its relay, its cgroup leaf and its files go,
+        and nothing of the instance that may run beside it. With the
+        plugin's last instance, the plugin's cgroup goes too. `instance`
+        None: every instance of the plugin."""
+        p = self._plugins.get(plugin_id)
         if p is None:
             return
-        self._end_instance(p)
-        if p.cgroup is not None:
-            problems = await asyncio.get_running_loop().run_in_executor(None, p.cgroup.remove)
-            for problem in problems:
-                log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
-        confdir = self.state_dir / "confine" / plugin_id
-        for name in ("nats.creds", "config.json", "init.json", "broker.json"):
+        loop = asyncio.get_running_loop()
+        for name in [instance] if instance is not None else list(p.instances):
+            inst = p.instances.get(name)
+            if inst is None:
+                continue
+            self._end_instance(inst)
+            async with p.lock:
+                if inst.cgroup is not None:
+                    for problem in await loop.run_in_executor(None, inst.cgroup.remove):
+                        log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
+                del p.instances[name]
+                p.last = inst
+                if not p.instances and p.cgroup is not None:
+                    for problem in await loop.run_in_executor(None, p.cgroup.remove):
+                        log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
+                    p.cgroup = None
+            await loop.run_in_executor(None, shutil.rmtree, inst.confdir, True)
+        if not p.instances:
             with contextlib.suppress(OSError):
-                (confdir / name).unlink()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(confdir / "code")
-
+                (self.state_dir / "confine" / plugin_id).rmdir()
 
     async def close(self) -> None:
         fence = self._fence_for[1] if self._fence_for else None
@@ -823,7 +938,7 @@ class UnprivilegedConfinement(Confinement):
 
     REASON = "the supervisor is not root"
 
-    def enforcement(self, plugin_id: str) -> dict[str, str]:
+    def enforcement(self, plugin_id: str, instance: str | None = None) -> dict[str, str]:
         why = self.REASON
         return {
             "uid": missing(f"{why}: plugins run as the supervisor's own uid and can read its files"),

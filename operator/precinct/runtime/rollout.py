@@ -14,14 +14,16 @@ and the new `PluginEntry` to `Rollouts.replace`, which picks one of three ways:
   wait for its health ping, swap it into `supervisor.entries`, then stop the
   old one (SIGTERM -> shutdown() -> drain, so in-flight requests finish).
   Both instances sit in queue group `precinct.<id>`: each request goes to one.
-- **handover** (the grants changed, or the confinement keeps one instance per
-  plugin, e.g. one cgroup/uid/data dir per plugin id): a new user JWT revokes
-  the old one, which would cut the old instance off mid-request. So the old
-  instance is stopped first (drained: its in-flight requests are answered),
-  then identity is synced, then the new one starts. Commands sent in the gap
-  find no responder; the dispatcher retries a no-responders request until the
-  new instance subscribes (services/dispatcher.py, `--no-responders-retry`),
-  so they are delayed, not lost, and never answered twice.
+- **handover** (the grants changed, or the confinement cannot hold both
+  instances, e.g. the kernel sandbox when either version may write its data
+  dir, one ext4 image that two instances must never mount read-write): a new
+  user JWT revokes the old one, which would cut the old instance off
+  mid-request. So the old instance is stopped first (drained: its in-flight
+  requests are answered), then identity is synced, then the new one starts.
+  Commands sent in the gap find no responder; the dispatcher retries a
+  no-responders request until the new instance subscribes
+  (services/dispatcher.py, `--no-responders-retry`), so they are delayed,
+  not lost, and never answered twice.
 
 If the new version never becomes ready (crash, ready timeout, refused launch)
 it is stopped and the old one keeps (or goes back to) running; the old slot
@@ -179,6 +181,9 @@ class Rollouts:
         self.history: list[dict] = []          # one record per replace(), newest last (bounded)
         # Monotonic outcome counts per plugin, for precinct_plugin_reloads_total.
         self.outcomes: dict[str, dict[str, int]] = {}
+        # Plugins whose new version answers and serves while the reload finishes
+        # (the old instance draining): status counts that revision already.
+        self._took_over: set[str] = set()
 
     # snapshots: the old code for a handover rollback ------------------------------
 
@@ -226,22 +231,24 @@ class Rollouts:
         shutil.rmtree(self._snapshot_root() / pid, ignore_errors=True)
         self.failed.pop(pid, None)
 
-    def overlap_ok(self) -> bool:
-        """Can two instances of one plugin run side by side? The kernel
-        sandbox keeps one cgroup, uid and data dir per plugin id and kills
-        what is in the cgroup when it starts an instance; it says so with
-        `instances_per_plugin` (default 1 for a confinement with state)."""
+    def overlap_ok(self, old: "PluginEntry", new: "PluginEntry") -> bool:
+        """Can the new version run beside the old one? The confinement says
+        how many instances of one plugin it holds (`instances_per_plugin`;
+        1 for one with per-plugin state that does not say) and whether these
+        two plans may overlap (`can_overlap`: the kernel sandbox refuses when
+        either may write its data dir, one ext4 image)."""
         conf = self.sup.confinement
         n = getattr(conf, "instances_per_plugin", None)
         if n is None:
             n = 1 if hasattr(conf, "set_plan") else 2
-        return n >= 2
+        return n >= 2 and conf.can_overlap(old.plan, new.plan)
 
     def _record(self, pid: str, mode: str, ok: bool, started: float, reason: str = "") -> None:
         self.history.append({"plugin": pid, "mode": mode, "ok": ok, "reason": reason,
                              "seconds": round(time.monotonic() - started, 3), "at": time.time()})
         del self.history[:-200]
         # A failed reload always leaves the previous version serving (or restarted).
+        self._took_over.discard(pid)
         outcome = "succeeded" if ok else "rolled_back"
         counts = self.outcomes.setdefault(pid, {})
         counts[outcome] = counts.get(outcome, 0) + 1
@@ -251,7 +258,7 @@ class Rollouts:
         +1 for every reload that took over (code or config), as a cluster's
         `status.revision` counts applied spec changes. A rolled-back reload
         does not count: the previous revision keeps serving."""
-        return 1 + self.outcomes.get(pid, {}).get("succeeded", 0)
+        return 1 + self.outcomes.get(pid, {}).get("succeeded", 0) + (pid in self._took_over)
 
     async def replace(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> None:
         pid = new.plugin.id
@@ -261,7 +268,7 @@ class Rollouts:
                 self._record(pid, "config", True, started)
                 return
             log.info("plugin %s has no working reconfigure(); restarting it with the new config", pid)
-        if same_user(old, new) and self.overlap_ok():
+        if same_user(old, new) and self.overlap_ok(old, new):
             ok, why = await self._overlap(old, new, plans)
             mode = "overlap"
         else:
@@ -312,6 +319,7 @@ class Rollouts:
         if ok:
             new.slot.conditions.set(cond.LATEST_REVISION_READY, True, "Ready",
                                     "the latest version answers its health ping")
+            self._took_over.add(pid)
             await old.slot.stop()              # SIGTERM -> shutdown() -> drain
             self.failed.pop(pid, None)
             self.prune(pid, {new.digest})

@@ -145,8 +145,8 @@ class Slot:
         if self._task:
             # gather: the slot's own cancellation is not an error here, but a
             # cancellation of whoever called stop() still reaches them.
+            # (Its loop released the instance's sandbox on the way out.)
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.confinement.release(self.id)
         self.status.state = reason
         self.conditions.set(cond.READY, False, reason, "stopped by the supervisor")
 
@@ -157,14 +157,14 @@ class Slot:
         costs no file read per plugin."""
         proc = self._proc
         if proc and proc.returncode is None:
-            stats = self.confinement.sample(self.id, proc.pid)
+            stats = self.confinement.sample(self.id, proc.pid, self.status.instance)
             self.status.cpu_seconds, self.status.memory_bytes = stats.cpu_seconds, stats.memory_bytes
 
     def snapshot(self) -> SlotStatus:
         """The slot's state now, with CPU and memory as last measured."""
         self.status.stderr_tail = list(self.log.tail)[-STATUS_LINES:]
         self.status.log_bytes, self.status.log_dropped_bytes = self.log.kept_bytes, self.log.dropped_bytes
-        self.status.enforcement = self.confinement.enforcement(self.id)
+        self.status.enforcement = self.confinement.enforcement(self.id, self.status.instance)
         self.status.conditions = self.conditions.to_list()
         return self.status
 
@@ -204,6 +204,10 @@ class Slot:
             finally:
                 if self._stopping.is_set():
                     gate()
+                # This instance is over (exited, never started, or stopped):
+                # its sandbox goes, and only its own. During a hot reload
+                # another slot's instance of the same plugin runs beside it.
+                await self.confinement.release(self.id, instance)
             if self._stopping.is_set():
                 break
             healthy_for = time.monotonic() - started
@@ -279,7 +283,7 @@ class Slot:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader, 2)
         if not self._stopping.is_set():
-            better = self.confinement.exit_reason(self.id, proc.returncode)
+            better = self.confinement.exit_reason(self.id, proc.returncode, instance)
             self._record_exit(better or cond.exit_reason(proc.returncode))
         self.status.pid = None
 
