@@ -140,7 +140,7 @@ async def test_monitor_merges_services_and_keeps_history():
     assert len(monitor.view()["plugins"]["dice"]["history"]["memory_bytes"]) == 2
 
 
-async def test_sample_interval_grows_past_500_plugins_and_top_reads_the_last_sample():
+async def test_sample_interval_grows_past_200_plugins_and_top_reads_the_last_sample():
     count = {"plugins": 1, "calls": 0}
 
     async def status():
@@ -151,9 +151,9 @@ async def test_sample_interval_grows_past_500_plugins_and_top_reads_the_last_sam
     monitor = Monitor(status)
     view = await monitor.sample()
     assert view["interval_seconds"] == 2.0 and monitor.interval == 2.0
-    count["plugins"] = 1000                      # 1000 plugins: a sample every 4 s (N / 250)
+    count["plugins"] = 1000                      # 1000 plugins: a sample every 10 s (N / 100)
     view = await monitor.sample()
-    assert view["interval_seconds"] == 4.0 and monitor.interval == 4.0 and len(view["plugins"]) == 1000
+    assert view["interval_seconds"] == 10.0 and monitor.interval == 10.0 and len(view["plugins"]) == 1000
     calls = count["calls"]
     top = await monitor.op_top({})
     assert top is monitor.view() and count["calls"] == calls    # `precinct top` costs no sample of its own

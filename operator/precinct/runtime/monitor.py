@@ -1,9 +1,9 @@
 """Plugin health numbers for the single-host runtime: one `view()` for the
 dashboard, `precinct top` (control op `top`) and /metrics.
 
-`Monitor` samples every plugin every `interval` seconds (2 s, or N / 250 s
-above 500 plugins, so a sample never costs more than about 250 plugins' worth
-a second): the slot snapshot
+`Monitor` samples every plugin every `interval` seconds (2 s, or N / 100 s
+above 200 plugins, so sampling never costs more than about 100 plugins' worth
+a second: at 500 plugins it was most of the idle supervisor's CPU): the slot snapshot
 (state, CPU, memory, restarts, OOM kills), the violation ladder, the gateway's
 and storage's counters (requested over NATS in the platform account:
 `precinct.gateway.stats`, `precinct.admin.storage.stats`) and the dispatcher's
@@ -31,8 +31,8 @@ from ..wire import subjects as wire
 log = logging.getLogger("precinct.monitor")
 
 HISTORY = 90                  # samples kept per plugin (3 minutes at the default interval)
-INTERVAL = 2.0                # seconds between samples, at most 500 plugins
-PLUGINS_PER_SECOND = 250      # beyond 500 plugins the interval grows: N / 250 s
+INTERVAL = 2.0                # seconds between samples, at most 200 plugins
+PLUGINS_PER_SECOND = 100      # beyond 200 plugins the interval grows: N / 100 s
 STATS_TIMEOUT = 0.5           # seconds to wait for the gateway's / storage's counters
 # What counts as an error (docs/monitoring.md). A plugin that answers
 # `{"success": false, "error": "no quote #42"}` has done its job: that is an
