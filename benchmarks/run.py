@@ -119,12 +119,30 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def classify(pid: int, monitors: set[int]) -> str:
-    cmd = cmdline(pid)
-    if "precinct_runner" in cmd:
-        return "runner"
+    """Which part of the tree a process is. By position, not command line:
+    forked from the template (confine/template.py), monitor, ns-init and
+    runner all show the template's command line."""
     if pid in monitors:
         return "monitor"
+    parent = ppid(pid)
+    if parent in monitors:
+        return "ns-init"
+    if ppid(parent) in monitors:
+        return "runner"
+    cmd = cmdline(pid)
+    if "precinct.confine.template" in cmd:
+        return "template"
+    if "precinct_runner" in cmd:
+        return "runner"
     if "precinct.confine" in cmd:
         return "ns-init"
     m = re.search(r"precinct\.services\.(\w+)", cmd)
@@ -340,6 +358,9 @@ async def _runtime_traffic(state: Path, plain: PlainDice, n: int, colds: int,
         runner = (status.get("confinement") or {}).get("runner_pid") or monitor
         procs = [monitor, *descendants(monitor)]
         out["sandbox_procs"] = {classify(p, {monitor}): rss_pss(p) for p in procs if p}
+        template = ppid(monitor)
+        if template and template != fleet.proc.pid:   # forked from the runner environment's template
+            out["sandbox_procs"]["template"] = rss_pss(template)
         out["sandboxed"] = runner != monitor
         out["status"] = status
 
@@ -423,6 +444,13 @@ def bench_runtime(n: int = 1000, colds: int = 10) -> str:
         say("runtime: WARNING: the plugin is not sandboxed (not root?); the ratio compares two unsandboxed runners")
     mem_rows = [f"| … its **{k}** (trusted, not charged to the plugin), RSS / PSS | {v[0] / MIB:.1f} / {v[1] / MIB:.1f} MiB | — | "
                 "`smaps_rollup` |" for k, v in trusted]
+    template_rss, template_pss = procs.get("template", (0, 0))
+    if "template" in procs:
+        mem_rows.append(f"| the runner environment's **template** (trusted; shared by every plugin it forks: here 1), "
+                        f"RSS / PSS | {template_rss / MIB:.1f} / {template_pss / MIB:.1f} MiB | — | `smaps_rollup`; "
+                        "its PSS falls as it forks more (see the scale section for the share per plugin at N) |")
+        trusted_rss += template_rss
+        trusted_pss += template_pss
     handed = "netns+handoff" in (mechanisms or "")
     path = "a NATS socket its monitor hands in" if handed else "the supervisor's relay"
     hop = "runner (over the handed-in socket)" if handed else "relay → runner"
@@ -458,7 +486,7 @@ def bench_runtime(n: int = 1000, colds: int = 10) -> str:
         f"{statistics.median(cp):.0f} ms ({min(cp):.0f}–{max(cp):.0f}) | "
         f"**{statistics.median(cs) / statistics.median(cp):.2f}** | sandboxed median ≤ 250 ms | "
         "sandboxed: SIGKILL the runner; the supervisor respawns the whole instance (monitor, ns-init, "
-        "cgroups, namespaces, handshake, runner); from the new instance's `started_at` (`precinct "
+        "cgroups, namespaces, handshake, runner; forked from the template when status says `process: forked`); from the new instance's `started_at` (`precinct "
         "status --json`) to the first answer of a request sent every ~10 ms (50 ms timeout). Plain: from "
         "`Popen` of a fresh runner to the first answer, same polling |",
         f"| cold start as the supervisor sees it: spawn → health ping answered, median (min–max) | "
@@ -471,7 +499,7 @@ def bench_runtime(n: int = 1000, colds: int = 10) -> str:
         "|---|---|---|---|",
         f"| runner (plugin code, uid 61xxx), RSS / PSS | {runner_rss / MIB:.1f} / {runner_pss / MIB:.1f} MiB | RSS ≤ 30 MB | `smaps_rollup` |",
         *mem_rows,
-        f"| **total per sandboxed plugin** (runner + monitor + ns-init), RSS / PSS | "
+        f"| **total per sandboxed plugin** (runner + monitor + ns-init{' + template' if 'template' in procs else ''}), RSS / PSS | "
         f"{(runner_rss + trusted_rss) / MIB:.1f} / {(runner_pss + trusted_pss) / MIB:.1f} MiB | PSS ≤ 12 MiB | sum of the rows above |",
         "",
         f"`!roll 2d6` through the dispatcher (sandboxed only; the plain setup has no dispatcher): one connected "
@@ -482,7 +510,7 @@ def bench_runtime(n: int = 1000, colds: int = 10) -> str:
         headline("`rosey.command.dice.roll` request, sandboxed / plain, p50", f"{s50:.3f} / {p50:.3f} ms = **{s50 / p50:.2f}**", "≤ 1.10 (stretch 1.05)"),
         headline("same, p99", f"{s99:.3f} / {p99:.3f} ms = {s99 / p99:.2f}", "≤ 1.2"),
         headline("`!roll` through the dispatcher, p50 / p99", f"{statistics.median(chat):.2f} / {pct(chat, .99):.2f} ms", "median ≤ 5 ms"),
-        headline("memory per sandboxed plugin: runner / monitor + ns-init, RSS (PSS)",
+        headline("memory per sandboxed plugin, 1 plugin: runner / monitor + ns-init (+ whole template), RSS (PSS)",
                  f"{runner_rss / MIB:.1f} ({runner_pss / MIB:.1f}) / {trusted_rss / MIB:.1f} ({trusted_pss / MIB:.1f}) MiB; plain runner {plain_rss / MIB:.1f} ({plain_pss / MIB:.1f}) MiB",
                  "everything per plugin ≤ 12 MiB PSS"),
         headline("cold start (spawn → first `!roll` answered), sandboxed / plain, median", f"{statistics.median(cs):.0f} / {statistics.median(cp):.0f} ms", "sandboxed ≤ 250 ms"),
@@ -544,7 +572,7 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         stop_s = time.monotonic() - stop0
         shutil.rmtree(sources[0][0].parent, ignore_errors=True)
     sup_rss, sup_pss = mem["supervisor"][0]
-    order = ["supervisor", "runner", "monitor", "ns-init", "nats-server"] + sorted(
+    order = ["supervisor", "runner", "monitor", "ns-init", "template", "nats-server"] + sorted(
         k for k in mem if k.startswith("service:")) + (["other"] if "other" in mem else [])
     rows = []
     for kind in order:
@@ -560,6 +588,8 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
     total_pss = sum(v[1] for vals in mem.values() for v in vals)
     total_cpu = 100 * sum(cpu.values()) / wall
     sup_cpu = 100 * cpu["supervisor"] / wall
+    # Everything a plugin costs: its own processes and its share of the template.
+    per_plugin = sum(v[1] for kind in ("runner", "monitor", "ns-init", "template") for v in mem.get(kind, [])) / count
     return "\n".join([
         f"## Scale: {count} plugins on one {os.cpu_count()}-core machine",
         "",
@@ -578,6 +608,8 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         f"| supervisor memory RSS / PSS | {sup_rss / MIB:.1f} / {sup_pss / MIB:.1f} MiB | — | `smaps_rollup` |",
         f"| whole tree CPU while idle | {total_cpu:.2f} % of one core | — | supervisor + every process below it |",
         f"| whole tree memory RSS / PSS | {total_rss / MIB:.0f} / {total_pss / MIB:.0f} MiB | — | sum over the processes below; PSS is the honest sum |",
+        f"| per plugin: runner + monitor + ns-init + its share of the template, PSS | {per_plugin / MIB:.1f} MiB | ≤ 12 MiB | "
+        "the PSS of those process classes below, divided by the plugin count |",
         f"| `precinct up` stop (SIGTERM → exit) | {stop_s:.1f} s | — | wall clock |",
         *(f"| {what}, p50 / max of {len(t)} | {pct(t, 0.5):.2f} / {max(t):.2f} s | {target} | {how} |"
           for what, (t, target, how) in latency.items()),
@@ -590,6 +622,8 @@ def bench_scale(count: int = 100, idle_seconds: float = 30) -> str:
         headline(f"{count} plugins: supervisor CPU idle / RSS (PSS)",
                  f"{sup_cpu:.2f} % / {sup_rss / MIB:.0f} ({sup_pss / MIB:.0f}) MiB", "CPU < 5 %"),
         headline(f"{count} plugins: whole tree idle CPU / PSS", f"{total_cpu:.1f} % / {total_pss / MIB:.0f} MiB"),
+        headline(f"{count} plugins: per plugin (its processes + its share of the template), PSS",
+                 f"{per_plugin / MIB:.1f} MiB", "≤ 12 MiB"),
         headline(f"{count} plugins: `precinct status` wall time, p50 / max",
                  f"{pct(latency['`precinct status`'][0], 0.5):.2f} / {max(latency['`precinct status`'][0]):.2f} s",
                  "< 1 s"),

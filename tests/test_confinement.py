@@ -34,7 +34,7 @@ import pytest
 
 from attack_support import AttackFleet
 from netns_support import LoopbackHTTP, OwnedNetwork, UnixListener, can_own_networks
-from runtime_support import pid_alive, precinct, processes_mentioning
+from runtime_support import pid_alive, precinct
 
 PLUGINS = ("hog", "spinner", "orphanbomb", "prober", "fetcher", "sockprobe")
 MiB = 2**20
@@ -555,6 +555,14 @@ def test_cannot_signal_ptrace_or_see_other_processes(fleet):
 
 
 @needs_root
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _children(pid: int) -> set[int]:
+    return {int(x) for task in Path(f"/proc/{pid}/task").iterdir() for x in (task / "children").read_text().split()}
+
+
 def test_fork_bomb_is_stopped_and_nothing_outlives_a_sigkilled_supervisor(fleet):
     info = fleet.assert_confined("orphanbomb")
     pids_dir = Path(info["confinement"]["cgroups"]["pids"])
@@ -568,11 +576,15 @@ def test_fork_bomb_is_stopped_and_nothing_outlives_a_sigkilled_supervisor(fleet)
     status = fleet.status()
     uids = [p["confinement"]["uid"] for p in status["plugins"].values()]
     plugin_pids = {pid for uid in uids for pid in processes_of_uid(uid)}
-    inits = set(processes_mentioning(str(fleet.state / "confine")))
+    # Each instance's trusted monitor (the pid status shows) and its ns-init;
+    # and the template that forked them (confine/template.py), if one did.
+    monitors = {p["pid"] for p in status["plugins"].values() if p.get("pid")}
+    inits = monitors | {child for m in monitors for child in _children(m)}
+    templates = {_ppid(m) for m in monitors} - {fleet.up.proc.pid}
     cgroup_pids = {pid for p in status["plugins"].values() for d in p["confinement"]["cgroups"].values()
                    for pid in map(int, (Path(d) / "cgroup.procs").read_text().split())}
     assert len(plugin_pids) > limit // 2 and len(inits) == 2 * len(PLUGINS), (plugin_pids, inits)
-    everything = plugin_pids | inits | cgroup_pids
+    everything = plugin_pids | inits | templates | cgroup_pids
 
     os.kill(fleet.up.proc.pid, signal.SIGKILL)
     fleet.up.proc.wait(10)

@@ -73,8 +73,11 @@ class HostSettings(_Settings):
                                       "checkout (default: the checkout's plugins/runner).", default=None)
     confine_disable: str = _var(env.CONFINE_DISABLE, None, "Sandbox layers to switch off, comma-separated "
                                 "(uid, cgroups, pidns, netns, landlock, seccomp, disk, view): for debugging; "
-                                "status reports each as MISSING. `handoff` is not a protection: without it "
-                                "plugins reach NATS through the supervisor's relay.", default="")
+                                "status reports each as MISSING. `handoff` and `zygote` are not protections: "
+                                "without `handoff` plugins reach NATS through the supervisor's relay; without "
+                                "`zygote` each instance starts by exec instead of being forked from the runner "
+                                "environment's pre-imported template (more memory and start time, no shared "
+                                "hash secret).", default="")
     egress_test_allow: str = _var(env.EGRESS_TEST_ALLOW, None, "TEST ONLY: ADDR:PORT pairs the egress proxy "
                                   "lets plugins reach although the policy refuses them.", default="")
     uid_base: int = _var(env.UID_BASE, None, "First uid handed to plugins.", default=61000, ge=1000, le=2**31 - 2**16)

@@ -13,11 +13,13 @@ release(id, instance) undoes one instance and never touches the other. The
 uid, the data image and the plugin's cgroup are the plugin's.
 
 `PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
-landlock, seccomp, disk, view, handoff) switches layers off for debugging and for proving that
+landlock, seccomp, disk, view, handoff, zygote) switches layers off for debugging and for proving that
 the attack tests fail without them; status then reports each as
 "MISSING: disabled by PRECINCT_CONFINE_DISABLE". Never silent. (`handoff`
 is not a protection: without it the plugin reaches NATS through the relay,
-as safe and slower.)
+as safe and slower. Nor is `zygote`: without it each instance starts by
+exec instead of being forked from its runner environment's template,
+template.py.)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .connect_fence import ConnectFence, FenceError
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
+from .forked import Template, TemplateError, package_parent
 from .launch import Confinement, LaunchSpec
 from .procstats import ProcessStats
 from .procstats import sample as proc_sample
@@ -66,7 +69,7 @@ IN_CONFIG = SANDBOX / "config.json"
 IN_DATA = SANDBOX / "data"
 IN_DEPS = SANDBOX / "deps"            # the plugin's installed dependencies (runtime/plugin_deps.py), read-only
 
-LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view", "handoff")
+LAYERS = ("uid", "cgroups", "pidns", "netns", "landlock", "seccomp", "disk", "view", "handoff", "zygote")
 # How a plugin reaches NATS (status `network`): a connected socket handed into
 # its namespace by its trusted monitor (broker.py), or the supervisor's relay.
 NETWORK_HANDOFF = "netns+handoff"
@@ -288,6 +291,8 @@ class HostConfinement(Confinement):
         self._audit_lost_at_start: int | None = None
         self._owners: dict[tuple[int, int], tuple[str | None, float]] = {}
         self._fence_for: tuple[tuple[str, int], ConnectFence | str] | None = None
+        # One template process per runner environment (confine/template.py).
+        self._templates: dict[str, Template] = {}
 
     # -- what this host can do ----------------------------------------------------
 
@@ -591,7 +596,12 @@ class HostConfinement(Confinement):
             binds.append({"src": str(hs_path), "dst": ".handshake", "kind": "file"})
             handshake = str(SANDBOX / ".handshake")
 
+        # How the instance starts: forked from its runner environment's template,
+        # which has the runner imported (template.py), or by exec.
+        template, in_process = await self._template_for(spec.argv, argv, env_dir, enf)
+
         cfg = {
+            "in_process": in_process,
             "plugin_id": plugin_id, "instance": spec.instance, "supervisor_pid": os.getpid(),
             "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
             "rlimits": rlimits, "handshake": handshake, "handshake_in_view": handshake != str(hs_path),
@@ -619,7 +629,39 @@ class HostConfinement(Confinement):
             "creds": str(creds), "init_config": str(cfg_path), "sandbox": str(SANDBOX),
         }
         return LaunchSpec(argv=[*_init_command(), str(cfg_path)],
-                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", instance=spec.instance)
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", instance=spec.instance,
+                          template=template)
+
+    async def _template_for(self, host_argv: list[str], argv: list[str], env_dir: Path,
+                            enf: dict[str, str]) -> tuple[str | None, dict | None]:
+        """The template that forks this launch and what the forked runner runs,
+        or (None, None) to start it by exec; `enf["process"]` says which and why."""
+        if not self._layer("zygote"):
+            enf["process"] = f"exec (template disabled by {DISABLE_ENV})"
+            return None, None
+        if len(argv) < 3 or argv[1] != "-m":
+            enf["process"] = "exec (not a `python -m` runner)"
+            return None, None
+        python, module = host_argv[0], argv[2]
+        template = self._templates.get(python)
+        if template is None or template.module != module:
+            template = self._templates[python] = Template(python, module)
+        try:
+            await template.ensure()
+        except TemplateError as exc:
+            enf["process"] = f"exec (template unavailable: {exc})"
+            return None, None
+        enf["process"] = f"forked from template pid {template.pid}"
+        paths = {str(env_dir): str(IN_RUNNER)} if (env_dir / "pyvenv.cfg").is_file() else {}
+        return python, {"module": module, "args": argv[3:], "paths": paths, "drop": [package_parent()]}
+
+    async def spawn(self, plugin_id: str, spec: LaunchSpec, output: int):
+        if spec.template is None:
+            return None
+        try:
+            return await self._templates[spec.template].fork(spec.argv[-1], output)
+        except TemplateError as exc:
+            raise RuntimeError(f"could not fork from the template: {exc}") from None
 
     async def _handshake(self, p: _Plugin, inst: _Instance, hs: socket.socket, hs_path: Path,
                          pidns: bool, netns: bool, http: bool) -> None:
@@ -930,6 +972,9 @@ class HostConfinement(Confinement):
                 if fence.directory.exists():
                     await asyncio.sleep(0.1)
         self._fence_for = None
+        for template in self._templates.values():
+            await template.close()
+        self._templates.clear()
 
 
 class UnprivilegedConfinement(Confinement):

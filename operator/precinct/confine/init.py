@@ -65,6 +65,8 @@ BROKER_FD = 3
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Set by the template (template.py): the runner's `__main__` code and file.
+RUNNER_MAIN: tuple | None = None
 
 
 class SetupError(Exception):
@@ -101,10 +103,11 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 # -- the monitor (host PID namespace) -----------------------------------------
 
 
-def monitor(cfg: dict) -> None:
+def monitor(cfg: dict, parent: int | None = None) -> None:
+    """`parent`: who started us (the template, template.py), if not the supervisor."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != cfg["supervisor_pid"]:
-        raise SetupError("the supervisor is gone")
+    if os.getppid() != (parent or cfg["supervisor_pid"]):
+        raise SetupError("the supervisor is gone" if parent is None else "the template is gone")
     status_r, status_w = os.pipe()
     alive_r, alive_w = os.pipe()     # ns-init sees EOF here once the monitor is gone
     # The NATS channel (broker.py): our end stays here, in the host's network
@@ -428,7 +431,8 @@ def _landlock(cfg: dict) -> None:
         rules.allow_path(path, ll.READ_FILE | ll.WRITE_FILE | ll.IOCTL_DEV)
     for port in spec.get("connect", []):
         rules.allow_connect(port)
-    rules.restrict_self()
+    # No exec follows when the runner runs in this process: log its refusals too.
+    rules.restrict_self(log_this_exec=bool(cfg.get("in_process")))
 
 
 def _rlimits(cfg: dict) -> None:
@@ -445,6 +449,10 @@ def runner(cfg: dict, listeners: list[socket.socket], channel: socket.socket | N
     _rlimits(cfg)
     _handshake(cfg, listeners)
     _drop(cfg)
+    if cfg.get("in_process"):
+        # An exec would make us dumpable again after the uid change; without
+        # one, /proc/self would stay root's and the runner could not read it.
+        prctl(PR_SET_DUMPABLE, 1)
     os.umask(0o077)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if cfg.get("landlock"):
@@ -453,6 +461,9 @@ def runner(cfg: dict, listeners: list[socket.socket], channel: socket.socket | N
     if channel is not None:          # the NATS channel is fd 3 (PRECINCT_NATS_FD); nothing else is kept
         if channel.fileno() != BROKER_FD:
             os.dup2(channel.fileno(), BROKER_FD)
+            channel.close()
+        else:
+            channel.detach()         # fd 3 stays; no object may close it later
         os.set_inheritable(BROKER_FD, True)
         os.closerange(BROKER_FD + 1, 1 << 16)
     else:
@@ -461,7 +472,93 @@ def runner(cfg: dict, listeners: list[socket.socket], channel: socket.socket | N
         from precinct.confine import seccomp
 
         seccomp.install()
+    if cfg.get("in_process"):
+        _become_runner(cfg)
     os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+
+
+def _become_runner(cfg: dict) -> None:
+    """Run the runner here, as `python -m MODULE ARGS` would after the exec:
+    forked from the template (template.py), it has the runner imported
+    already. Confined exactly as before an exec; only Python's own state is
+    set to what a fresh interpreter would have. Never returns."""
+    import atexit
+    import importlib
+    import io
+    import random
+    import threading
+    import traceback
+    import types
+
+    spec = cfg["in_process"]
+    if RUNNER_MAIN is None:
+        raise SetupError("no runner imported: in_process needs the template (template.py)")
+    main_code, main_file = RUNNER_MAIN
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    # The template imported from host paths; the plugin's view shows the runner
+    # environment elsewhere (its host directory is hidden): later imports look there.
+    moves = sorted(spec.get("paths", {}).items(), key=lambda kv: -len(kv[0]))
+
+    def inside(path: str) -> str:
+        for host, view in moves:
+            if path == host or path.startswith(host.rstrip("/") + "/"):
+                return view + path[len(host):]
+        return path
+
+    sys.path[:] = [inside(p) for p in sys.path if p not in spec.get("drop", [])]
+    for module in list(sys.modules.values()):     # packages look for submodules in their __path__
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [inside(p) for p in search]
+    sys.executable, sys.prefix, sys.exec_prefix = inside(sys.executable), inside(sys.prefix), inside(sys.exec_prefix)
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    for sig in range(1, signal.NSIG):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as a fresh interpreter sets them
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    random.seed()
+    unbuffered = bool(cfg["env"].get("PYTHONUNBUFFERED"))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  line_buffering=True, write_through=unbuffered)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    main_file = inside(main_file)
+    sys.argv = [main_file, *spec["args"]]
+    code: object = 0
+    try:
+        # As `python -m MODULE` runs it: its __main__, as the module __main__
+        # (not the template's: pickle and friends look there).
+        main_module = types.ModuleType("__main__")
+        main_module.__dict__.update(__file__=main_file, __package__=spec["module"], __builtins__=__builtins__)
+        sys.modules["__main__"] = main_module
+        exec(main_code, main_module.__dict__)  # nosec B102 - the runner's own __main__, compiled by the template
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:  # noqa: BLE001 - as the interpreter would: print it, exit 1
+        traceback.print_exc()
+        code = 1
+    # What interpreter shutdown does that a plugin may rely on: wait for its
+    # non-daemon threads, run atexit handlers, flush.
+    with contextlib.suppress(Exception):
+        threading._shutdown()  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        with contextlib.suppress(Exception):
+            print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code & 0xFF)
 
 
 def main(argv: list[str] | None = None) -> int:

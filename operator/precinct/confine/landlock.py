@@ -160,11 +160,13 @@ class Ruleset:
         _check(_syscall(ctypes.c_long(SYS_ADD_RULE), ctypes.c_int(self.fd), ctypes.c_int(RULE_NET_PORT),
                         ctypes.byref(attr), ctypes.c_uint32(0)), f"landlock_add_rule(port {port})")
 
-    def restrict_self(self) -> None:
+    def restrict_self(self, log_this_exec: bool = False) -> None:
         """Needs no_new_privs (or CAP_SYS_ADMIN); irrevocable for this process
         and everything it starts. From ABI 7, denials after the next exec are
-        audited (see the module docstring)."""
-        flags = (LOG_SAME_EXEC_OFF | LOG_NEW_EXEC_ON) if self.abi >= AUDIT_ABI else 0
+        audited (see the module docstring); with `log_this_exec`, also those
+        of this process before any exec (the runner forked from the template
+        runs here, without an exec)."""
+        flags = ((0 if log_this_exec else LOG_SAME_EXEC_OFF) | LOG_NEW_EXEC_ON) if self.abi >= AUDIT_ABI else 0
         try:
             _check(_syscall(ctypes.c_long(SYS_RESTRICT_SELF), ctypes.c_int(self.fd), ctypes.c_uint32(flags)),
                    "landlock_restrict_self")

@@ -9,8 +9,10 @@ interface and the sandbox never imports the runtime.
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .procstats import ProcessStats, sample
 
@@ -24,6 +26,33 @@ class LaunchSpec:
     env: dict[str, str]
     cwd: str
     instance: str
+    # Set by a sandbox that starts this launch itself (Confinement.spawn):
+    # which of its template processes forks it (confine/template.py).
+    template: str | None = None
+
+
+class Process(Protocol):
+    """What the slot needs of a started instance: asyncio's Process has it,
+    and so has a process forked by a template (confine/forked.py)."""
+    pid: int
+    returncode: int | None
+
+    async def wait(self) -> int: ...
+
+
+def die_with_parent(parent: int):
+    """Child-side hook: SIGKILL this process when the supervisor dies, even by
+    SIGKILL, so no trusted service (NATS, gateway, storage) or template
+    outlives it and blocks the next `precinct up`. Plugins get the same from
+    their trusted init, which also covers their descendants (confine/init.py)."""
+    import ctypes
+
+    def hook() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the supervisor died before the prctl took effect
+            os._exit(1)
+    return hook
 
 
 class Confinement:
@@ -38,6 +67,11 @@ class Confinement:
 
     async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
         return spec
+
+    async def spawn(self, plugin_id: str, spec: LaunchSpec, output: int) -> Process | None:
+        """Start the launch wrap() returned, its stdout and stderr on `output`;
+        None: the caller executes spec.argv itself (this base always says so)."""
+        return None
 
     def can_overlap(self, old: SandboxPlan, new: SandboxPlan) -> bool:
         """May an instance with plan `new` start while one with `old` runs

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 
 from .. import conditions as cond
 from ..conditions import Conditions
-from ..confine.launch import Confinement, LaunchSpec
+from ..confine.launch import Confinement, LaunchSpec, Process, die_with_parent
 from .plugin_log import STATUS_LINES, PluginLog
 
 STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REJECTED, SUSPENDED = (
@@ -74,21 +74,6 @@ Launcher = Callable[[str], Awaitable[LaunchSpec]]
 Pinger = Callable[[str, float], Awaitable[bool]]
 
 
-def _die_with_parent(parent: int):
-    """Child-side hook: SIGKILL this process when the supervisor dies, even by
-    SIGKILL, so no trusted service (NATS, gateway, storage) outlives it and
-    blocks the next `precinct up`. Plugins get the same from their trusted
-    init, which also covers their descendants (see confine/init.py)."""
-    import ctypes
-
-    def hook() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the supervisor died before the prctl took effect
-            os._exit(1)
-    return hook
-
-
 class _Release:
     """Releases a semaphore at most once (None: nothing to release)."""
 
@@ -116,7 +101,7 @@ class Slot:
         self.confinement = confinement or Confinement()
         self.status = SlotStatus(id=plugin_id)
         self.conditions = Conditions()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Process | None = None
         self._output = -1                # read end of the instance's stdout+stderr pipe
         self.log = PluginLog()
         self._task: asyncio.Task | None = None
@@ -241,12 +226,15 @@ class Slot:
         # stdout and stderr share one pipe; plugin_log.PluginLog reads it.
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *spec.argv, env=spec.env, cwd=spec.cwd,
-                stdin=asyncio.subprocess.DEVNULL, stdout=write_end, stderr=write_end,
-                start_new_session=True,  # its own process group: we can signal everything it started
-                preexec_fn=_die_with_parent(os.getpid()),
-            )
+            # The sandbox may fork it from a pre-imported template (confine/template.py).
+            self._proc = await self.confinement.spawn(self.id, spec, write_end)
+            if self._proc is None:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *spec.argv, env=spec.env, cwd=spec.cwd,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=write_end, stderr=write_end,
+                    start_new_session=True,  # its own process group: we can signal everything it started
+                    preexec_fn=die_with_parent(os.getpid()),
+                )
         except BaseException:
             os.close(read_end)
             raise
