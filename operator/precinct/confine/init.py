@@ -1,8 +1,9 @@
 """The tiny trusted init of one plugin instance: `python -m precinct.confine.init CONFIG`.
 
-Started by the supervisor (root) from its event loop's thread; CONFIG is a
-JSON file written by `host.HostConfinement.wrap` in the supervisor's private
-state dir. Three processes, only the last untrusted:
+Forked by its runner environment's template (template.py), or started by the
+supervisor (root) from its event loop's thread when there is none; CONFIG is
+a JSON file written by `host.HostConfinement.wrap` in the supervisor's
+private state dir. Three processes, only the last untrusted:
 
   monitor   (host PID namespace, root)  holds PR_SET_PDEATHSIG=SIGKILL on the
             supervisor's thread; creates the PID namespace; forwards stop
@@ -22,8 +23,10 @@ state dir. Three processes, only the last untrusted:
             kernel reports for the socket peer), hands over the relay
             listeners, waits for "go"; then drops to the plugin's uid/gid,
             sets no_new_privs, applies Landlock and seccomp, and execs the
-            runner. Any failure before exec ends it with exit code 126 and a
-            `precinct-init:` line on stderr: fail closed, never run unconfined.
+            runner (forked from the template: runs the runner it already has
+            imported, `_become_runner`). Any failure before that ends it with
+            exit code 126 and a `precinct-init:` line on stderr: fail closed,
+            never run unconfined.
 
 Only the standard library and the sibling landlock/seccomp modules; no
 precinct imports at module level (startup cost is paid per plugin).

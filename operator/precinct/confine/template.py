@@ -83,6 +83,12 @@ def _preload(module: str) -> None:
     package = importlib.import_module(module)
     for info in pkgutil.iter_modules(package.__path__, f"{module}."):
         importlib.import_module(info.name)
+    # What nats-py imports only when it signs in with credentials (every
+    # plugin does): libsodium through cffi, the slowest import of a start.
+    try:
+        importlib.import_module("nkeys")
+    except ImportError:
+        pass
 
 
 def _receive(ctl: socket.socket) -> tuple[bytes, list[int]]:

@@ -46,7 +46,7 @@ class DirWatch:
         self.rescan = rescan
         self.fd: int | None = None
         self.watched: set[str] = set()
-        self._last_full = 0.0
+        self._last_full = float("-inf")    # the first call always compares, however young the clock
         self._libc = None
         self.problem: str | None = None     # why it polls instead (status, logs)
         lib = ctypes.util.find_library("c")

@@ -573,7 +573,10 @@ class Supervisor:
                     await self._nc.request(wire.ping(plugin_id, instance), b"{}", timeout=0.5)
                     return True
                 except Exception:
-                    await asyncio.sleep(0.1)
+                    # No responder yet answers at once: retry soon. A forked
+                    # instance is up within tens of ms, and the start gate
+                    # (slot.py) waits on this answer for the next start.
+                    await asyncio.sleep(0.02)
             return False
         return ping
 
