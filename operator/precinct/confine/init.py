@@ -70,6 +70,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 _libc = ctypes.CDLL(None, use_errno=True)
 # Set by the template (template.py): the runner's `__main__` code and file.
 RUNNER_MAIN: tuple | None = None
+PACKAGE_PATHS: list[list[str]] = []     # and the __path__ of every package it imported
 
 
 class SetupError(Exception):
@@ -510,10 +511,10 @@ def _become_runner(cfg: dict) -> None:
         return path
 
     sys.path[:] = [inside(p) for p in sys.path if p not in spec.get("drop", [])]
-    for module in list(sys.modules.values()):     # packages look for submodules in their __path__
-        search = getattr(module, "__path__", None)
-        if isinstance(search, list):
-            search[:] = [inside(p) for p in search]
+    # Packages look for submodules in their __path__. Only the packages the
+    # template listed: touching every module would copy a page per module.
+    for search in PACKAGE_PATHS:
+        search[:] = [inside(p) for p in search]
     sys.executable, sys.prefix, sys.exec_prefix = inside(sys.executable), inside(sys.prefix), inside(sys.exec_prefix)
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()

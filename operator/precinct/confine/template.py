@@ -89,6 +89,7 @@ def _preload(module: str) -> None:
         importlib.import_module("nkeys")
     except ImportError:
         pass
+    init.PACKAGE_PATHS = [m.__path__ for m in list(sys.modules.values()) if isinstance(getattr(m, "__path__", None), list)]
 
 
 def _receive(ctl: socket.socket) -> tuple[bytes, list[int]]:
