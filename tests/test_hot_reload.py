@@ -681,6 +681,44 @@ def test_as_root_a_writer_whose_disk_limit_grows_hands_over_with_the_reason(tmp_
         up.stop()
 
 
+@needs_root
+def test_as_root_a_killed_supervisors_data_mount_is_replaced_at_the_next_start(tmp_path):
+    """kill -9 of the supervisor leaves its mount of the image behind (its
+    plugins die with it); the next `precinct up` on that state dir unmounts
+    it before mounting the image again, so the data is there and the disk
+    layer is not MISSING."""
+    up, folder = writer_up(tmp_path)
+    second = None
+    try:
+        up.wait_running(PLUGIN)
+        before = sandbox_of(up)
+        mount = before["confinement"]["data_mount"]
+
+        async def some_commands():
+            load = CommandLoad(up.state_dir, rate=20)
+            await load.start()
+            answer = await load.wait_for(lambda a: a[0] == 0, timeout=30)
+            await load.stop()
+            return answer
+
+        first = asyncio.run(some_commands())
+        os.kill(up.proc.pid, 9)
+        up.proc.wait(30)
+        assert mounted(mount), "expected the killed supervisor's mount to be left behind"
+        second = Up(up.plugins_dir, up.state_dir)
+        second.wait_running(PLUGIN)
+        after = second.status(plugin=PLUGIN)["plugins"][PLUGIN]
+        assert after["enforcement"]["disk"].startswith("ext4 image"), after["enforcement"]
+        assert after["confinement"]["data_mount"] == mount and mounted(mount)
+        lines = journal(after)
+        assert any(line[2] == f"pid={first[1]}" for line in lines), lines[:3]
+    finally:
+        up.stop()
+        if second is not None:
+            second.stop()
+    assert not mounted(mount)
+
+
 # -- what counts as a change (no processes) ---------------------------------------------------
 
 

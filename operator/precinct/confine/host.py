@@ -135,14 +135,26 @@ def _flip_command() -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code]
 
 
-def _mount_data(image: Path, target: Path, uid: int, gid: int) -> None:
-    """The plugin's one mount of its image, under the root-only DATA_ROOT."""
-    disk.ensure_data_root()
-    _private_dir(target.parent)
-    busy = disk.wait_detached(image)     # an instance that just ended may still hold the last one
+def _mount_data(image: Path, target: Path, size: int, uid: int, gid: int, seed: Path | None) -> str:
+    """Create or grow the image, then make the plugin's one mount of it under
+    the root-only DATA_ROOT; what status says of it. Called only while no
+    instance of the plugin runs."""
+    if disk.is_mounted(target):
+        # Left by a supervisor of this state dir that was killed (its plugins died with it).
+        problem = disk.unmount_shared(target)
+        if problem:
+            raise disk.DiskError(problem)
+        log.info("unmounted %s, left mounted by an earlier supervisor", target)
+    # An instance that just ended may still hold the filesystem for a moment;
+    # neither resize2fs nor a new mount may touch the image until it is free.
+    busy = disk.wait_detached(image) if image.exists() else []
     if busy:
         raise disk.DiskError(f"{image} is still attached to {', '.join(busy)} after its last instance ended")
+    status = disk.ensure_image(image, size, uid, gid, seed)
+    disk.ensure_data_root()
+    _private_dir(target.parent)
     disk.mount_shared(image, target, uid, gid)
+    return status
 
 
 @dataclass
@@ -462,10 +474,9 @@ class HostConfinement(Confinement):
         target = disk.DATA_ROOT / CgroupHost.tag_for(self.state_dir) / p.id
         async with p.lock:
             if p.data_mount is None or not disk.is_mounted(p.data_mount):
-                p.data_status = await loop.run_in_executor(None, disk.ensure_image, image, size, uid, gid, seed)
+                p.data_status = await loop.run_in_executor(None, _mount_data, image, target, size, uid, gid, seed)
                 if seed is not None:
                     seed.rename(seed.with_name(f"{p.id}.migrated"))
-                await loop.run_in_executor(None, _mount_data, image, target, uid, gid)
                 p.data_mount = target
             elif max(size, disk.MIN_BYTES) > image.stat().st_size:
                 p.data_status = (f"ext4 image {image.stat().st_size // 2**20} MiB (loop mount; disk_limit "
