@@ -170,7 +170,24 @@ def unmount_shared(target: Path) -> str | None:
         return f"umount {target}: {(done.stderr or done.stdout).strip()[-300:]}"
     with contextlib.suppress(OSError):
         target.rmdir()
+        target.parent.rmdir()        # the supervisor's own directory, once its last plugin's mount is gone
     return None
+
+
+def sweep(directory: Path) -> list[str]:
+    """Unmount every mount directly under `directory` (a supervisor's own
+    DATA_ROOT/<tag>, at its start: left by a predecessor that was killed,
+    whose plugins died with it); what could not be unmounted."""
+    problems = []
+    if not directory.is_dir():
+        return problems
+    for target in sorted(directory.iterdir()):
+        problem = unmount_shared(target)
+        if problem:
+            problems.append(problem)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+    return problems
 
 
 def wait_detached(image: Path, timeout: float = 10.0) -> list[str]:

@@ -358,6 +358,11 @@ class HostConfinement(Confinement):
             disk_problem=disk.problem(),
         )
         self._caps.handoff_problem = self._handoff_problem(self._caps)
+        if root and self._caps.disk_problem is None:
+            # A supervisor of this state dir killed with SIGKILL leaves its data
+            # mounts behind (its plugins died with it): none can be in use now.
+            for problem in disk.sweep(disk.DATA_ROOT / CgroupHost.tag_for(self.state_dir)):
+                log.warning("data image left mounted by an earlier supervisor: %s", problem)
         for d, mode in ((RUN_DIR, 0o755), (SANDBOX, 0o755), (HANDSHAKE_DIR, 0o700)):
             _private_dir(d, mode)
         return self._caps
