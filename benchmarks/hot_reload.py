@@ -13,6 +13,11 @@ is lost when it has no outcome when the run ends, failed when its outcome is
 not "ok" (timeout, no responders), duplicated when it got two outcomes or two
 answers. Target (issue 8): >= 99 % successful reloads, zero lost commands.
 
+`--write-data`: the fixture is granted `file_system_write` and journals every
+command in its data dir (as root: the overlap with the read-only/read-write
+data dir flip, whose gap is the old instance's drain plus the new one's
+initialize()).
+
 Prints a Markdown section; `benchmarks/run.py --only hot_reload` puts it in
 docs/benchmarks.md.
 """
@@ -65,11 +70,15 @@ async def _run(up: Up, folder: Path, reloads: int, rate: float) -> dict:
     return {"ok": ok, "took": took, **load.summary()}
 
 
-def bench_hot_reload(reloads: int = 200, rate: float = 25.0) -> str:
+def bench_hot_reload(reloads: int = 200, rate: float = 25.0, write_data: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="precinct-bench-reload-") as tmp:
         plugins = Path(tmp) / "plugins"
         plugins.mkdir()
         folder = copy_plugin(FIXTURES / "counter", plugins)
+        if write_data:
+            manifest = folder / "plugin.yaml"
+            manifest.write_text(manifest.read_text().replace("  greeting: hello\n", "  greeting: hello\n  journal: true\n")
+                                + "permissions: [file_system_write]\n")
         up = Up(plugins, Path(tmp) / "state")
         try:
             up.wait_running("counter")
@@ -81,13 +90,17 @@ def bench_hot_reload(reloads: int = 200, rate: float = 25.0) -> str:
             mode = (f"{overlaps} overlap(s) (the new instance started beside the old one, which was drained "
                     f"once the new one answered its health ping), {handovers} handover(s) (old drained, then new "
                     "started; the dispatcher retries the gap)")
+            if write_data:
+                mode += (f"; {log.count('data dir switched to the new instance')} data dir flip(s), "
+                         f"{log.count('data dir flip failed')} failed flip(s)")
         finally:
             up.stop()
     success = 100.0 * r["ok"] / reloads
     rows = [
         "## Hot reload under load",
         "",
-        f"{reloads} consecutive code reloads of the `counter` fixture while a client sent `!count` "
+        f"{reloads} consecutive code reloads of the `counter` fixture"
+        f"{' (granted file_system_write, journalling every command in its data dir)' if write_data else ''} while a client sent `!count` "
         f"at {rate:g}/s through the dispatcher ({r['sent']} commands over {wall:.0f} s). Mode: {mode}. "
         "A reload succeeds when the new revision answers within 60 s; a command is lost without an "
         "outcome, failed with a non-ok outcome, duplicated with two outcomes or answers.",
@@ -110,8 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reloads", type=int, default=200)
     parser.add_argument("--rate", type=float, default=25.0)
+    parser.add_argument("--write-data", action="store_true",
+                        help="grant the fixture file_system_write and journal each command in its data dir")
     args = parser.parse_args()
-    print(bench_hot_reload(args.reloads, args.rate))
+    print(bench_hot_reload(args.reloads, args.rate, args.write_data))
 
 
 if __name__ == "__main__":

@@ -88,3 +88,8 @@ class AttackFleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             cleanup_cgroups(fleet.cgroup_dirs)
+            # A test that SIGKILLed the supervisor leaves its data image mounts
+            # (the next `precinct up` on that state dir would unmount them).
+            from precinct.confine import disk
+            from precinct.confine.cgroups import CgroupHost
+            disk.sweep(disk.DATA_ROOT / CgroupHost.tag_for(state))

@@ -668,3 +668,54 @@ async def test_constructor_the_runner_cannot_fill_is_a_clear_load_error(start_ru
     assert await runner.wait_exit() == 3, runner.output()
     error_lines = [row for row in runner.output().splitlines() if "ERROR" in row]
     assert len(error_lines) == 1 and expected in error_lines[0], runner.output()
+
+
+# -- PRECINCT_DATA_WAIT: a hot reload's new instance of a plugin that writes its data dir ------
+
+WAITER = '''
+import json
+
+
+class Waiter:
+    def __init__(self, nats_client, config=None):
+        self.nats = nats_client
+
+    async def initialize(self):
+        if {fail!r}:
+            raise RuntimeError("initialize is broken")
+        await self.nats.publish("rosey.event.waiter.initialized", b"{{}}")
+        await self.nats.subscribe("rosey.command.waiter.go", cb=self.go)
+
+    async def go(self, msg):
+        await msg.respond(json.dumps({{"success": True}}).encode())
+'''
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_data_wait_answers_the_ping_and_initializes_only_when_told(start_runner, client, tmp_path, fail):
+    """The runner pings at once but constructs and initializes the plugin,
+    and subscribes its commands, only after {"data": "rw"} on its config
+    subject; it answers that message once the plugin serves (or with the
+    reason it failed, then exits 4)."""
+    folder = write_plugin(tmp_path / "waiter", WAITER.format(fail=fail))
+    runner = start_runner(folder, "waiter", instance="next", commands=["rosey.command.waiter.go"],
+                          env={"PRECINCT_DATA_WAIT": "1"})
+    inits = await subscribe_queue(client, "rosey.event.waiter.initialized")
+    pong = await runner.wait_ready(client)
+    assert pong["data"] == "waiting", pong
+    with pytest.raises(nats.errors.NoRespondersError):
+        await client.request("rosey.command.waiter.go", b"{}", timeout=5)
+    config = "precinct.config.waiter.next"
+    assert await request_json(client, config, {"config": {}}) == {"ok": False,
+                                                                 "error": "the plugin is not initialized yet"}
+    assert inits.empty()
+    answer = await request_json(client, config, {"data": "rw"}, timeout=60)
+    if fail:
+        assert answer["ok"] is False and "initialize is broken" in answer["error"], answer
+        assert await runner.wait_exit() == 4, runner.output()
+        return
+    assert answer == {"ok": True, "data": "rw"}, answer
+    await next_message(inits, "the initialized event")
+    assert (await request_json(client, "rosey.command.waiter.go", {}))["success"] is True
+    assert (await request_json(client, runner.ping_subject, {}))["data"] == "rw"
+    assert "waiting for the data dir to become writable" in runner.output()

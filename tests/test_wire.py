@@ -74,7 +74,7 @@ def test_every_setting_is_named_in_the_wire_module_and_documented():
     named = {v for k, v in vars(env).items() if k.isupper() and isinstance(v, str) and v.startswith(env.PREFIX)
              and v != env.PREFIX}
     read = {f.json_schema_extra["variable"] for model in settings.GROUPS.values() for f in model.model_fields.values()}
-    assert read <= named and named - read == {env.DATA_DIR, env.NATS_FD}     # set by the platform, read by plugins/the runner
+    assert read <= named and named - read == {env.DATA_DIR, env.NATS_FD, env.DATA_WAIT}   # set by the platform, read by plugins/the runner
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert doc == settings.table(), "docs/configuration.md is stale: python -m precinct.settings > docs/configuration.md"
 

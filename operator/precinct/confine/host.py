@@ -12,6 +12,15 @@ handshake), so a hot reload starts the new instance beside the old one;
 release(id, instance) undoes one instance and never touches the other. The
 uid, the data image and the plugin's cgroup are the plugin's.
 
+The data image is mounted once per plugin, here, by the supervisor
+(disk.mount_shared); each instance binds that mount into its view. At most
+one instance's bind is read-write: an instance that may write its data dir,
+started while another holds it read-write (a hot reload), gets a read-only
+bind and a runner told to wait (PRECINCT_DATA_WAIT): it answers its health
+ping but constructs and initializes the plugin only once `activate()` has
+remounted its bind read-write (dataflip.py), after the old one has exited.
+The mount goes when the plugin's last instance has ended.
+
 `PRECINCT_CONFINE_DISABLE` (comma-separated: uid, cgroups, pidns, netns,
 landlock, seccomp, disk, view, handoff, zygote) switches layers off for debugging and for proving that
 the attack tests fail without them; status then reports each as
@@ -121,6 +130,36 @@ def _init_command() -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code]
 
 
+def _flip_command() -> list[str]:
+    """How to start dataflip.py: like _init_command (isolated, standard library only)."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+            "from precinct.confine.dataflip import main; sys.exit(main())")
+    return [sys.executable, "-I", "-S", "-c", code]
+
+
+def _mount_data(image: Path, target: Path, size: int, uid: int, gid: int, seed: Path | None) -> str:
+    """Create or grow the image, then make the plugin's one mount of it under
+    the root-only DATA_ROOT; what status says of it. Called only while no
+    instance of the plugin runs."""
+    if disk.is_mounted(target):
+        # Left by a supervisor of this state dir that was killed (its plugins died with it).
+        problem = disk.unmount_shared(target)
+        if problem:
+            raise disk.DiskError(problem)
+        log.info("unmounted %s, left mounted by an earlier supervisor", target)
+    # An instance that just ended may still hold the filesystem for a moment;
+    # neither resize2fs nor a new mount may touch the image until it is free.
+    busy = disk.wait_detached(image) if image.exists() else []
+    if busy:
+        raise disk.DiskError(f"{image} is still attached to {', '.join(busy)} after its last instance ended")
+    status = disk.ensure_image(image, size, uid, gid, seed)
+    disk.ensure_data_root()
+    _private_dir(target.parent)
+    disk.mount_shared(image, target, uid, gid)
+    return status
+
+
 @dataclass
 class Capabilities:
     root: bool
@@ -150,6 +189,10 @@ class _Instance:
     membership: str = "pending"
     enforcement: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Its data dir bind: "rw", "ro" (data_dir: read), or "wait" (may write,
+    # read-only until activate(); a hot reload's new instance), "" (none).
+    data_access: str = ""
+    mnt_ns: int | None = None              # its mount namespace's inode, read when it was verified
 
 
 @dataclass
@@ -165,6 +208,9 @@ class _Plugin:
     # pids backstop (`backstop`, as last written) above their own limits.
     cgroup: PluginCgroup | None = None
     backstop: tuple[int, int] = (0, 0)
+    # The supervisor's one mount of the data image (disk.mount_shared), while an instance may use it.
+    data_mount: Path | None = None
+    data_status: str = ""
     instances: dict[str, _Instance] = field(default_factory=dict)   # in the order they started
     last: _Instance | None = None          # the latest that ended: its enforcement shows until the next starts
     # Held while an instance's cgroup is made or removed, so the plugin
@@ -317,6 +363,11 @@ class HostConfinement(Confinement):
             disk_problem=disk.problem(),
         )
         self._caps.handoff_problem = self._handoff_problem(self._caps)
+        if root and self._caps.disk_problem is None:
+            # A supervisor of this state dir killed with SIGKILL leaves its data
+            # mounts behind (its plugins died with it): none can be in use now.
+            for problem in disk.sweep(disk.DATA_ROOT / CgroupHost.tag_for(self.state_dir)):
+                log.warning("data image left mounted by an earlier supervisor: %s", problem)
         for d, mode in ((RUN_DIR, 0o755), (SANDBOX, 0o755), (HANDSHAKE_DIR, 0o700)):
             _private_dir(d, mode)
         return self._caps
@@ -367,14 +418,83 @@ class HostConfinement(Confinement):
     instances_per_plugin = 2
 
     def can_overlap(self, old: SandboxPlan, new: SandboxPlan) -> bool:
-        """May `new` start beside a running `old`? Not when either may write
-        its data dir: the ext4 image must never be mounted read-write by two
-        instances (nor read-only beside a writer), so those hand over. Nor
-        when the image would be grown (resize2fs) under a mounted instance."""
-        modes = (old.fence.data_dir, new.fence.data_dir)
-        if "write" in modes:
-            return False
-        return "read" not in modes or old.limits.disk_bytes == new.limits.disk_bytes
+        return self.overlap_problem(old, new) is None
+
+    def overlap_problem(self, old: SandboxPlan, new: SandboxPlan) -> str | None:
+        """Why `new` cannot start beside a running `old` (None: it can).
+        Writing the data dir is no reason any more: both instances bind the
+        one mount, and the new one's bind becomes read-write only after the
+        old one has exited (activate()). A changed disk_limit is: the image
+        is grown (resize2fs) only while nothing has it mounted."""
+        if "none" in (old.fence.data_dir, new.fence.data_dir):
+            return None
+        if old.limits.disk_bytes != new.limits.disk_bytes:
+            return (f"disk_limit changes ({old.limits.disk_bytes // 2**20} MiB -> {new.limits.disk_bytes // 2**20} MiB): "
+                    "the data image is resized only while no instance has it mounted")
+        return None
+
+    def data_pending(self, plugin_id: str, instance: str | None) -> bool:
+        """Is this instance waiting for activate() (read-only bind, plugin not initialized)?"""
+        inst = self._instance(plugin_id, instance) if instance else None
+        return inst is not None and inst.data_access == "wait"
+
+    async def activate(self, plugin_id: str, instance: str) -> str | None:
+        """Switch-over of a hot reload: remount the waiting instance's data
+        bind read-write inside its mount namespace (dataflip.py). Refused
+        while another instance of the plugin still holds it read-write.
+        None when done (or nothing to do), else why not."""
+        p = self._plugins.get(plugin_id)
+        inst = p.instances.get(instance) if p is not None else None
+        if p is None or inst is None:
+            return f"instance {instance} of {plugin_id} is not running"
+        async with p.lock:
+            if inst.data_access != "wait":
+                return None
+            holder = next((i.name for i in p.instances.values() if i is not inst and i.data_access == "rw"), None)
+            if holder is not None:
+                return f"instance {holder} still holds the data dir read-write"
+            pid = inst.details.get("runner_pid")
+            if inst.mnt_ns is None or not pid:
+                return f"instance {instance} was never verified"
+            proc = await asyncio.create_subprocess_exec(
+                *_flip_command(), f"/proc/{pid}/ns/mnt", str(inst.mnt_ns), str(IN_DATA),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                return "the remount helper did not finish within 30 s"
+            if proc.returncode != 0:
+                text = err.decode(errors="replace").strip().removeprefix("precinct-dataflip: ")
+                return f"remount refused: {text or f'exit code {proc.returncode}'}"
+            inst.data_access = "rw"
+            inst.enforcement["data_dir"] = "read-write"
+            inst.details["data_access"] = "rw"
+            log.info("plugin %s: data dir read-write in instance %s", plugin_id, instance)
+            return None
+
+    async def _data_dir(self, p: _Plugin, inst: _Instance, image: Path, seed: Path | None, size: int,
+                        uid: int, gid: int, writes: bool) -> Path:
+        """The plugin's one mount of its image (made now if no instance has it
+        mounted: created or grown first), and the access this instance gets.
+        Under the plugin's lock, so release() never unmounts under a start."""
+        loop = asyncio.get_running_loop()
+        target = disk.DATA_ROOT / CgroupHost.tag_for(self.state_dir) / p.id
+        async with p.lock:
+            if p.data_mount is None or not disk.is_mounted(p.data_mount):
+                p.data_status = await loop.run_in_executor(None, _mount_data, image, target, size, uid, gid, seed)
+                if seed is not None:
+                    seed.rename(seed.with_name(f"{p.id}.migrated"))
+                p.data_mount = target
+            elif max(size, disk.MIN_BYTES) > image.stat().st_size:
+                p.data_status = (f"ext4 image {image.stat().st_size // 2**20} MiB (loop mount; disk_limit "
+                                 f"{size // 2**20} MiB applies at the next start with no instance running)")
+            # At most one read-write bind: a writer starting beside one waits for activate().
+            holder = any(i.data_access == "rw" for i in p.instances.values() if i is not inst)
+            inst.data_access = ("wait" if holder else "rw") if writes else "ro"
+            return target
 
     async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
         p = self._plugins.get(plugin_id)
@@ -434,6 +554,7 @@ class HostConfinement(Confinement):
             binds.append({"src": deps, "dst": "deps", "kind": "dir", "ro": True})
             mapping[deps] = str(IN_DEPS)
         data_host: Path | None = None
+        data_src: Path | None = None
         enf["disk"] = "no data dir granted"
         if data_mode != "none":
             _private_dir(data.parent)
@@ -441,30 +562,34 @@ class HostConfinement(Confinement):
             if why is None:
                 seed = data if (data.is_dir() and not image.exists()) else None
                 try:
-                    enf["disk"] = await asyncio.get_running_loop().run_in_executor(
-                        None, disk.ensure_image, image, plan.limits.disk_bytes, uid, gid, seed)
+                    data_src = await self._data_dir(p, inst, image, seed, plan.limits.disk_bytes, uid, gid,
+                                                    data_mode == "write")
                 except (disk.DiskError, OSError) as exc:
                     why = f"data image unusable: {exc}"
                 else:
-                    if seed is not None:
-                        seed.rename(data.with_name(f"{plugin_id}.migrated"))
-                    binds.append({"src": str(image), "dst": "data", "kind": "dir", "ro": data_mode == "read",
-                                  "mount": disk.mount_argv(str(image), str(IN_DATA), data_mode == "read")})
+                    enf["disk"] = p.data_status
                     data_host = image
-            if data_host is None:
+            if data_src is None:
                 data.mkdir(exist_ok=True)
                 os.chown(data, uid, gid)
                 os.chmod(data, 0o700)
-                binds.append({"src": str(data), "dst": "data", "kind": "dir", "ro": data_mode == "read", "noexec": True})
-                data_host = data
+                # A plain directory: the same one-writer rule, by the same bind flip.
+                holder = any(i.data_access == "rw" for i in p.instances.values() if i is not inst)
+                inst.data_access = ("wait" if holder else "rw") if data_mode == "write" else "ro"
+                data_src = data_host = data
                 enf["disk"] = missing(f"{why}: the data dir can fill the host's disk")
-        enf["data_dir"] = {"none": "none granted", "read": "read-only", "write": "read-write"}[data_mode]
+            binds.append({"src": str(data_src), "dst": "data", "kind": "dir", "ro": inst.data_access != "rw",
+                          "noexec": True})
+        enf["data_dir"] = {"": "none granted", "ro": "read-only", "rw": "read-write",
+                           "wait": "read-only until the instance it replaces has stopped (hot reload)"}[inst.data_access]
 
         argv = [mapping.get(a, a) for a in spec.argv]
         env = dict(spec.env)
         env["HOME"] = str(IN_DATA if data_mode != "none" else SANDBOX)
         if data_mode != "none":
             env[env_names.DATA_DIR] = str(IN_DATA)
+        if inst.data_access == "wait":      # the runner initializes the plugin once activate() has run
+            env[env_names.DATA_WAIT] = "1"
         http = "http-egress-public" in plan.fence.network
 
         # Limits.
@@ -606,6 +731,7 @@ class HostConfinement(Confinement):
             "uid": uid, "gid": gid, "cgroup_procs": cgroup_procs, "cgroup_expected": cgroup_expected,
             "rlimits": rlimits, "handshake": handshake, "handshake_in_view": handshake != str(hs_path),
             "hide": hide, "scratch": list(SCRATCH_DIRS), "sandbox": str(SANDBOX), "binds": binds,
+            "detach": [str(disk.DATA_ROOT)] if disk.is_mounted(disk.DATA_ROOT) else [],
             "pidns": pidns, "netns": netns, "listeners": listeners, "broker": handoff_cfg, "landlock": landlock_spec,
             "seccomp": use_seccomp, "argv": argv, "env": env,
             "cwd": str(IN_CODE),
@@ -626,6 +752,8 @@ class HostConfinement(Confinement):
             "plugin_cgroups": {c: str(p.cgroup.dir(c)) for c in p.cgroup.host.hierarchies}
             if inst.cgroup and p.cgroup else {},
             "data_dir": str(data_host) if data_host else None, "code": str(code),
+            "data_mount": str(p.data_mount) if data_host == image and p.data_mount else None,
+            "data_access": inst.data_access or None,
             "creds": str(creds), "init_config": str(cfg_path), "sandbox": str(SANDBOX),
         }
         return LaunchSpec(argv=[*_init_command(), str(cfg_path)],
@@ -701,6 +829,8 @@ class HostConfinement(Confinement):
                 inst.servers.append(server)
             inst.membership = f"verified (pid {pid})" if inst.cgroup is not None else "n/a"
             inst.details["runner_pid"] = pid
+            with contextlib.suppress(OSError):   # which namespace activate() may enter, while it still is the runner's
+                inst.mnt_ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
             await loop.sock_sendall(conn, b"go\n")
         finally:
             conn.close()
@@ -957,12 +1087,26 @@ class HostConfinement(Confinement):
                     for problem in await loop.run_in_executor(None, p.cgroup.remove):
                         log.warning("plugin %s: cgroup not removed: %s", plugin_id, problem)
                     p.cgroup = None
+                if not p.instances and p.data_mount is not None:
+                    # No instance uses it: unmount (its last start may grow the image next time).
+                    problem = await loop.run_in_executor(None, disk.unmount_shared, p.data_mount)
+                    if problem:
+                        log.warning("plugin %s: data image not unmounted: %s", plugin_id, problem)
+                    else:
+                        p.data_mount = None
             await loop.run_in_executor(None, shutil.rmtree, inst.confdir, True)
         if not p.instances:
             with contextlib.suppress(OSError):
                 (self.state_dir / "confine" / plugin_id).rmdir()
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for p in list(self._plugins.values()):
+            if p.data_mount is not None and not p.instances:     # left by a failed unmount: try again
+                problem = await loop.run_in_executor(None, disk.unmount_shared, p.data_mount)
+                if problem:
+                    log.warning("plugin %s: data image not unmounted: %s", p.id, problem)
+                p.data_mount = None
         fence = self._fence_for[1] if self._fence_for else None
         if isinstance(fence, ConnectFence):
             # Its monitors have exited with their plugins; the directory goes, and with it the programs.

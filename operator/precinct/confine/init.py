@@ -234,16 +234,6 @@ def _build_view(cfg: dict) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "w"):
                 pass
-        if bind.get("mount"):               # a loop-mounted data image (disk.py)
-            import subprocess
-
-            done = subprocess.run(bind["mount"], capture_output=True, text=True, timeout=60)
-            if done.returncode != 0:
-                raise SetupError(f"{' '.join(bind['mount'])}: {(done.stderr or done.stdout).strip()}")
-            if not bind.get("ro"):
-                os.chown(target, cfg["uid"], cfg["gid"])
-                os.chmod(target, 0o700)
-            continue
         mount(bind["src"], target, None, MS_BIND | MS_REC)
         flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
         if bind.get("ro"):
@@ -252,6 +242,17 @@ def _build_view(cfg: dict) -> None:
             flags |= MS_NOEXEC
         mount(None, target, None, flags)
     mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _detach(cfg: dict) -> None:
+    """Drop from this mount namespace the copies of host mounts it must not
+    hold: the supervisor's per-plugin data mounts (disk.DATA_ROOT). Our own
+    is bound into the view by now; a copy of another plugin's mount kept
+    here (hidden or not) would keep that plugin's filesystem alive after the
+    supervisor unmounted it, and a later mount would be a second one."""
+    for path in cfg.get("detach") or []:
+        if os.path.isdir(path):
+            _ok(_libc.umount2(path.encode(), ctypes.c_int(MNT_DETACH)), f"umount2({path})")
 
 
 def _hide_host_dirs(cfg: dict) -> None:
@@ -314,6 +315,7 @@ def ns_init(cfg: dict, status_w: int, alive_r: int, channel: socket.socket | Non
     if cfg.get("pidns"):
         _mount_proc()
     _build_view(cfg)
+    _detach(cfg)
     _hide_host_dirs(cfg)
     child = os.fork()
     if child == 0:

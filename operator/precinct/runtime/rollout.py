@@ -14,10 +14,21 @@ and the new `PluginEntry` to `Rollouts.replace`, which picks one of three ways:
   wait for its health ping, swap it into `supervisor.entries`, then stop the
   old one (SIGTERM -> shutdown() -> drain, so in-flight requests finish).
   Both instances sit in queue group `precinct.<id>`: each request goes to one.
+  A plugin that may write its data dir (the kernel sandbox): the new
+  instance starts with a read-only data dir and does not initialize (its
+  runner waits, answering the ping); once the old one has drained and
+  exited, the **flip**: the confinement remounts the new one's data dir
+  read-write (`activate`) and the supervisor tells its runner
+  (`{"data": "rw"}` on `precinct.config.<id>.<instance>`), which then
+  initializes the plugin and subscribes. Its gap is the old one's drain plus
+  the new one's initialize(); the dispatcher retries what finds no responder
+  meanwhile. If the flip fails, the new instance is restarted alone (the
+  handover's way); if the new version fails in initialize(), the old one is
+  started again from its snapshot.
 - **handover** (the grants changed, or the confinement cannot hold both
-  instances, e.g. the kernel sandbox when either version may write its data
-  dir, one ext4 image that two instances must never mount read-write): a new
-  user JWT revokes the old one, which would cut the old instance off
+  instances, e.g. the kernel sandbox when the data image must be grown: it
+  is resized only while nobody has it mounted; the reason is in the
+  rollout's record and log): a new user JWT revokes the old one, which would cut the old instance off
   mid-request. So the old instance is stopped first (drained: its in-flight
   requests are answered), then identity is synced, then the new one starts.
   Commands sent in the gap find no responder; the dispatcher retries a
@@ -232,16 +243,25 @@ class Rollouts:
         self.failed.pop(pid, None)
 
     def overlap_ok(self, old: "PluginEntry", new: "PluginEntry") -> bool:
-        """Can the new version run beside the old one? The confinement says
-        how many instances of one plugin it holds (`instances_per_plugin`;
-        1 for one with per-plugin state that does not say) and whether these
-        two plans may overlap (`can_overlap`: the kernel sandbox refuses when
-        either may write its data dir, one ext4 image)."""
+        return self.overlap_problem(old, new) is None
+
+    def overlap_problem(self, old: "PluginEntry", new: "PluginEntry") -> str | None:
+        """Why the new version cannot run beside the old one (None: it can).
+        The confinement says how many instances of one plugin it holds
+        (`instances_per_plugin`; 1 for one with per-plugin state that does
+        not say) and whether these two plans may overlap (`overlap_problem`,
+        else `can_overlap`: the kernel sandbox refuses when the data image
+        would have to be grown)."""
         conf = self.sup.confinement
         n = getattr(conf, "instances_per_plugin", None)
         if n is None:
             n = 1 if hasattr(conf, "set_plan") else 2
-        return n >= 2 and conf.can_overlap(old.plan, new.plan)
+        if n < 2:
+            return "the sandbox holds one instance of a plugin at a time"
+        explain = getattr(conf, "overlap_problem", None)
+        if explain is not None:
+            return explain(old.plan, new.plan)
+        return None if conf.can_overlap(old.plan, new.plan) else "the sandbox cannot run both versions at once"
 
     def _record(self, pid: str, mode: str, ok: bool, started: float, reason: str = "") -> None:
         self.history.append({"plugin": pid, "mode": mode, "ok": ok, "reason": reason,
@@ -268,11 +288,13 @@ class Rollouts:
                 self._record(pid, "config", True, started)
                 return
             log.info("plugin %s has no working reconfigure(); restarting it with the new config", pid)
-        if same_user(old, new) and self.overlap_ok(old, new):
+        problem = (None if same_user(old, new) else "the NATS permissions changed (a new user JWT revokes the "
+                   "old one's)") or self.overlap_problem(old, new)
+        if problem is None:
             ok, why = await self._overlap(old, new, plans)
             mode = "overlap"
         else:
-            ok, why = await self._handover(old, new, plans)
+            ok, why = await self._handover(old, new, plans, problem)
             mode = "handover"
         self._record(pid, mode, ok, started, why)
 
@@ -321,21 +343,70 @@ class Rollouts:
                                     "the latest version answers its health ping")
             self._took_over.add(pid)
             await old.slot.stop()              # SIGTERM -> shutdown() -> drain
+            flipped, why = await self._flip(old, new, plans)
+            if not flipped:
+                return False, why
             self.failed.pop(pid, None)
             self.prune(pid, {new.digest})
-            log.info("plugin %s: switched to the new version; old instance drained", pid)
-            return True, ""
+            log.info("plugin %s: switched to the new version; old instance drained%s", pid, why and f" ({why})")
+            return True, why
         await new.slot.stop()
         sup.entries[pid] = old
         await self._restore_claims(plans, old)
         self._mark_rolled_back(old, new, why)
         return False, why
 
+    async def _flip(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> tuple[bool, str]:
+        """After the old instance has exited: give a new instance that waits
+        for its data dir (confinement `data_pending`) the read-write data dir
+        and let its runner initialize the plugin. (True, "") when nothing
+        was pending or it serves now; (True, why) when the flip failed but
+        the new version, restarted alone, serves; (False, why) when the new
+        version failed and the old one runs again."""
+        sup, pid = self.sup, new.plugin.id
+        conf = sup.confinement
+        instance = new.slot.status.instance
+        pending = getattr(conf, "data_pending", None)
+        if pending is None or not pending(pid, instance):
+            return True, ""
+        why = await conf.activate(pid, instance)
+        if why is None:
+            timeout = CONFIG_TIMEOUT + sup.policy.ready_timeout
+            try:
+                answer = json.loads(await sup.request(wire.config(pid, instance), json.dumps({"data": "rw"}).encode(),
+                                                      timeout))
+            except Exception as exc:  # the runner died in initialize(), or never answered
+                answer = {"ok": False, "error": f"no answer from the new instance ({type(exc).__name__})",
+                          "gone": True}
+            if answer.get("ok"):
+                log.info("plugin %s: data dir switched to the new instance %s (read-write); it serves now",
+                         pid, instance)
+                return True, ""
+            # Its own code failed with the data dir writable: roll back, as a handover does.
+            why = f"the new version failed after the switch-over: {answer.get('error') or 'no reason given'}"
+            log.warning("plugin %s: %s", pid, why)
+            await new.slot.stop()
+            ok, _ = await self._roll_back(old, new, plans, why)
+            return False, why
+        # The remount could not be done: the new instance is restarted alone (nothing else holds the data).
+        why = f"data dir flip failed ({why}); restarted the new instance alone"
+        log.warning("plugin %s: %s", pid, why)
+        await new.slot.stop()
+        new.slot.start()
+        ok, failed = await self._wait_ready(new.slot)
+        if ok:
+            return True, why
+        await new.slot.stop()
+        await self._roll_back(old, new, plans, failed)
+        return False, failed
+
     # one after the other ------------------------------------------------------------
 
-    async def _handover(self, old: "PluginEntry", new: "PluginEntry", plans: list) -> tuple[bool, str]:
+    async def _handover(self, old: "PluginEntry", new: "PluginEntry", plans: list,
+                        reason: str = "") -> tuple[bool, str]:
         sup, pid = self.sup, new.plugin.id
-        log.info("plugin %s: handing over (old drained first, then the new version starts)", pid)
+        log.info("plugin %s: handing over (old drained first, then the new version starts)%s", pid,
+                 f": {reason}" if reason else "")
         await old.slot.stop()                  # drained before its user JWT is revoked
         await sup.identity.sync(plans)
         sup.entries[pid] = new
@@ -347,8 +418,14 @@ class Rollouts:
                                     "the latest version answers its health ping")
             self.failed.pop(pid, None)
             self.prune(pid, {new.digest})
-            return True, ""
+            return True, reason
         await new.slot.stop()
+        await self._roll_back(old, new, plans, why)
+        return False, why
+
+    async def _roll_back(self, old: "PluginEntry", new: "PluginEntry", plans: list, why: str) -> bool:
+        """The old instance has stopped and the new version failed: run the old one again."""
+        sup, pid = self.sup, new.plugin.id
         from .supervisor import PluginEntry
 
         # The folder now holds the new (broken) code: start the old one from its snapshot.
@@ -358,9 +435,9 @@ class Rollouts:
         sup.entries[pid] = old
         await self._restore_claims(plans, old)
         old.slot.start()
-        await self._wait_ready(old.slot)       # the old version back before status says so
+        ok, _ = await self._wait_ready(old.slot)       # the old version back before status says so
         self._mark_rolled_back(old, new, why)
-        return False, why
+        return ok
 
     # helpers --------------------------------------------------------------------------
 

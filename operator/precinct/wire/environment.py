@@ -38,9 +38,10 @@ MARKET_LOG = "PRECINCT_MARKET_LOG"
 # -- set by the platform for a plugin --------------------------------------------------
 DATA_DIR = "PRECINCT_DATA_DIR"          # the plugin's data dir, inside its sandbox
 NATS_FD = "PRECINCT_NATS_FD"            # the runner's channel for NATS sockets (confine/broker.py)
+DATA_WAIT = "PRECINCT_DATA_WAIT"        # "1": initialize once told the data dir is writable (confine/host.py)
 
 # -- the plugin runner's options (plugins/runner reads them itself: its own copy in
 # precinct_runner/wire.py, checked equal by tests/test_wire.py) --------------------------
 RUNNER_OPTIONS = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT",
                   "CONFIG", "CONFIG_JSON", "COMMANDS", "EXPORTS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT",
-                  "LOG_LEVEL")
+                  "LOG_LEVEL", "DATA_WAIT")

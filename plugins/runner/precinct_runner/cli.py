@@ -22,6 +22,16 @@ subscriptions (answer what was delivered, take nothing new) -> shutdown()
 (sync or async, if the plugin has one) -> drain (which also ends the
 subscriptions of a plugin without shutdown()) -> exit 0.
 
+With --data-wait (PRECINCT_DATA_WAIT=1, set by `precinct up` for the new
+instance of a hot reload of a plugin that may write its data dir, whose data
+dir is read-only until the old instance has stopped): connect -> answer the
+health ping at once -> wait for {"data": "rw"} on precinct.config.<id>.<instance>
+(platform only) -> construct -> initialize() -> commands, then answer that
+message. The plugin never runs with a read-only data dir it was promised to
+write, and takes no command before its initialize() has run; commands meanwhile
+go to the old instance, and those sent between its drain and this one's
+initialize() are retried by the dispatcher until this one subscribes.
+
 Keep imports here minimal: this process exists once per plugin.
 """
 
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -129,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-timeout", type=float,
                    help="seconds shutdown() may take [PRECINCT_SHUTDOWN_TIMEOUT] (default 5)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... [PRECINCT_LOG_LEVEL] (default INFO)")
+    p.add_argument("--data-wait", action="store_true", default=None,
+                   help="answer the health ping, but construct and initialize the plugin only once the platform "
+                   "says its data dir is writable (a hot reload) [PRECINCT_DATA_WAIT=1] (default: at once)")
     p.add_argument("--version", action="version", version=f"precinct-runner {__version__}")
     return p
 
@@ -149,6 +163,7 @@ class Options(argparse.Namespace):
     init_timeout: float
     shutdown_timeout: float
     log_level: str
+    data_wait: bool
 
 
 def resolve_options(argv: list[str] | None = None) -> Options:
@@ -219,6 +234,10 @@ def resolve_options(argv: list[str] | None = None) -> Options:
     if not isinstance(logging.getLevelName(level), int):
         raise UsageError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     opts.log_level = level
+    wait = _env("DATA_WAIT")
+    if ns.data_wait is None and wait not in (None, "0", "1"):
+        raise UsageError(f"PRECINCT_DATA_WAIT={wait!r} must be 0 or 1")
+    opts.data_wait = bool(ns.data_wait) or wait == "1"
     return opts
 
 
@@ -424,19 +443,69 @@ class Runner:
             return EXIT_OK
         nc = self.nc
 
+        ping_subject = wire.ping(opts.plugin_id, opts.instance)
+        pong = {"ok": True, "id": opts.plugin_id, "instance": opts.instance,
+                "pid": os.getpid(), "version": None, "runner": __version__}
+        holder: dict[str, Any] = {}          # the plugin, once constructed
+        activation: asyncio.Future = loop.create_future()
+
+        async def on_ping(msg) -> None:
+            if msg.reply:
+                await msg.respond(json.dumps(pong).encode())
+
+        async def on_config(msg) -> None:
+            if "plugin" in holder:
+                await self._on_config(msg, holder["plugin"])
+            else:
+                await self._on_data(msg, activation)
+
+        async def subscribe_control() -> None:
+            await nc.subscribe(ping_subject, cb=on_ping)
+            await nc.subscribe(wire.config(opts.plugin_id, opts.instance), cb=on_config)
+
+        answer = None
+        if opts.data_wait:
+            # Read-only data until the instance this one replaces has stopped:
+            # be pingable (the rollout waits for that), run no plugin code yet.
+            pong["data"] = "waiting"
+            await subscribe_control()
+            try:
+                await nc.flush(timeout=10)
+            except Exception:  # nosec B110 - reconnecting: the subscription is replayed
+                pass
+            self.say(f"waiting for the data dir to become writable; health ping on {ping_subject}")
+            waited = await self._until_stopped(asyncio.shield(activation), None)
+            if waited is None:
+                await self._close()
+                self.say("stopped before the data dir became writable")
+                return EXIT_OK
+            answer = waited[0]
+            pong["data"] = "rw"
+            data = os.environ.get(f"{wire.ENV_PREFIX}DATA_DIR")
+            if data and not os.access(data, os.W_OK):
+                self.say(f"WARNING told the data dir is writable, but {data} is not")
+
+        async def refuse(message: str) -> None:
+            if answer is not None:
+                with contextlib.suppress(Exception):
+                    await answer.respond(json.dumps({"ok": False, "error": message}).encode())
+                    await nc.flush(timeout=2)
+
         try:
             proxy = ClientProxy(nc, opts.plugin_id, opts.commands, opts.exports)
             plugin = construct(cls, proxy, opts.config)
         except LoadError as exc:
             self.fail(f"plugin failed to load from {opts.plugin_dir}: {exc}", exc)
+            await refuse(f"plugin failed to load: {exc}")
             await self._close()
             return EXIT_LOAD
-        version = plugin_version(plugin)
+        pong["version"] = plugin_version(plugin)
 
         try:
             started = await self._until_stopped(_guarded(call_hook(plugin, "initialize")), opts.init_timeout)
         except asyncio.TimeoutError:
             self.fail(f"{cls.__name__}.initialize() did not finish within {opts.init_timeout:g} s", None)
+            await refuse(f"{cls.__name__}.initialize() did not finish within {opts.init_timeout:g} s")
             await self._close()
             return EXIT_INIT
         except BaseException as exc:
@@ -444,6 +513,7 @@ class Runner:
                 raise
             what = f"called sys.exit({exc.code!r})" if isinstance(exc, PluginExit) else f"raised {type(exc).__name__}: {exc}"
             self.fail(f"{cls.__name__}.initialize() {what}", exc)
+            await refuse(f"{cls.__name__}.initialize() {what}")
             await self._close()
             return EXIT_INIT
         if started is None:
@@ -451,21 +521,10 @@ class Runner:
             self.say("stopped during initialize()")
             return EXIT_OK
 
-        ping_subject = wire.ping(opts.plugin_id, opts.instance)
-        pong = json.dumps({
-            "ok": True, "id": opts.plugin_id, "instance": opts.instance,
-            "pid": os.getpid(), "version": version, "runner": __version__,
-        }).encode()
-
-        async def on_ping(msg) -> None:
-            if msg.reply:
-                await msg.respond(pong)
-
-        await nc.subscribe(ping_subject, cb=on_ping)
-        async def on_config(msg) -> None:
-            await self._on_config(msg, plugin)
-
-        await nc.subscribe(wire.config(opts.plugin_id, opts.instance), cb=on_config)
+        holder["plugin"] = plugin
+        version = pong["version"]
+        if not opts.data_wait:
+            await subscribe_control()
         await proxy.serve_exports()
         try:
             await nc.flush(timeout=10)
@@ -474,6 +533,9 @@ class Runner:
         self.say(f"ready: {cls.__name__} {version or ''} serving {len(opts.commands)} command subject(s)"
                  f"{f' and {len(opts.exports)} export(s)' if opts.exports else ''}; "
                  f"health ping on {ping_subject}")
+        if answer is not None:          # the plugin serves: the platform's switch-over is complete
+            with contextlib.suppress(Exception):
+                await answer.respond(json.dumps({"ok": True, "data": "rw"}).encode())
 
         stop_wait = asyncio.ensure_future(self.stop.wait())
         lost_wait = asyncio.ensure_future(self.lost.wait())
@@ -491,6 +553,22 @@ class Runner:
         await self._shutdown(plugin, cls.__name__)
         self.say("stopped")
         return EXIT_OK
+
+    async def _on_data(self, msg, activation: asyncio.Future) -> None:
+        """Before the plugin exists (--data-wait): {"data": "rw"} starts it;
+        its answer comes once it serves. A config reload cannot be taken yet."""
+        try:
+            body = json.loads(msg.data)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("data") == "rw":
+            if not activation.done():
+                activation.set_result(msg)
+            elif msg.reply:
+                await msg.respond(json.dumps({"ok": False, "error": "already starting"}).encode())
+            return
+        if msg.reply:
+            await msg.respond(json.dumps({"ok": False, "error": "the plugin is not initialized yet"}).encode())
 
     async def _on_config(self, msg, plugin: Any) -> None:
         """Hot config reload: the supervisor (platform account only; the server

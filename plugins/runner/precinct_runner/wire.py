@@ -37,4 +37,4 @@ def queue_group(plugin_id: str) -> str:
 # Every option's variable (PRECINCT_<NAME>), for `--help` and the check above.
 OPTION_VARIABLES = ("PLUGIN_DIR", "PLUGIN_ID", "INSTANCE", "SERVER", "CREDS", "NATS_FD", "DEPS", "ENTRYPOINT",
                     "CONFIG", "CONFIG_JSON", "COMMANDS", "EXPORTS", "CONNECT_TIMEOUT", "INIT_TIMEOUT", "SHUTDOWN_TIMEOUT",
-                    "LOG_LEVEL")
+                    "LOG_LEVEL", "DATA_WAIT")
