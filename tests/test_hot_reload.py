@@ -29,22 +29,57 @@ from runtime_support import FIXTURES, Up, copy_plugin
 PLUGIN = "counter"
 
 
-def set_revision(folder: Path, revision: int) -> None:
-    """Edit the code (not the manifest) the way an editor or `precinct plugin
-    update` would: a new file renamed into place."""
-    code = folder / "plugin.py"
-    text = re.sub(r"^REVISION = \d+$", f"REVISION = {revision}", code.read_text(), flags=re.M)
-    tmp = folder / ".plugin.py.tmp"
+def replace_file(path: Path, text: str) -> None:
+    """Write a plugin file the way an editor or `precinct plugin update`
+    would: a new file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
-    tmp.replace(code)
+    tmp.replace(path)
+
+
+def set_revision(folder: Path, revision: int) -> None:
+    """Edit the code (not the manifest)."""
+    code = folder / "plugin.py"
+    replace_file(code, re.sub(r"^REVISION = \d+$", f"REVISION = {revision}", code.read_text(), flags=re.M))
 
 
 def set_greeting(folder: Path, greeting: str) -> None:
     manifest = folder / "plugin.yaml"
-    text = re.sub(r"greeting: .*", f"greeting: {greeting}", manifest.read_text())
-    tmp = folder / ".plugin.yaml.tmp"
-    tmp.write_text(text)
-    tmp.replace(manifest)
+    replace_file(manifest, re.sub(r"greeting: .*", f"greeting: {greeting}", manifest.read_text()))
+
+
+def break_release(folder: Path) -> None:
+    """A new version that fails at import."""
+    code = folder / "plugin.py"
+    replace_file(code, code.read_text() + "\nraise RuntimeError('this release is broken')\n")
+
+
+async def change_under_load(up: Up, ready, change, done, *, rate: int = 20, timeout: float = 60,
+                            settle: float = 0.0) -> tuple:
+    """Commands at `rate`/s; once an answer satisfies `ready`, `change()`; wait
+    for an answer satisfying `done` (and `settle` seconds more). The first of
+    each, and the load's summary (lost, failed, duplicated)."""
+    load = CommandLoad(up.state_dir, rate=rate)
+    await load.start()
+    first = await load.wait_for(ready, timeout=30)
+    change()
+    second = await load.wait_for(done, timeout=timeout)
+    if settle:
+        await asyncio.sleep(settle)
+    await load.stop()
+    return first, second, load.summary()
+
+
+async def rolled_back(up: Up, timeout: float) -> dict | None:
+    """Poll status until LatestRevisionReady says RolledBack; the last status seen."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = await asyncio.to_thread(up.status)
+        if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
+            break
+        await asyncio.sleep(0.5)
+    return status
 
 
 def condition(status: dict, kind: str) -> dict:
@@ -101,17 +136,8 @@ def test_broken_update_rolls_back_and_the_old_version_keeps_serving(counter):
         load = CommandLoad(up.state_dir, rate=20)
         await load.start()
         before = await load.wait_for(lambda a: a[0] == 0, timeout=30)
-        code = folder / "plugin.py"
-        tmp = folder / ".plugin.py.tmp"
-        tmp.write_text(code.read_text() + "\nraise RuntimeError('this release is broken')\n")
-        tmp.replace(code)
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline:
-            status = await asyncio.to_thread(up.status)
-            if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
-                break
-            await asyncio.sleep(0.5)
+        break_release(folder)
+        status = await rolled_back(up, 90)
         sent_after = len(load.sent)
         await asyncio.sleep(2)
         after = load.latest()
@@ -145,16 +171,9 @@ def test_broken_update_rolls_back_and_the_old_version_keeps_serving(counter):
 def test_config_only_change_reloads_without_a_restart(counter):
     up, folder = counter
 
-    async def scenario():
-        load = CommandLoad(up.state_dir, rate=20)
-        await load.start()
-        before = await load.wait_for(lambda a: a[2] == "hello", timeout=30)
-        set_greeting(folder, "bonjour")
-        after = await load.wait_for(lambda a: a[2] == "bonjour", timeout=30)
-        await load.stop()
-        return before, after, load.summary()
-
-    before, after, summary = asyncio.run(scenario())
+    before, after, summary = asyncio.run(change_under_load(
+        up, lambda a: a[2] == "hello", lambda: set_greeting(folder, "bonjour"), lambda a: a[2] == "bonjour",
+        rate=20, timeout=30))
     assert after[1] == before[1], (before, after)    # same process
     assert after[0] == before[0]
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["failed"] == 0, summary
@@ -200,10 +219,7 @@ def test_overlap_mode_runs_both_versions_during_the_switch(tmp_path, caplog):
                 await load.wait_for(lambda a, r=revision: a[0] == r, timeout=60)
             good = load.latest()
             # A broken release: the running instance is never stopped.
-            code = folder / "plugin.py"
-            tmp = folder / ".plugin.py.tmp"
-            tmp.write_text(code.read_text() + "\nraise RuntimeError('broken')\n")
-            tmp.replace(code)
+            break_release(folder)
             while sup.rollouts.failed.get(PLUGIN) is None:
                 assert time.monotonic() < deadline + 120
                 await asyncio.sleep(0.2)
@@ -293,18 +309,10 @@ def test_as_root_a_reload_runs_the_new_instance_beside_the_old(counter):
     assert conf["limits"]["cpu_quota_us"] == before["limits"]["cpu_millicores"] * conf["limits"]["cpu_period_us"] // 1000
     watch = Leaves(plugin_dir)
 
-    async def scenario():
-        load = CommandLoad(up.state_dir, rate=25)
-        await load.start()
-        first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
-        set_revision(folder, 1)
-        second = await load.wait_for(lambda a: a[0] == 1, timeout=60)
-        await asyncio.sleep(0.5)
-        await load.stop()
-        return first, second, load.summary()
-
     try:
-        first, second, summary = asyncio.run(scenario())
+        first, second, summary = asyncio.run(change_under_load(
+            up, lambda a: a[0] == 0, lambda: set_revision(folder, 1), lambda a: a[0] == 1,
+            rate=25, timeout=60, settle=0.5))
     finally:
         watch.stop()
     assert second[1] != first[1]
@@ -343,15 +351,8 @@ def test_as_root_a_new_instance_oom_killed_in_initialize_leaves_the_old_untouche
             "    async def initialize(self):\n",
             f"    async def initialize(self):\n        self.hog = b'x' * {2 * memory}   # twice its memory_limit\n")
         assert "self.hog" in text
-        tmp = folder / ".plugin.py.tmp"
-        tmp.write_text(text)
-        tmp.replace(code)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            status = await asyncio.to_thread(up.status)
-            if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
-                break
-            await asyncio.sleep(0.5)
+        replace_file(code, text)
+        status = await rolled_back(up, 120)
         await asyncio.sleep(1)
         last = load.latest()
         await load.stop()
@@ -386,17 +387,10 @@ def test_as_root_a_plugin_that_reads_its_data_dir_overlaps(tmp_path):
         assert before["enforcement"]["disk"].startswith("ext4 image"), before["enforcement"]
         watch = Leaves(Path(before["confinement"]["plugin_cgroups"]["memory"]))
 
-        async def scenario():
-            load = CommandLoad(up.state_dir, rate=20)
-            await load.start()
-            first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
-            set_revision(folder, 1)
-            second = await load.wait_for(lambda a: a[0] == 1, timeout=60)
-            await load.stop()
-            return first, second, load.summary()
-
         try:
-            first, second, summary = asyncio.run(scenario())
+            first, second, summary = asyncio.run(change_under_load(
+                up, lambda a: a[0] == 0, lambda: set_revision(folder, 1), lambda a: a[0] == 1,
+                rate=20, timeout=60))
         finally:
             watch.stop()
         assert second[1] != first[1]
@@ -500,18 +494,10 @@ def test_as_root_a_plugin_that_writes_its_data_dir_overlaps_and_flips_it_at_swit
         image = Path(before["confinement"]["data_dir"])
         watch = DataBinds(Path(before["confinement"]["plugin_cgroups"]["memory"]))
 
-        async def scenario():
-            load = CommandLoad(up.state_dir, rate=20)
-            await load.start()
-            first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
-            set_revision(folder, 1)
-            second = await load.wait_for(lambda a: a[0] == 1, timeout=90)
-            await asyncio.sleep(0.5)
-            await load.stop()
-            return first, second, load.summary()
-
         try:
-            first, second, summary = asyncio.run(scenario())
+            first, second, summary = asyncio.run(change_under_load(
+                up, lambda a: a[0] == 0, lambda: set_revision(folder, 1), lambda a: a[0] == 1,
+                rate=20, timeout=90, settle=0.5))
         finally:
             watch.stop()
         output = up.output()
@@ -561,16 +547,8 @@ def test_as_root_a_failed_new_writer_leaves_the_old_one_running_and_writable(tmp
             load = CommandLoad(up.state_dir, rate=20)
             await load.start()
             first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
-            code = folder / "plugin.py"
-            tmp = folder / ".plugin.py.tmp"
-            tmp.write_text(code.read_text() + "\nraise RuntimeError('this release is broken')\n")
-            tmp.replace(code)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                status = await asyncio.to_thread(up.status)
-                if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
-                    break
-                await asyncio.sleep(0.5)
+            break_release(folder)
+            status = await rolled_back(up, 120)
             sent = len(load.sent)
             # Answers to commands sent after the rollback come from the old process.
             await load.wait_for(lambda a: len(load.sent) > sent + 10, timeout=60)
@@ -615,15 +593,8 @@ def test_as_root_a_new_writer_failing_in_initialize_rolls_back_to_the_old_versio
             text = code.read_text().replace(
                 "    async def initialize(self):\n",
                 "    async def initialize(self):\n        raise RuntimeError('initialize is broken')\n")
-            tmp = folder / ".plugin.py.tmp"
-            tmp.write_text(text)
-            tmp.replace(code)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                status = await asyncio.to_thread(up.status)
-                if status and condition(status, "LatestRevisionReady").get("reason") == "RolledBack":
-                    break
-                await asyncio.sleep(0.5)
+            replace_file(code, text)
+            status = await rolled_back(up, 120)
             back = await load.wait_for(lambda a: a[0] == 0 and a[1] != first[1], timeout=90)
             await load.stop()
             return first, back, load.summary()
@@ -660,9 +631,7 @@ def test_as_root_a_writer_whose_disk_limit_grows_hands_over_with_the_reason(tmp_
             await load.start()
             first = await load.wait_for(lambda a: a[0] == 0, timeout=30)
             text = manifest.read_text().replace("disk_limit: 16Mi", "disk_limit: 32Mi")
-            tmp = folder / ".plugin.yaml.tmp"
-            tmp.write_text(text)
-            tmp.replace(manifest)
+            replace_file(manifest, text)
             second = await load.wait_for(lambda a: a[1] != first[1], timeout=90)
             await load.stop()
             return first, second, load.summary()
@@ -757,16 +726,9 @@ def test_config_change_without_a_hook_is_a_rolling_restart(tmp_path):
     try:
         up.wait_running(PLUGIN)
 
-        async def scenario():
-            load = CommandLoad(up.state_dir, rate=20)
-            await load.start()
-            before = await load.wait_for(lambda a: a[2] == "hello", timeout=30)
-            set_greeting(folder, "salut")
-            after = await load.wait_for(lambda a: a[2] == "salut", timeout=60)
-            await load.stop()
-            return before, after, load.summary()
-
-        before, after, summary = asyncio.run(scenario())
+        before, after, summary = asyncio.run(change_under_load(
+            up, lambda a: a[2] == "hello", lambda: set_greeting(folder, "salut"), lambda a: a[2] == "salut",
+            rate=20, timeout=60))
         assert after[1] != before[1]                      # a new process took over
         assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["failed"] == 0, summary
         assert "no working reconfigure()" in up.output()

@@ -148,8 +148,14 @@ def test_a_fork_that_cannot_set_up_fails_closed_and_is_reported(tmp_path, runner
             output = await _read_all(read_end, time.monotonic() + 30)
             os.close(read_end)
             assert b"missing-init.json" in output, output
-            # A request without its output descriptor is refused; the template lives on.
+            # A request without its output descriptor is refused, and nothing is
+            # forked for it; the template lives on and forks the next one.
+            refused = asyncio.get_running_loop().create_future()
+            template._pending[999] = refused
             template._sock.send(b'{"req": 999, "config": "/nonexistent"}')
+            with pytest.raises(TemplateError, match="exactly one output descriptor"):
+                await asyncio.wait_for(refused, 30)
+            assert not template._forked, template._forked
             read2, write2 = os.pipe()
             proc2 = await template.fork(str(tmp_path / "also-missing.json"), write2)
             os.close(write2)

@@ -59,13 +59,19 @@ def package_parent() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def _command(python: str, fd: int, module: str) -> list[str]:
-    """The runner environment's interpreter, isolated (-I) but with its own
-    site-packages, importing precinct from where this file lives; -B: root
-    leaves no .pyc files in the runner environment."""
+def trusted_command(python: str, module: str, *flags: str) -> list[str]:
+    """`python` running `module.main()`, isolated (-I: no environment, no
+    user site), importing precinct from where this file lives, not from
+    whatever PYTHONPATH says."""
     code = (f"import sys; sys.path.insert(0, {package_parent()!r}); "
-            "from precinct.confine.template import main; sys.exit(main())")
-    return [python, "-I", "-B", "-c", code, str(fd), str(os.getpid()), module]
+            f"from {module} import main; sys.exit(main())")
+    return [python, "-I", *flags, "-c", code]
+
+
+def _command(python: str, fd: int, module: str) -> list[str]:
+    """The runner environment's interpreter, with its own site-packages;
+    -B: root leaves no .pyc files in the runner environment."""
+    return [*trusted_command(python, "precinct.confine.template", "-B"), str(fd), str(os.getpid()), module]
 
 
 class Template:

@@ -58,7 +58,7 @@ from .connect_fence import ConnectFence, FenceError
 from .cgroups import CgroupError, CgroupHost, PluginCgroup
 from .cgroups import _parse_proc_cgroup as parse_proc_cgroup
 from .egress import PROXY_PORT, EgressProxy, parse_allow
-from .forked import Template, TemplateError, package_parent
+from .forked import Template, TemplateError, package_parent, trusted_command
 from .launch import Confinement, LaunchSpec
 from .procstats import ProcessStats
 from .procstats import sample as proc_sample
@@ -119,23 +119,20 @@ def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
+def _isolated(module: str) -> list[str]:
+    """How to start a trusted helper (init.py, dataflip.py): this
+    interpreter, isolated (forked.trusted_command). `-S`: the helpers are
+    standard library only, and skipping site-packages saves a third of the
+    interpreter's start."""
+    return trusted_command(sys.executable, module, "-S")
+
+
 def _init_command() -> list[str]:
-    """How to start init.py: this interpreter, isolated, importing precinct
-    from where this file lives (not from whatever PYTHONPATH says). `-S`:
-    init.py and what it imports are standard library only, and skipping
-    site-packages saves a third of the interpreter's start (once per instance)."""
-    package_parent = str(Path(__file__).resolve().parents[2])
-    code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-            "from precinct.confine.init import main; sys.exit(main())")
-    return [sys.executable, "-I", "-S", "-c", code]
+    return _isolated("precinct.confine.init")
 
 
 def _flip_command() -> list[str]:
-    """How to start dataflip.py: like _init_command (isolated, standard library only)."""
-    package_parent = str(Path(__file__).resolve().parents[2])
-    code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-            "from precinct.confine.dataflip import main; sys.exit(main())")
-    return [sys.executable, "-I", "-S", "-c", code]
+    return _isolated("precinct.confine.dataflip")
 
 
 def _mount_data(image: Path, target: Path, size: int, uid: int, gid: int, seed: Path | None) -> str:
@@ -312,6 +309,15 @@ async def _recv_handshake(sock: socket.socket, timeout: float) -> tuple[socket.s
     except ValueError:
         body = {}
     return conn, body, fds, pid
+
+
+def _access(p: _Plugin, inst: _Instance, writes: bool) -> str:
+    """The data bind an instance gets. At most one read-write bind per
+    plugin: a writer starting beside one waits ("wait") for activate()."""
+    if not writes:
+        return "ro"
+    holder = any(i.data_access == "rw" for i in p.instances.values() if i is not inst)
+    return "wait" if holder else "rw"
 
 
 class HostConfinement(Confinement):
@@ -491,9 +497,7 @@ class HostConfinement(Confinement):
             elif max(size, disk.MIN_BYTES) > image.stat().st_size:
                 p.data_status = (f"ext4 image {image.stat().st_size // 2**20} MiB (loop mount; disk_limit "
                                  f"{size // 2**20} MiB applies at the next start with no instance running)")
-            # At most one read-write bind: a writer starting beside one waits for activate().
-            holder = any(i.data_access == "rw" for i in p.instances.values() if i is not inst)
-            inst.data_access = ("wait" if holder else "rw") if writes else "ro"
+            inst.data_access = _access(p, inst, writes)
             return target
 
     async def wrap(self, plugin_id: str, spec: LaunchSpec) -> LaunchSpec:
@@ -546,7 +550,9 @@ class HostConfinement(Confinement):
         runner_python = Path(spec.argv[0])
         env_dir = runner_python.parent.parent
         mapping = {str(folder): str(IN_CODE), str(plan_creds): str(IN_CREDS), str(plan_config): str(IN_CONFIG)}
-        if (env_dir / "pyvenv.cfg").is_file():
+        # A venv is bound into the view at IN_RUNNER; a plain interpreter's prefix is only readable.
+        venv = (env_dir / "pyvenv.cfg").is_file()
+        if venv:
             binds.append({"src": str(env_dir), "dst": "runner", "kind": "dir", "ro": True})
             mapping[str(runner_python)] = str(IN_RUNNER / "bin" / runner_python.name)
         deps = _option(spec.argv, "--deps")
@@ -574,8 +580,7 @@ class HostConfinement(Confinement):
                 os.chown(data, uid, gid)
                 os.chmod(data, 0o700)
                 # A plain directory: the same one-writer rule, by the same bind flip.
-                holder = any(i.data_access == "rw" for i in p.instances.values() if i is not inst)
-                inst.data_access = ("wait" if holder else "rw") if data_mode == "write" else "ro"
+                inst.data_access = _access(p, inst, data_mode == "write")
                 data_src = data_host = data
                 enf["disk"] = missing(f"{why}: the data dir can fill the host's disk")
             binds.append({"src": str(data_src), "dst": "data", "kind": "dir", "ro": inst.data_access != "rw",
@@ -670,7 +675,7 @@ class HostConfinement(Confinement):
         landlock_spec = None
         if self._layer("landlock") and caps.landlock_abi >= 1:
             read_exec = [*SYSTEM_READ_EXEC, str(IN_CODE), str(IN_RUNNER), *([str(IN_DEPS)] if deps else [])]
-            if not (env_dir / "pyvenv.cfg").is_file():
+            if not venv:
                 read_exec.append(str(env_dir))
             landlock_spec = {
                 "abi": caps.landlock_abi,
@@ -723,7 +728,8 @@ class HostConfinement(Confinement):
 
         # How the instance starts: forked from its runner environment's template,
         # which has the runner imported (template.py), or by exec.
-        template, in_process = await self._template_for(spec.argv, argv, env_dir, enf)
+        template, in_process = await self._template_for(spec.argv, argv, {str(env_dir): str(IN_RUNNER)} if venv else {},
+                                                        enf)
 
         cfg = {
             "in_process": in_process,
@@ -760,10 +766,11 @@ class HostConfinement(Confinement):
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", instance=spec.instance,
                           template=template)
 
-    async def _template_for(self, host_argv: list[str], argv: list[str], env_dir: Path,
+    async def _template_for(self, host_argv: list[str], argv: list[str], paths: dict[str, str],
                             enf: dict[str, str]) -> tuple[str | None, dict | None]:
         """The template that forks this launch and what the forked runner runs,
-        or (None, None) to start it by exec; `enf["process"]` says which and why."""
+        or (None, None) to start it by exec; `enf["process"]` says which and why.
+        `paths`: host directory -> where the view shows it (the runner environment)."""
         if not self._layer("zygote"):
             enf["process"] = f"exec (template disabled by {DISABLE_ENV})"
             return None, None
@@ -780,7 +787,6 @@ class HostConfinement(Confinement):
             enf["process"] = f"exec (template unavailable: {exc})"
             return None, None
         enf["process"] = f"forked from template pid {template.pid}"
-        paths = {str(env_dir): str(IN_RUNNER)} if (env_dir / "pyvenv.cfg").is_file() else {}
         return python, {"module": module, "args": argv[3:], "paths": paths, "drop": [package_parent()]}
 
     async def spawn(self, plugin_id: str, spec: LaunchSpec, output: int):
